@@ -1,0 +1,210 @@
+"""Configs: frozen dataclasses filled from YAML plus ``section.key=value`` overrides.
+
+Sections shared by every recipe live here (model, data, training, LoRA); a recipe's config composes
+them. Unknown keys and wrongly typed values are errors that name the key, so a typo never silently
+falls back to a default. The resolved config is saved as ``config.yaml`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "bundled"  # bundled | tiny | run dir | HF dir | .gguf file | hub name
+    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on capable GPUs) | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "bundled:demonstrations"
+    columns: dict[str, str] | None = None  # palate name -> column name in the file
+    split: str = "train"
+    eval_path: str | None = None  # held-out file; else eval_fraction of `path` is held out
+    eval_fraction: float = 0.05
+    max_length: int = 512
+    chat_template: bool | None = None  # None: use the tokenizer's template when it has one
+    truncate_completion: bool = True  # cut over-long completions (counted) instead of skipping them
+    on_error: str = "raise"  # raise | skip: what a malformed row does
+    bucket: bool = True  # group similar lengths to cut padding
+    packing: bool = False  # concatenate short examples into full rows
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 2e-5
+    batch_size: int = 4
+    grad_accum: int = 1
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto is fp32 on CPU, bf16 on capable GPUs
+    gradient_checkpointing: str = "auto"  # auto | on | off; auto: off on CPU
+    log_every: int = 1
+    eval_every: int = 50  # 0: only at the end
+    save_every: int = 50  # 0: only at the end
+    keep_last: int = 2
+    threads: int | None = None  # torch intra-op threads; None: torch's default (physical cores)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    merge: bool = True  # merge the adapter into the final model (else save the adapter alone)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "palate"
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (e.g. train.lr=1e-5)")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _set(tree: dict, path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part} is not a section")
+    tree[path[-1]] = value
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+        return build(tp, value, prefix=f"{key}.")
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected text, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], key) for k, v in value.items()}
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and bad types name the key."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
+            f"valid keys here: {', '.join(sorted(names))}"
+        )
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in values.items()})
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """YAML file (optional) + ``a.b=value`` overrides -> frozen config ``cls``."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        tree = loaded
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        _set(tree, keys, value)
+    return build(cls, tree)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+__all__ = [
+    "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LoraConfig", "LogConfig",
+    "build", "load_config", "to_dict", "dump_yaml", "field",
+]

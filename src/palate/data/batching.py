@@ -1,0 +1,154 @@
+"""Batches: pad to the batch's longest sequence, bucket by length, optionally pack.
+
+Padding is waste: every pad token costs a full forward and backward. :func:`plan_batches` groups
+sequences of similar length (shuffled within large buckets, then batch order shuffled) so batches are
+mostly real tokens; :func:`pack` goes further and concatenates short sequences into full rows with
+position ids restarting per sequence (attention stays within each sequence).
+
+The plan is a pure function of ``(lengths, batch_size, seed, epoch)``, which is what lets a resumed run
+continue on exactly the batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from palate.data.tokenize import Example
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor | None  # [B, T]; None for packed rows (position_ids separate sequences)
+    labels: torch.Tensor  # [B, T], IGNORE on prompt and padding positions
+    position_ids: torch.Tensor | None  # [B, T] for packed rows
+    indices: list[int]  # record indices of the examples inside
+    n_tokens: int  # real (non-padding) tokens
+
+    @property
+    def n_targets(self) -> int:
+        """Tokens the loss is computed on (labels shift by one, so a row's first label never counts)."""
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+    @property
+    def n_slots(self) -> int:
+        return self.input_ids.numel()
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": self.input_ids}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        if self.position_ids is not None:
+            inputs["position_ids"] = self.position_ids
+        return inputs
+
+
+def collate(examples: list[Example], pad_id: int) -> Batch:
+    """Right-pad to the longest example; prompt and pad positions get ``IGNORE`` labels."""
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        seq = torch.tensor(ex.input_ids, dtype=torch.long)
+        ids[row, : len(ex)] = seq
+        mask[row, : len(ex)] = 1
+        labels[row, ex.completion_start : len(ex)] = seq[ex.completion_start :]
+    return Batch(ids, mask, labels, None, [e.index for e in examples], sum(len(e) for e in examples))
+
+
+def collate_packed(rows: list[list[Example]], pad_id: int, width: int) -> Batch:
+    """Each row is several examples laid end to end; position ids restart at 0 for each one.
+
+    With ``attention_mask=None`` transformers derives a block-diagonal causal mask from the position
+    ids, so no example attends to another. Tail padding forms its own ignored segment.
+    """
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    indices, n_tokens = [], 0
+    for r, row in enumerate(rows):
+        at = 0
+        for ex in row:
+            n = len(ex)
+            seq = torch.tensor(ex.input_ids, dtype=torch.long)
+            ids[r, at : at + n] = seq
+            labels[r, at + ex.completion_start : at + n] = seq[ex.completion_start :]
+            pos[r, at : at + n] = torch.arange(n)
+            at += n
+            indices.append(ex.index)
+            n_tokens += n
+        pos[r, at:] = torch.arange(width - at)
+    return Batch(ids, None, labels, pos, indices, n_tokens)
+
+
+def plan_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, bucket: bool = True, bucket_batches: int = 32
+) -> list[list[int]]:
+    """Indices for each batch of one epoch, deterministic in ``(seed, epoch)``.
+
+    With ``bucket``: shuffle, cut into chunks of ``bucket_batches * batch_size``, sort each chunk by
+    length, split into batches, then shuffle the batch order. Without: plain shuffled batches.
+    The last batch may be smaller; nothing is dropped.
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if bucket:
+        chunk = batch_size * bucket_batches
+        order = [i for s in range(0, len(order), chunk) for i in sorted(order[s : s + chunk], key=lambda i: lengths[i])]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if bucket:
+        rng.shuffle(batches)
+    return batches
+
+
+def pack(examples: list[Example], width: int) -> list[list[Example]]:
+    """First-fit-decreasing packing of examples into rows of at most ``width`` tokens."""
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for ex in sorted(examples, key=len, reverse=True):
+        for r, free in enumerate(room):
+            if len(ex) <= free:
+                rows[r].append(ex)
+                room[r] -= len(ex)
+                break
+        else:
+            rows.append([ex])
+            room.append(width - len(ex))
+    return rows
+
+
+def epoch_batches(
+    examples: list[Example],
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    epoch: int,
+    *,
+    bucket: bool = True,
+    packing: bool = False,
+    max_length: int = 0,
+) -> list[Batch]:
+    """All batches of one epoch, deterministic in ``(seed, epoch)``.
+
+    With ``packing``, ``batch_size`` rows of ``max_length`` tokens are filled per batch (the packing
+    is fixed; the row order is shuffled each epoch). Otherwise ``batch_size`` examples per batch.
+    """
+    if packing:
+        rows = pack(examples, max_length)
+        order = plan_batches([0] * len(rows), batch_size, seed, epoch, bucket=False)
+        return [collate_packed([rows[i] for i in b], pad_id, max(sum(map(len, rows[i])) for i in b)) for b in order]
+    order = plan_batches([len(e) for e in examples], batch_size, seed, epoch, bucket=bucket)
+    return [collate([examples[i] for i in b], pad_id) for b in order]
+
+
+def padding_stats(batches: list[Batch]) -> dict[str, float]:
+    slots = sum(b.n_slots for b in batches)
+    real = sum(b.n_tokens for b in batches)
+    return {"tokens": real, "slots": slots, "padding_fraction": 1 - real / slots if slots else 0.0}

@@ -1,0 +1,113 @@
+"""Turn records into token ids with completion-only loss masks, using the tokenizer's chat template.
+
+The prompt is rendered exactly as generation will see it (chat template with the generation prompt
+appended), and the completion is the rest of the rendered conversation up to and including the
+end-of-turn token. Training therefore teaches the model to continue precisely the text it is given
+at inference time, and to stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from palate.data.errors import DataError, SkipLog
+from palate.data.records import Demonstration, Prompt, prompt_messages
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenised sequence. Tokens ``input_ids[completion_start:]`` are trained on."""
+
+    input_ids: tuple[int, ...]
+    completion_start: int
+    index: int  # position of the record this came from
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.input_ids) - self.completion_start
+
+
+def uses_chat_template(tokenizer, chat_template: bool | None = None) -> bool:
+    """``chat_template=None`` means: use it when the tokenizer has one."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if chat_template and not has:
+        raise ValueError("chat_template=True but the tokenizer has no chat template")
+    return has if chat_template is None else chat_template
+
+
+def render_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> str:
+    """The exact text a model sees before it starts answering."""
+    if chat_template:
+        return tokenizer.apply_chat_template(prompt_messages(prompt), tokenize=False, add_generation_prompt=True)
+    if not isinstance(prompt, str):
+        raise ValueError("chat-message prompts need a tokenizer with a chat template")
+    return prompt
+
+
+def render_completion(tokenizer, prompt: Prompt, response: str, chat_template: bool) -> str:
+    """The text after :func:`render_prompt` that a good model would produce, ending with its stop token."""
+    if not chat_template:
+        return response + (tokenizer.eos_token or "")
+    messages = prompt_messages(prompt)
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": response}], tokenize=False
+    )
+    if not full.startswith(head):
+        raise ValueError(
+            "the chat template renders the conversation differently from its generation prompt; "
+            "palate cannot separate prompt from completion with this template"
+        )
+    tail = full[len(head):]
+    eos = tokenizer.eos_token
+    if eos and eos in tail:  # drop what follows the end-of-turn token (usually a newline)
+        tail = tail[: tail.rindex(eos) + len(eos)]
+    return tail
+
+
+def encode_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> list[int]:
+    text = render_prompt(tokenizer, prompt, chat_template)
+    # A chat template writes its own special tokens; plain text gets the tokenizer's (e.g. BOS).
+    return tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
+
+
+def encode_demonstrations(
+    tokenizer,
+    records: list[Demonstration],
+    max_length: int,
+    *,
+    skips: SkipLog,
+    chat_template: bool | None = None,
+    truncate_completion: bool = True,
+) -> list[Example]:
+    """Tokenise demonstrations into :class:`Example` s no longer than ``max_length``.
+
+    A prompt that leaves no room for a completion token is skipped; an over-long completion is cut
+    to fit (``truncate_completion``) or skipped. Each case is counted in ``skips`` with its row.
+    """
+    use_template = uses_chat_template(tokenizer, chat_template)
+    out = []
+    for i, rec in enumerate(records):
+        src, row = rec.meta.get("source", "<records>"), rec.meta.get("row", i + 1)
+        try:
+            prompt_ids = encode_prompt(tokenizer, rec.prompt, use_template)
+            completion = render_completion(tokenizer, rec.prompt, rec.response, use_template)
+        except ValueError as e:
+            raise DataError(src, row, "prompt", str(e)) from None
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) >= max_length:
+            skips.skip(src, row, "prompt", f"prompt longer than max_length ({len(prompt_ids)} >= {max_length} tokens)")
+            continue
+        room = max_length - len(prompt_ids)
+        if len(completion_ids) > room:
+            reason = f"completion longer than room left by max_length ({len(completion_ids)} > {room} tokens)"
+            if not truncate_completion:
+                skips.skip(src, row, "response", reason)
+                continue
+            skips.truncate(src, row, "response", reason)
+            completion_ids = completion_ids[:room]
+        out.append(Example(tuple(prompt_ids) + tuple(completion_ids), len(prompt_ids), i))
+    return out

@@ -1,0 +1,138 @@
+"""One run = one directory.
+
+::
+
+    run_dir/
+      config.yaml        the resolved config (a rerun with a different config is refused)
+      status.json        running | finished, with timestamps
+      metrics.jsonl      one JSON object per logged step (train and eval)
+      data_report.json   rows read, skipped and truncated, by reason and row
+      checkpoints/       step-XXXXXXXX/ (atomic; newest `keep_last` kept)
+      final/             the trained model, loadable with transformers' from_pretrained
+
+Rerunning the same command resumes from the newest checkpoint. A finished run is never overwritten
+unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from palate.config import to_dict
+from palate.infra.checkpoint import list_checkpoints
+
+log = logging.getLogger("palate.run")
+
+
+class RunExistsError(RuntimeError):
+    pass
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.final = self.path / "final"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self._sinks: list[Any] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, path: str | Path, config: Any, *, overwrite: bool = False) -> "RunDir":
+        """Create the run directory, or reopen it to resume with the identical config."""
+        run = cls(Path(path))
+        cfg = to_dict(config)
+        if run.path.exists() and any(run.path.iterdir()):
+            if overwrite:
+                log.warning("overwriting existing run %s", run.path)
+                shutil.rmtree(run.path)
+            elif run.status().get("state") == "finished":
+                raise RunExistsError(
+                    f"{run.path} holds a finished run; choose another run_dir or pass --overwrite to replace it"
+                )
+            elif (run.path / "config.yaml").exists():
+                saved = yaml.safe_load((run.path / "config.yaml").read_text())
+                diff = _diff(saved, cfg)
+                if diff:
+                    raise RunExistsError(
+                        f"{run.path} holds an unfinished run with a different config ({'; '.join(diff)}); "
+                        "rerun with the same config to resume, or pass --overwrite to start over"
+                    )
+            else:
+                raise RunExistsError(f"{run.path} exists and is not a palate run; choose another run_dir")
+        run.path.mkdir(parents=True, exist_ok=True)
+        (run.path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        run._write_status("running")
+        return run
+
+    def status(self) -> dict[str, Any]:
+        p = self.path / "status.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def _write_status(self, state: str, **extra: Any) -> None:
+        status = {**self.status(), "state": state, f"{state}_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        tmp = self.path / ".status.json.tmp"
+        tmp.write_text(json.dumps(status, indent=1))
+        tmp.replace(self.path / "status.json")
+
+    def latest_checkpoint(self) -> Path | None:
+        found = list_checkpoints(self.checkpoints)
+        return found[-1] if found else None
+
+    def mark_finished(self, **summary: Any) -> None:
+        self._write_status("finished", **summary)
+
+    # ------------------------------------------------------------------ metrics
+
+    def add_sink(self, sink: Any) -> None:
+        self._sinks.append(sink)
+
+    def rewind_metrics(self, step: int) -> None:
+        """Drop metric lines logged after ``step`` (they belong to work the resumed run will redo)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [
+            line for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **metrics}
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        for sink in self._sinks:
+            sink.log(step, metrics)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def write_json(self, name: str, data: Any) -> Path:
+        p = self.path / name
+        p.write_text(json.dumps(data, indent=1))
+        return p
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+
+
+def _diff(saved: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(saved) | set(new)):
+            out += _diff(saved.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    if saved != new:
+        return [f"{prefix.rstrip('.')}: {saved!r} -> {new!r}"]
+    return []

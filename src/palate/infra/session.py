@@ -1,0 +1,230 @@
+"""What every training recipe does around its loss: set-up, the step loop, resume, checkpoints, final save.
+
+A recipe calls these functions; nothing here knows which loss it trains. :class:`Loop` yields
+``(step, micro_batches)`` from where the run left off, owns the optimizer and schedule, and writes a
+checkpoint whenever one is due, so a recipe's body is only its forward, loss and backward.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from palate.config import LogConfig, LoraConfig, ModelConfig, TrainConfig, to_dict
+from palate.data.batching import Batch
+from palate.data.errors import SkipLog
+from palate.infra.checkpoint import load_checkpoint, save_checkpoint
+from palate.infra.device import (
+    autocast,
+    keep_freed_memory,
+    pick_device,
+    pick_gradient_checkpointing,
+    pick_precision,
+)
+from palate.infra.logging import Progress, attach_sinks, setup_logging
+from palate.infra.optim import adamw, scheduler
+from palate.infra.run import RunDir
+from palate.models.load import load_model, load_tokenizer
+from palate.models.lora import apply_lora, save_model
+
+log = logging.getLogger("palate")
+
+__all__ = ["Env", "start", "tokenizer", "policy", "report_data", "BatchStream", "Loop", "autocast", "peak_rss_gib"]
+
+
+@dataclass(frozen=True)
+class Env:
+    device: torch.device
+    precision: str
+    gradient_checkpointing: bool
+    progress: bool = True
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+
+
+def start(train: TrainConfig, model: ModelConfig, run: RunDir, log_cfg: LogConfig, full_config: Any) -> Env:
+    """Logging, threads, seeds, allocator and device choices for a run, each choice logged."""
+    setup_logging()
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    random.seed(train.seed)
+    np.random.seed(train.seed)
+    torch.manual_seed(train.seed)
+    kept = keep_freed_memory()
+    device = pick_device(model.device)
+    env = Env(
+        device, pick_precision(train.precision, device),
+        pick_gradient_checkpointing(train.gradient_checkpointing, device), progress=log_cfg.progress,
+    )
+    log.info(
+        "run %s | device %s, %d threads | precision %s%s | gradient checkpointing %s%s | allocator keeps freed memory: %s",
+        run.path, device, torch.get_num_threads(), env.precision,
+        " (auto: fp32 on CPU, where bf16 is slower)" if train.precision == "auto" and device.type == "cpu" else "",
+        "on" if env.gradient_checkpointing else "off",
+        " (auto: not needed for memory here)" if train.gradient_checkpointing == "auto" else "",
+        "yes" if kept else "no",
+    )
+    attach_sinks(run, log_cfg, to_dict(full_config))
+    return env
+
+
+def tokenizer(model: ModelConfig):
+    return load_tokenizer(model.name, trust_remote_code=model.trust_remote_code, revision=model.revision)
+
+
+def policy(model_cfg: ModelConfig, lora: LoraConfig, train: TrainConfig, env: Env, tok) -> torch.nn.Module:
+    """The model to train: loaded, optionally wrapped in LoRA, in train mode."""
+    model = load_model(
+        model_cfg.name, dtype=model_cfg.dtype, device=str(env.device), trust_remote_code=model_cfg.trust_remote_code,
+        revision=model_cfg.revision, tokenizer=tok, seed=train.seed,
+    )
+    if lora.enabled:
+        model = apply_lora(model, lora)
+    if env.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %.1fM parameters, %.2fM trainable%s", model_cfg.name, n_all / 1e6, n_train / 1e6,
+             " (LoRA)" if lora.enabled else "")
+    return model
+
+
+def report_data(run: RunDir, skips: SkipLog, **counts: int) -> None:
+    """Say what was skipped or truncated, prominently, and save it in the run dir."""
+    skips.report()
+    run.write_json("data_report.json", {**counts, **skips.as_dict()})
+    log.info("data: %s", ", ".join(f"{v} {k.replace('n_', '')}" for k, v in counts.items()))
+
+
+class BatchStream:
+    """Micro-batches of an endless sequence of epochs; step ``s`` gets micro-batches ``(s-1)*k .. s*k-1``.
+
+    The position in the data is a function of the step alone, so resuming at a step replays nothing
+    and skips nothing.
+    """
+
+    def __init__(self, batches_of_epoch: Callable[[int], list[Batch]], grad_accum: int):
+        self._make = batches_of_epoch
+        self.grad_accum = grad_accum
+        self._cache: tuple[int, list[Batch]] | None = None
+        self.batches_per_epoch = len(self.epoch(0))
+        if self.batches_per_epoch == 0:
+            raise ValueError("no training batches: the dataset is empty after skipping")
+
+    def epoch(self, e: int) -> list[Batch]:
+        if self._cache is None or self._cache[0] != e:
+            self._cache = (e, self._make(e))
+        return self._cache[1]
+
+    def micro_batches(self, step: int) -> list[Batch]:
+        out = []
+        for k in range((step - 1) * self.grad_accum, step * self.grad_accum):
+            out.append(self.epoch(k // self.batches_per_epoch)[k % self.batches_per_epoch])
+        return out
+
+    def steps_for_epochs(self, epochs: int) -> int:
+        return math.ceil(epochs * self.batches_per_epoch / self.grad_accum)
+
+
+class Loop:
+    """The optimizer-step loop: resume, lr schedule, clipping, logging, checkpoints, final save."""
+
+    def __init__(self, run: RunDir, model: torch.nn.Module, train: TrainConfig, env: Env, stream: BatchStream):
+        self.run, self.model, self.cfg, self.env, self.stream = run, model, train, env, stream
+        self.total = train.max_steps or stream.steps_for_epochs(train.epochs)
+        self.optimizer = adamw(model, train.lr, train.weight_decay, train.adam_betas)
+        self.scheduler = scheduler(self.optimizer, round(train.warmup_ratio * self.total), self.total, train.min_lr_ratio)
+        self.start_step = 0
+        ckpt = run.latest_checkpoint()
+        if ckpt is not None:
+            progress = load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler)
+            self.start_step = progress["step"]
+            log.info("resuming from %s (step %d of %d)", ckpt.name, self.start_step, self.total)
+        run.rewind_metrics(self.start_step)
+        self.step = self.start_step
+        self.progress = Progress(self.total, self.start_step, enabled=env.progress)
+        self._t_step = time.perf_counter()
+        self._t_start = time.perf_counter()
+        self._tokens = 0
+
+    def __iter__(self) -> Iterator[tuple[int, list[Batch]]]:
+        for step in range(self.start_step + 1, self.total + 1):
+            self.step = step
+            yield step, self.stream.micro_batches(step)
+            if self.due(self.cfg.save_every) and step < self.total:
+                self.checkpoint()
+
+    def due(self, every: int) -> bool:
+        """True on every ``every``-th step and on the last step (``every=0``: only the last)."""
+        return self.step == self.total or (every > 0 and self.step % every == 0)
+
+    def optimizer_step(self, **measured: float) -> dict[str, float]:
+        """Clip, step, schedule; returns the step's metrics (the caller's ``measured`` values included)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        now = time.perf_counter()
+        seconds, self._t_step = now - self._t_step, now
+        tokens = measured.get("tokens", 0)
+        self._tokens += tokens
+        return {
+            **measured,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "epoch": self.step * self.stream.grad_accum / self.stream.batches_per_epoch,
+            "step_seconds": seconds,
+            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        }
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.due(self.cfg.log_every) or "eval_loss" in metrics:
+            self.run.log(step, metrics)
+        shown = {k: metrics[k] for k in ("loss", "eval_loss") if k in metrics}
+        self.progress.update(step, int(metrics.get("tokens", 0)), **shown)
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(
+            self.run.checkpoints, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            data_state={"micro_batches_consumed": self.step * self.stream.grad_accum},
+            keep_last=self.cfg.keep_last,
+        )
+
+    def finish(self, tokenizer, merge: bool = True, **summary: Any) -> Path:
+        """Save ``final/`` (HF-loadable), mark the run finished and return the final model's path."""
+        self.progress.close()
+        wall = time.perf_counter() - self._t_start
+        save_model(self.model, tokenizer, self.run.final, merge=merge)
+        summary = {
+            "steps": self.total,
+            "resumed_from_step": self.start_step,
+            "wall_seconds": round(wall, 2),
+            "tokens_per_s": round(self._tokens / wall, 2) if wall > 0 else None,
+            "peak_rss_gib": round(peak_rss_gib(), 3),
+            **summary,
+        }
+        last = [m for m in self.run.read_metrics() if "loss" in m]
+        if last:
+            summary["final_train_loss"] = last[-1]["loss"]
+        self.run.mark_finished(summary=summary)
+        self.run.close()
+        log.info("finished: %s", ", ".join(f"{k}={v}" for k, v in summary.items()))
+        log.info("model saved to %s", self.run.final)
+        return self.run.final
+

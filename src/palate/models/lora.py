@@ -1,0 +1,50 @@
+"""LoRA adapters through PEFT, and saving a trained model (merged or adapter-only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from palate.config import LoraConfig
+
+
+def apply_lora(model, cfg: LoraConfig):
+    """Wrap ``model`` with a fresh LoRA adapter; only adapter weights stay trainable."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    target = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target, task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_model(model, tokenizer, target: Path, merge: bool = True) -> Path:
+    """Save HF-loadable weights and tokenizer to ``target`` atomically (temporary dir, then rename).
+
+    A LoRA model is merged into its base weights in place (``merge=True``: loads with ``AutoModelForCausalLM``) or
+    saved as a PEFT adapter (``merge=False``: loads with ``peft.AutoPeftModelForCausalLM``).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        if is_peft(model) and merge:
+            model.merge_and_unload().save_pretrained(tmp)  # in place: training is over
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
