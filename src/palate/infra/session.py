@@ -219,9 +219,11 @@ class Loop:
             "peak_rss_gib": round(peak_rss_gib(), 3),
             **summary,
         }
-        last = [m for m in self.run.read_metrics() if "loss" in m]
-        if last:
-            summary["final_train_loss"] = last[-1]["loss"]
+        logged = self.run.read_metrics()
+        for key in ("loss", "eval_loss"):  # the last value of each (eval always runs on the last step)
+            values = [m[key] for m in logged if key in m]
+            if values:
+                summary[f"final_{key}"] = values[-1]
         self.run.mark_finished(summary=summary)
         self.run.close()
         log.info("finished: %s", ", ".join(f"{k}={v}" for k, v in summary.items()))

@@ -115,7 +115,4 @@ def train(cfg: SFTConfig, *, overwrite: bool = False) -> Path:
         if eval_batches and loop.due(cfg.train.eval_every):
             metrics["eval_loss"] = evaluate(model, eval_batches, env.precision, env.device)
         loop.log(step, metrics)
-    summary = {}
-    if eval_batches:
-        summary["eval_loss"] = evaluate(model, eval_batches, env.precision, env.device)
-    return loop.finish(tok, merge=cfg.lora.merge, **summary)
+    return loop.finish(tok, merge=cfg.lora.merge)

@@ -1,0 +1,32 @@
+import json
+
+import pytest
+
+from palate.config import load_config
+from palate.infra.run import RunDir, RunExistsError
+from palate.recipes.sft import SFTConfig
+
+
+def test_metrics_rewind_drops_redone_steps(tmp_path):
+    run = RunDir.open(tmp_path / "r", load_config(SFTConfig))
+    for s in range(1, 6):
+        run.log(s, {"loss": float(s)})
+    run.rewind_metrics(3)
+    assert [m["step"] for m in run.read_metrics()] == [1, 2, 3]
+
+
+def test_refuses_foreign_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match="not a palate run"):
+        RunDir.open(tmp_path, load_config(SFTConfig))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_status_lifecycle(tmp_path):
+    run = RunDir.open(tmp_path / "r", load_config(SFTConfig))
+    assert run.status()["state"] == "running"
+    run.mark_finished(summary={"steps": 3})
+    st = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert st["state"] == "finished" and st["summary"] == {"steps": 3} and "running_at" in st
+    with pytest.raises(RunExistsError, match="finished run"):
+        RunDir.open(tmp_path / "r", load_config(SFTConfig))
