@@ -59,7 +59,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto is fp32 on CPU, bf16 on capable GPUs
-    gradient_checkpointing: str = "auto"  # auto | on | off; auto: off on CPU
+    gradient_checkpointing: bool | None = None  # None: auto (off on CPU, where memory is rarely the limit)
     log_every: int = 1
     eval_every: int = 50  # 0: only at the end
     save_every: int = 50  # 0: only at the end

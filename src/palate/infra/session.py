@@ -73,7 +73,7 @@ def start(train: TrainConfig, model: ModelConfig, run: RunDir, log_cfg: LogConfi
         run.path, device, torch.get_num_threads(), env.precision,
         " (auto: fp32 on CPU, where bf16 is slower)" if train.precision == "auto" and device.type == "cpu" else "",
         "on" if env.gradient_checkpointing else "off",
-        " (auto: not needed for memory here)" if train.gradient_checkpointing == "auto" else "",
+        " (auto)" if train.gradient_checkpointing is None else "",
         "yes" if kept else "no",
     )
     attach_sinks(run, log_cfg, to_dict(full_config))
