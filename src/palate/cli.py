@@ -35,11 +35,12 @@ def _fail(e: Exception) -> None:
 
 @app.command(context_settings={"allow_extra_args": False})
 def sft(
-    args: list[str] = typer.Argument(None, help="[CONFIG.yaml] [section.key=value ...], e.g. train.lr=1e-5"),
+    args: list[str] = typer.Argument(None, help="an optional CONFIG.yaml and section.key=value overrides, e.g. train.lr=1e-5"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in run_dir"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved config as YAML and exit"),
 ) -> None:
     """Supervised fine-tuning on demonstrations (resumes automatically if run_dir has checkpoints)."""
-    from palate.config import ConfigError, load_config
+    from palate.config import ConfigError, dump_yaml, load_config
     from palate.data.errors import DataError
     from palate.infra.run import RunExistsError
     from palate.recipes.sft import SFTConfig, train
@@ -47,6 +48,9 @@ def sft(
     config, overrides = _config_and_overrides(args)
     try:
         cfg = load_config(SFTConfig, config, overrides)
+        if print_config:
+            typer.echo(dump_yaml(cfg), nl=False)
+            return
         final = train(cfg, overwrite=overwrite)
     except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
         _fail(e)
