@@ -131,8 +131,10 @@ def _load_hub(name: str, split: str):
 
 
 def _hf_rows(ds, label: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    # Arrow tables give every row every column, filling absent ones with None: drop those so shape
+    # detection sees the fields a row really has (as it does for JSONL).
     for i, row in enumerate(ds, start=1):
-        yield label, i, dict(row)
+        yield label, i, {k: v for k, v in row.items() if v is not None}
 
 
 # ----------------------------------------------------------------------------- fields
@@ -204,7 +206,7 @@ def read_demonstrations(
 
 
 def _demonstration_from_row(row: dict, src: str, n: int, col: dict[str, str], skips: SkipLog) -> Demonstration | None:
-    meta = {"source": src, "row": n, **_extra_meta(row, col)}
+    meta = {**_extra_meta(row, col), "source": src, "row": n}  # provenance wins over same-named columns
     if col["messages"] in row:
         msgs = _messages(row[col["messages"]], src, n, col["messages"])
         prompt, response = _split_last_assistant(msgs, src, n, col["messages"])
@@ -283,7 +285,7 @@ def _preference_from_row(row: dict, src: str, n: int, col: dict[str, str], skips
             return None
     weight = _number(row, col["weight"], src, n, default=1.0)
     margin = _number(row, col["margin"], src, n, default=None)
-    meta = {"source": src, "row": n, **_extra_meta(row, col)}
+    meta = {**_extra_meta(row, col), "source": src, "row": n}  # provenance wins over same-named columns
     return Preference(prompt=prompt, chosen=chosen, rejected=rejected, weight=weight, margin=margin, meta=meta)
 
 
