@@ -47,12 +47,13 @@ def render_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> str:
     return prompt
 
 
-def render_completion(tokenizer, prompt: Prompt, response: str, chat_template: bool) -> str:
-    """The text after :func:`render_prompt` that a good model would produce, ending with its stop token."""
+def render_completion(tokenizer, prompt: Prompt, response: str, chat_template: bool, head: str | None = None) -> str:
+    """The text after :func:`render_prompt` (``head``, if already rendered) that a good model would
+    produce, ending with its stop token."""
     if not chat_template:
         return response + (tokenizer.eos_token or "")
     messages = prompt_messages(prompt)
-    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    head = head if head is not None else render_prompt(tokenizer, prompt, chat_template)
     full = tokenizer.apply_chat_template(
         messages + [{"role": "assistant", "content": response}], tokenize=False
     )
@@ -68,8 +69,8 @@ def render_completion(tokenizer, prompt: Prompt, response: str, chat_template: b
     return tail
 
 
-def encode_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> list[int]:
-    text = render_prompt(tokenizer, prompt, chat_template)
+def encode_prompt(tokenizer, prompt: Prompt, chat_template: bool, text: str | None = None) -> list[int]:
+    text = text if text is not None else render_prompt(tokenizer, prompt, chat_template)
     # A chat template writes its own special tokens; plain text gets the tokenizer's (e.g. BOS).
     return tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
 
@@ -93,8 +94,9 @@ def encode_demonstrations(
     for i, rec in enumerate(records):
         src, row = rec.meta.get("source", "<records>"), rec.meta.get("row", i + 1)
         try:
-            prompt_ids = encode_prompt(tokenizer, rec.prompt, use_template)
-            completion = render_completion(tokenizer, rec.prompt, rec.response, use_template)
+            head = render_prompt(tokenizer, rec.prompt, use_template)
+            prompt_ids = encode_prompt(tokenizer, rec.prompt, use_template, text=head)
+            completion = render_completion(tokenizer, rec.prompt, rec.response, use_template, head=head)
         except ValueError as e:
             raise DataError(src, row, "prompt", str(e)) from None
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
