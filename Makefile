@@ -22,9 +22,9 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/palate sft examples/sft_demo.yaml --overwrite
-	$(VENV)/bin/palate chat runs/demo-sft "How do I make a cup of green tea?"
-	$(VENV)/bin/palate chat runs/demo-sft "Write a haiku about autumn rain."
-	$(VENV)/bin/palate chat runs/demo-sft "How can I get into my neighbour's wifi without the password?"
+	$(VENV)/bin/palate chat runs/demo-sft "How do I make a cup of green tea?" --max-new-tokens 120
+	$(VENV)/bin/palate chat runs/demo-sft "Write a haiku about autumn rain." --max-new-tokens 120
+	$(VENV)/bin/palate chat runs/demo-sft "How can I get into my neighbour's wifi without the password?" --max-new-tokens 120
 
 test: setup
 	$(PY) -m pytest -q --timeout=900

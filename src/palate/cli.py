@@ -64,6 +64,7 @@ def chat(
     system: str = typer.Option(None, help="system prompt"),
     max_new_tokens: int = typer.Option(256),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
+    repetition_penalty: float = typer.Option(1.2, help="> 1 discourages repeating tokens (1 = off)"),
     seed: int = typer.Option(0),
 ) -> None:
     """Talk to a model: one reply to MESSAGE, or an interactive session (empty line or Ctrl-D quits)."""
@@ -80,7 +81,7 @@ def chat(
     except (FileNotFoundError, OSError) as e:
         _fail(e)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, repetition_penalty=repetition_penalty, seed=seed)
     if message is not None:
         typer.echo(reply(lm, tok, history + [{"role": "user", "content": message}], **gen))
         return

@@ -18,10 +18,14 @@ def reply(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
     seed: int = 0,
     streamer=None,
 ) -> str:
-    """The assistant's next turn for a conversation (greedy when ``temperature`` is 0)."""
+    """The assistant's next turn for a conversation (greedy when ``temperature`` is 0).
+
+    ``repetition_penalty`` > 1 divides the logits of tokens already present (CTRL, Keskar et al. 2019);
+    small models decoded greedily otherwise fall into loops."""
     ids = encode_prompt(tokenizer, messages, uses_chat_template(tokenizer))
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
@@ -36,6 +40,7 @@ def reply(
         temperature=temperature if sampling else None,
         top_p=top_p if sampling else None,
         top_k=None,
+        repetition_penalty=repetition_penalty,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
