@@ -26,9 +26,10 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[f
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # foreach is the fast path on CPU; fused AdamW exists for CUDA.
-    fused = all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)
+    # Fused AdamW runs on CPU and CUDA: 0.068 s per step for 135M parameters on 2 CPU threads, against
+    # 0.23 s for foreach (bench/sft.py profile). Other devices get torch's default implementation.
+    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
