@@ -33,28 +33,113 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-@app.command(context_settings={"allow_extra_args": False})
-def sft(
-    args: list[str] = typer.Argument(None, help="an optional CONFIG.yaml and section.key=value overrides, e.g. train.lr=1e-5"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in run_dir"),
-    print_config: bool = typer.Option(False, "--print-config", help="print the resolved config as YAML and exit"),
-) -> None:
-    """Supervised fine-tuning on demonstrations (resumes automatically if run_dir has checkpoints)."""
+_ARGS_HELP = "an optional CONFIG.yaml and section.key=value overrides, e.g. train.lr=1e-5"
+
+
+def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, print_config: bool) -> None:
+    """Shared body of the training commands: resolve the config, run the recipe, report clear errors."""
     from palate.config import ConfigError, dump_yaml, load_config
     from palate.data.errors import DataError
     from palate.infra.run import RunExistsError
-    from palate.recipes.sft import SFTConfig, train
 
     config, overrides = _config_and_overrides(args)
     try:
-        cfg = load_config(SFTConfig, config, overrides)
+        cfg = load_config(config_cls, config, overrides)
         if print_config:
             typer.echo(dump_yaml(cfg), nl=False)
             return
-        final = train(cfg, overwrite=overwrite)
+        final = train_fn(cfg, overwrite=overwrite)
     except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"final model: {final}")
+
+
+_OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run in run_dir")
+_PRINT_CONFIG = typer.Option(False, "--print-config", help="print the resolved config as YAML and exit")
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def sft(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
+        print_config: bool = _PRINT_CONFIG) -> None:
+    """Supervised fine-tuning on demonstrations (resumes automatically if run_dir has checkpoints)."""
+    from palate.recipes.sft import SFTConfig, train
+
+    _train(SFTConfig, train, args, overwrite, print_config)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def rm(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
+       print_config: bool = _PRINT_CONFIG) -> None:
+    """Train a reward model on preferences or rankings; evaluates on held-out pairs at the end."""
+    from palate.recipes.reward import RewardConfig, train
+
+    _train(RewardConfig, train, args, overwrite, print_config)
+
+
+@app.command("rm-eval")
+def rm_eval(
+    model: str = typer.Argument(..., help="reward model: palate run dir or HF sequence-classification model dir"),
+    data: str = typer.Option(..., "--data", help="preference pairs: file, dataset dir, bundled:NAME or hub name"),
+    out: str = typer.Option(None, "--out", help="where to write rm_eval.json and plots (default: MODEL/eval-<data>)"),
+    batch_size: int = typer.Option(16),
+    seed: int = typer.Option(0, help="seed of the bootstrap CI and the calibration orientation"),
+) -> None:
+    """Evaluate a reward model on preference pairs: accuracy with CI, calibration, length bias, per group."""
+    from palate.data.errors import DataError
+    from palate.data.readers import read_preferences
+    from palate.eval.reward import evaluate_reward_model, format_report
+    from palate.infra.logging import setup_logging
+    from palate.models.heads import RewardModel
+
+    setup_logging()
+    try:
+        rm_ = RewardModel.load(model)
+        pairs = read_preferences(data)
+    except (DataError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    target = Path(out) if out else Path(model) / f"eval-{Path(data.replace('bundled:', '')).stem}"
+    report = evaluate_reward_model(rm_, pairs, target, seed=seed, batch_size=batch_size)
+    typer.echo(format_report(report))
+    typer.echo(f"written to {target}")
+
+
+@app.command()
+def score(
+    model: str = typer.Argument(..., help="reward model: palate run dir or HF sequence-classification model dir"),
+    input: str = typer.Option(..., "--input", help="JSONL/dataset with prompt and response columns"),
+    output: str = typer.Option(None, "--output", help="JSONL to write (default: INPUT with .scored.jsonl)"),
+    batch_size: int = typer.Option(16),
+    normalize: bool = typer.Option(False, help="(r - mean) / std with the stats saved at training time"),
+) -> None:
+    """Score (prompt, response) rows with a reward model; writes each row back with its reward."""
+    import json
+
+    from palate.data.errors import DataError
+    from palate.data.readers import iter_rows, read_demonstrations
+    from palate.infra.logging import setup_logging
+    from palate.models.heads import RewardModel
+
+    setup_logging()
+    try:
+        rows = [row for _, _, row in iter_rows(input)]
+        records = read_demonstrations(input)  # validates every row, naming file, line and field
+        rm_ = RewardModel.load(model)
+    except (DataError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    if len(records) != len(rows):
+        _fail(ValueError(f"{input}: {len(rows) - len(records)} rows have an empty response; nothing written"))
+    try:
+        scores = rm_.score([r.prompt for r in records], [r.response for r in records], batch_size=batch_size,
+                           normalize=normalize)
+    except ValueError as e:
+        _fail(e)
+    target = Path(output) if output else Path(input).with_suffix(".scored.jsonl")
+    with open(target, "w") as f:
+        for row, mean, std in zip(rows, scores.mean.tolist(), scores.std.tolist()):
+            extra = {"reward_std": std} if rm_.n_heads > 1 else {}
+            f.write(json.dumps({**row, "reward": mean, **extra}, ensure_ascii=False) + "\n")
+    typer.echo(f"scored {len(rows)} rows -> {target} (reward mean {scores.mean.mean():.4f}, "
+               f"std {scores.mean.std():.4f}{', normalised' if normalize else ''})")
 
 
 @app.command()

@@ -29,6 +29,7 @@ class Batch:
     position_ids: torch.Tensor | None  # [B, T] for packed rows
     indices: list[int]  # record indices of the examples inside
     n_tokens: int  # real (non-padding) tokens
+    group_sizes: list[int] | None = None  # comparison batches: rows come in groups sharing a prompt
 
     @property
     def n_targets(self) -> int:
@@ -146,6 +147,26 @@ def epoch_batches(
         return [collate_packed([rows[i] for i in b], pad_id, max(sum(map(len, rows[i])) for i in b)) for b in order]
     order = plan_batches([len(e) for e in examples], batch_size, seed, epoch, bucket=bucket)
     return [collate([examples[i] for i in b], pad_id) for b in order]
+
+
+def group_batches(
+    groups: list[list[Example]], batch_size: int, pad_id: int, seed: int, epoch: int, *, bucket: bool = True
+) -> list[Batch]:
+    """Batches of ``batch_size`` comparison groups (a pair, or a ranking's responses best first), all
+    rows of a batch in one padded tensor so one forward scores them all.
+
+    Rows are group-major: group 0's responses, then group 1's, ... (``Batch.group_sizes`` says how many
+    each). For pairs this puts chosen at rows ``0::2`` and rejected at ``1::2``. Bucketing uses each
+    group's longest response.
+    """
+    order = plan_batches([max(map(len, g)) for g in groups], batch_size, seed, epoch, bucket=bucket)
+    out = []
+    for b in order:
+        batch = collate([ex for i in b for ex in groups[i]], pad_id)
+        batch.group_sizes = [len(groups[i]) for i in b]
+        batch.indices = [groups[i][0].index for i in b]
+        out.append(batch)
+    return out
 
 
 def padding_stats(batches: list[Batch]) -> dict[str, float]:

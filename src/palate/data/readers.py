@@ -14,7 +14,11 @@ Row shapes are detected per row unless ``columns`` names them:
   message is the assistant's reply; an HH transcript in ``chosen`` (``"\\n\\nHuman: … \\n\\nAssistant: …"``);
 * preferences: ``prompt`` + ``chosen`` + ``rejected`` (text, or lists of chat messages as TRL writes
   them), or HH transcripts in ``chosen``/``rejected`` split at the last ``Assistant:`` turn;
-  optional ``weight`` and ``margin``.
+  optional ``weight``, ``margin`` and ``tie`` (true when the labeler preferred neither);
+* rankings: ``prompt`` + ``responses`` (list of texts) + ``order`` (indices best to worst) or ``scores``
+  (higher is better; equal scores are a tie and the row is skipped with a count);
+* ratings: ``prompt`` + ``response`` (or ``completion``) + ``score`` (optional ``scale`` ``[low, high]``,
+  default ``[0, 1]``), or TRL's unpaired format with a boolean ``label`` (thumbs up/down).
 
 Structural problems (bad JSON, a missing field, a wrong type) raise :class:`DataError` naming file,
 row and field, or with ``on_error="skip"`` become counted skips. Content problems (an empty
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from palate.data.errors import DataError, SkipLog
-from palate.data.records import Demonstration, Message, Preference, Prompt
+from palate.data.records import Demonstration, Message, Preference, Prompt, Ranking, Rating
 
 BUNDLED_PREFIX = "bundled:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -206,7 +210,7 @@ def read_demonstrations(
 
 
 def _demonstration_from_row(row: dict, src: str, n: int, col: dict[str, str], skips: SkipLog) -> Demonstration | None:
-    meta = {**_extra_meta(row, col), "source": src, "row": n}  # provenance wins over same-named columns
+    meta = {**_extra_meta(row, col, "demonstration"), "source": src, "row": n}  # provenance wins over same-named columns
     if col["messages"] in row:
         msgs = _messages(row[col["messages"]], src, n, col["messages"])
         prompt, response = _split_last_assistant(msgs, src, n, col["messages"])
@@ -284,9 +288,97 @@ def _preference_from_row(row: dict, src: str, n: int, col: dict[str, str], skips
             skips.skip(src, n, name, "empty completion")
             return None
     weight = _number(row, col["weight"], src, n, default=1.0)
+    if weight < 0:
+        raise DataError(src, n, col["weight"], f"weight must be >= 0, got {weight}")
     margin = _number(row, col["margin"], src, n, default=None)
-    meta = {**_extra_meta(row, col), "source": src, "row": n}  # provenance wins over same-named columns
-    return Preference(prompt=prompt, chosen=chosen, rejected=rejected, weight=weight, margin=margin, meta=meta)
+    tie = row.get(col["tie"], False)
+    if not isinstance(tie, bool):
+        raise DataError(src, n, col["tie"], f"expected true or false, got {type(tie).__name__}")
+    meta = {**_extra_meta(row, col, "preference"), "source": src, "row": n}  # provenance wins over same-named columns
+    return Preference(prompt=prompt, chosen=chosen, rejected=rejected, weight=weight, margin=margin, tie=tie, meta=meta)
+
+
+# ----------------------------------------------------------------------------- rankings
+
+
+def read_rankings(
+    source: str | Path,
+    *,
+    columns: dict[str, str] | None = None,
+    split: str = "train",
+    on_error: str = "raise",
+    skips: SkipLog | None = None,
+) -> list[Ranking]:
+    """Read K-way rankings (see module docstring)."""
+    return _read(source, _ranking_from_row, columns, split, on_error, skips)
+
+
+def _ranking_from_row(row: dict, src: str, n: int, col: dict[str, str], skips: SkipLog) -> Ranking | None:
+    prompt = _prompt_value(row, col["prompt"], src, n)
+    raw = _field(row, col["responses"], src, n, list)
+    responses = [_completion(r, src, n, f"{col['responses']}[{j}]") for j, r in enumerate(raw)]
+    if len(responses) < 2:
+        raise DataError(src, n, col["responses"], f"a ranking needs at least 2 responses, got {len(responses)}")
+    for j, text in enumerate(responses):
+        if not text.strip():
+            skips.skip(src, n, f"{col['responses']}[{j}]", "empty completion")
+            return None
+    if col["order"] in row:
+        order = _field(row, col["order"], src, n, list)
+        if sorted(o for o in order if isinstance(o, int) and not isinstance(o, bool)) != list(range(len(responses))):
+            raise DataError(src, n, col["order"], f"must list each index 0..{len(responses) - 1} once, got {order}")
+    elif col["scores"] in row:
+        scores = _field(row, col["scores"], src, n, list)
+        if len(scores) != len(responses) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+            raise DataError(src, n, col["scores"], f"expected {len(responses)} numbers, one per response")
+        if len(set(scores)) < len(scores):
+            skips.skip(src, n, col["scores"], "tied scores give no full order")
+            return None
+        order = sorted(range(len(scores)), key=lambda j: -scores[j])
+    else:
+        raise DataError(src, n, col["order"], f"a ranking needs '{col['order']}' or '{col['scores']}'")
+    meta = {**_extra_meta(row, col, "ranking"), "source": src, "row": n}
+    return Ranking(prompt=prompt, responses=responses, order=list(order), meta=meta)
+
+
+# ----------------------------------------------------------------------------- ratings
+
+
+def read_ratings(
+    source: str | Path,
+    *,
+    columns: dict[str, str] | None = None,
+    split: str = "train",
+    on_error: str = "raise",
+    skips: SkipLog | None = None,
+) -> list[Rating]:
+    """Read single-response ratings or thumbs (see module docstring)."""
+    return _read(source, _rating_from_row, columns, split, on_error, skips)
+
+
+def _rating_from_row(row: dict, src: str, n: int, col: dict[str, str], skips: SkipLog) -> Rating | None:
+    prompt = _prompt_value(row, col["prompt"], src, n)
+    name = col["response"] if col["response"] in row or "completion" not in row else "completion"
+    response = _completion(_field(row, name, src, n, (str, list)), src, n, name)
+    if not response.strip():
+        skips.skip(src, n, name, "empty completion")
+        return None
+    if col["score"] not in row and isinstance(row.get(col["label"]), bool):
+        score, scale = float(row[col["label"]]), (0.0, 1.0)
+    else:
+        score = _number(row, col["score"], src, n, default=None)
+        if score is None:
+            raise DataError(src, n, col["score"], f"missing field: a rating needs '{col['score']}' or a boolean '{col['label']}'")
+        raw_scale = row.get(col["scale"], [0, 1])
+        if (not isinstance(raw_scale, list) or len(raw_scale) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw_scale)
+                or raw_scale[0] >= raw_scale[1]):
+            raise DataError(src, n, col["scale"], f"expected [low, high] with low < high, got {raw_scale!r}")
+        scale = (float(raw_scale[0]), float(raw_scale[1]))
+        if not scale[0] <= score <= scale[1]:
+            raise DataError(src, n, col["score"], f"score {score} outside the scale {list(scale)}")
+    meta = {**_extra_meta(row, col, "rating"), "source": src, "row": n}
+    return Rating(prompt=prompt, response=response, score=score, scale=scale, meta=meta)
 
 
 def _number(row: dict, name: str, src: str, n: int, default: float | None) -> float | None:
@@ -300,12 +392,21 @@ def _number(row: dict, name: str, src: str, n: int, default: float | None) -> fl
 
 # ----------------------------------------------------------------------------- shared loop
 
-_DEFAULT_COLUMNS = ("prompt", "response", "messages", "chosen", "rejected", "weight", "margin")
+_DEFAULT_COLUMNS = ("prompt", "response", "messages", "chosen", "rejected", "weight", "margin", "tie",
+                    "responses", "order", "scores", "score", "scale", "label")
 
 
-def _extra_meta(row: dict, col: dict[str, str]) -> dict[str, Any]:
+_FIELDS_OF = {
+    "demonstration": ("prompt", "response", "messages", "chosen", "rejected"),
+    "preference": ("prompt", "chosen", "rejected", "weight", "margin", "tie"),
+    "ranking": ("prompt", "responses", "order", "scores"),
+    "rating": ("prompt", "response", "score", "scale", "label"),
+}
+
+
+def _extra_meta(row: dict, col: dict[str, str], kind: str) -> dict[str, Any]:
     """Keep a row's ``meta`` object and small scalar extras (ids, categories, labeler groups)."""
-    used = set(col.values()) | {"completion"}
+    used = {col[name] for name in _FIELDS_OF[kind]} | {"completion"}
     extra = {k: v for k, v in row.items() if k not in used and k != "meta" and isinstance(v, (str, int, float, bool))}
     if isinstance(row.get("meta"), dict):
         extra.update(row["meta"])

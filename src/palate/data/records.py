@@ -25,13 +25,18 @@ class Demonstration:
 
 @dataclass(frozen=True)
 class Preference:
-    """A pairwise judgment: ``chosen`` is preferred to ``rejected`` for ``prompt``."""
+    """A pairwise judgment: ``chosen`` is preferred to ``rejected`` for ``prompt``.
+
+    ``tie=True`` records that neither was preferred (the names then carry no order); recipes drop ties
+    with a count or train on them with a tie-aware loss, never silently as a preference.
+    """
 
     prompt: Prompt
     chosen: str
     rejected: str
     weight: float = 1.0
     margin: float | None = None
+    tie: bool = False
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -60,6 +65,16 @@ class Rating:
     score: float
     scale: tuple[float, float] = (0.0, 1.0)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def ranking_pairs(ranking: Ranking) -> list[Preference]:
+    """All K(K-1)/2 pairs implied by a ranking, each better-ranked response as ``chosen``."""
+    best_first = [ranking.responses[i] for i in ranking.order]
+    return [
+        Preference(ranking.prompt, best_first[i], best_first[j], meta={**ranking.meta, "rank_pair": (i, j)})
+        for i in range(len(best_first))
+        for j in range(i + 1, len(best_first))
+    ]
 
 
 def prompt_messages(prompt: Prompt) -> list[Message]:

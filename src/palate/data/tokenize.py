@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from palate.data.errors import DataError, SkipLog
-from palate.data.records import Demonstration, Prompt, prompt_messages
+from palate.data.records import Demonstration, Prompt, Ranking, prompt_messages
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,54 @@ def encode_prompt(tokenizer, prompt: Prompt, chat_template: bool, text: str | No
     return tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
 
 
+def encode_responses(
+    tokenizer,
+    prompt: Prompt,
+    responses: list[str],
+    max_length: int,
+    *,
+    skips: SkipLog,
+    where: tuple[str, int],
+    index: int,
+    use_template: bool,
+    truncate_completion: bool = True,
+    fields: list[str] | None = None,
+) -> list[Example] | None:
+    """Tokenise one prompt (once) with each of its responses: one :class:`Example` per response.
+
+    Returns ``None`` when the record cannot fit (prompt leaves no room, or a completion is too long and
+    ``truncate_completion`` is off); every skip and truncation is counted in ``skips`` with its row.
+    """
+    src, row = where
+    try:
+        head = render_prompt(tokenizer, prompt, use_template)
+        prompt_ids = encode_prompt(tokenizer, prompt, use_template, text=head)
+        completions = [render_completion(tokenizer, prompt, r, use_template, head=head) for r in responses]
+    except ValueError as e:
+        raise DataError(src, row, "prompt", str(e)) from None
+    if len(prompt_ids) >= max_length:
+        skips.skip(src, row, "prompt", f"prompt longer than max_length ({len(prompt_ids)} >= {max_length} tokens)")
+        return None
+    room = max_length - len(prompt_ids)
+    out = []
+    for j, completion in enumerate(completions):
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if len(completion_ids) > room:
+            name = fields[j] if fields else "response"
+            reason = f"completion longer than room left by max_length ({len(completion_ids)} > {room} tokens)"
+            if not truncate_completion:
+                skips.skip(src, row, name, reason)
+                return None
+            skips.truncate(src, row, name, reason)
+            completion_ids = completion_ids[:room]
+        out.append(Example(tuple(prompt_ids) + tuple(completion_ids), len(prompt_ids), index))
+    return out
+
+
+def _where(rec, i: int) -> tuple[str, int]:
+    return rec.meta.get("source", "<records>"), rec.meta.get("row", i + 1)
+
+
 def encode_demonstrations(
     tokenizer,
     records: list[Demonstration],
@@ -92,24 +140,38 @@ def encode_demonstrations(
     use_template = uses_chat_template(tokenizer, chat_template)
     out = []
     for i, rec in enumerate(records):
-        src, row = rec.meta.get("source", "<records>"), rec.meta.get("row", i + 1)
-        try:
-            head = render_prompt(tokenizer, rec.prompt, use_template)
-            prompt_ids = encode_prompt(tokenizer, rec.prompt, use_template, text=head)
-            completion = render_completion(tokenizer, rec.prompt, rec.response, use_template, head=head)
-        except ValueError as e:
-            raise DataError(src, row, "prompt", str(e)) from None
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        if len(prompt_ids) >= max_length:
-            skips.skip(src, row, "prompt", f"prompt longer than max_length ({len(prompt_ids)} >= {max_length} tokens)")
-            continue
-        room = max_length - len(prompt_ids)
-        if len(completion_ids) > room:
-            reason = f"completion longer than room left by max_length ({len(completion_ids)} > {room} tokens)"
-            if not truncate_completion:
-                skips.skip(src, row, "response", reason)
-                continue
-            skips.truncate(src, row, "response", reason)
-            completion_ids = completion_ids[:room]
-        out.append(Example(tuple(prompt_ids) + tuple(completion_ids), len(prompt_ids), i))
+        encoded = encode_responses(tokenizer, rec.prompt, [rec.response], max_length, skips=skips, where=_where(rec, i),
+                                   index=i, use_template=use_template, truncate_completion=truncate_completion)
+        if encoded:
+            out.extend(encoded)
+    return out
+
+
+def encode_groups(
+    tokenizer,
+    records: list,
+    max_length: int,
+    *,
+    skips: SkipLog,
+    chat_template: bool | None = None,
+    truncate_completion: bool = True,
+) -> list[list[Example]]:
+    """Tokenise comparison records into groups of examples sharing one prompt.
+
+    A :class:`Preference` becomes ``[chosen, rejected]``; a :class:`Ranking` its responses best first.
+    Each example's ``index`` is the record's position in ``records``.
+    """
+    use_template = uses_chat_template(tokenizer, chat_template)
+    out = []
+    for i, rec in enumerate(records):
+        if isinstance(rec, Ranking):
+            responses = [rec.responses[j] for j in rec.order]
+            fields = [f"responses[{j}]" for j in rec.order]
+        else:
+            responses, fields = [rec.chosen, rec.rejected], ["chosen", "rejected"]
+        encoded = encode_responses(tokenizer, rec.prompt, responses, max_length, skips=skips, where=_where(rec, i),
+                                   index=i, use_template=use_template, truncate_completion=truncate_completion,
+                                   fields=fields)
+        if encoded:
+            out.append(encoded)
     return out

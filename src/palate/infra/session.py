@@ -84,14 +84,21 @@ def tokenizer(model: ModelConfig):
     return load_tokenizer(model.name, trust_remote_code=model.trust_remote_code, revision=model.revision)
 
 
-def policy(model_cfg: ModelConfig, lora: LoraConfig, train: TrainConfig, env: Env, tok) -> torch.nn.Module:
-    """The model to train: loaded, optionally wrapped in LoRA, in train mode."""
+def policy(model_cfg: ModelConfig, lora: LoraConfig, train: TrainConfig, env: Env, tok,
+           num_labels: int | None = None, init: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
+    """The model to train: loaded, optionally wrapped in LoRA, in train mode.
+
+    ``num_labels`` loads a sequence-classification model (reward model heads) on the same backbone;
+    ``init`` runs on the loaded model before LoRA wraps it (e.g. seeding new heads).
+    """
     model = load_model(
         model_cfg.name, dtype=model_cfg.dtype, device=str(env.device), trust_remote_code=model_cfg.trust_remote_code,
-        revision=model_cfg.revision, tokenizer=tok, seed=train.seed,
+        revision=model_cfg.revision, tokenizer=tok, seed=train.seed, num_labels=num_labels,
     )
+    if init is not None:
+        init(model)
     if lora.enabled:
-        model = apply_lora(model, lora)
+        model = apply_lora(model, lora, task_type="CAUSAL_LM" if num_labels is None else "SEQ_CLS")
     if env.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -206,11 +213,12 @@ class Loop:
             keep_last=self.cfg.keep_last,
         )
 
-    def finish(self, tokenizer, merge: bool = True, **summary: Any) -> Path:
-        """Save ``final/`` (HF-loadable), mark the run finished and return the final model's path."""
+    def finish(self, tokenizer, merge: bool = True, extra_json: dict[str, Any] | None = None, **summary: Any) -> Path:
+        """Save ``final/`` (HF-loadable, with ``extra_json`` files beside the weights), mark the run finished
+        and return the final model's path."""
         self.progress.close()
         wall = time.perf_counter() - self._t_start
-        save_model(self.model, tokenizer, self.run.final, merge=merge)
+        save_model(self.model, tokenizer, self.run.final, merge=merge, extra_json=extra_json)
         summary = {
             "steps": self.total,
             "resumed_from_step": self.start_step,

@@ -136,9 +136,12 @@ def bundled_tokenizer_dir() -> Path:
     return target
 
 
-def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
-    """A tiny random Llama sized for tests, using ``tokenizer``'s vocabulary and special tokens."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64, num_labels: int | None = None):
+    """A tiny random Llama sized for tests, using ``tokenizer``'s vocabulary and special tokens.
+
+    With ``num_labels`` it is a sequence-classification model (a reward model with that many heads).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -148,14 +151,25 @@ def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=num_labels is None,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        num_labels=num_labels or 2,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+        if num_labels is None:
+            return LlamaForCausalLM(config)
+        # the same backbone weights as the causal tiny model of this seed, then a head
+        backbone = LlamaForCausalLM(config)
+        model = LlamaForSequenceClassification(config)
+        model.model.load_state_dict(backbone.model.state_dict())
+        return model
+
+
+def is_sequence_classifier(config) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
 def resolve(name: str) -> tuple[str, str]:
@@ -204,21 +218,32 @@ def load_model(
     revision: str | None = None,
     tokenizer=None,
     seed: int = 0,
+    num_labels: int | None = None,
 ):
-    """Load a causal LM by any name palate accepts (see module docstring), in ``dtype`` on ``device``."""
-    from transformers import AutoModelForCausalLM
+    """Load a model by any name palate accepts (see module docstring), in ``dtype`` on ``device``.
+
+    A causal LM by default; with ``num_labels`` a sequence-classification model on the same backbone
+    (``AutoModelForSequenceClassification``: a reward model with ``num_labels`` heads). A directory that
+    already holds a sequence-classification model keeps its own heads.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch_dtype = resolve_dtype(dtype, device)
     kind, where = resolve(name)
     if kind == "tiny":
-        model = tiny_model(tokenizer or load_tokenizer("tiny"), seed=seed).to(torch_dtype)
+        model = tiny_model(tokenizer or load_tokenizer("tiny"), seed=seed, num_labels=num_labels).to(torch_dtype)
     else:
         if kind == "bundled":
             where = str(bundled_model_dir())
         elif kind == "gguf":
             where = str(converted_gguf_dir(Path(where)))
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision
-        )
+        common = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision)
+        if num_labels is None:
+            model = AutoModelForCausalLM.from_pretrained(where, **common)
+        else:
+            config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, revision=revision)
+            if not is_sequence_classifier(config):
+                common["num_labels"] = num_labels
+            model = AutoModelForSequenceClassification.from_pretrained(where, **common)
     log.info("loaded %s model %s as %s on %s", kind, name, str(torch_dtype).replace("torch.", ""), device)
     return model.to(device)

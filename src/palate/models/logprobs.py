@@ -47,3 +47,21 @@ def token_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, chunk
         picked = logits.gather(-1, targets[s : s + chunk, None]).squeeze(-1)
         out.append(picked - torch.logsumexp(logits, dim=-1))
     return torch.cat(out) if out else hidden.new_zeros(0)
+
+
+def sequence_logprobs(model, batch: Batch, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of each row's completion tokens and how many there are: ``([R], [R])``.
+
+    One forward over every row (chosen and rejected together when the batch holds pairs); the
+    vocabulary projection runs only on completion positions, ``chunk`` rows at a time, in float32
+    for the log-softmax. Padding and prompt tokens contribute nothing.
+    """
+    _, lm_head = causal_lm_parts(model)
+    hidden, targets = target_hidden(model, batch)
+    rows = torch.arange(batch.input_ids.shape[0])[:, None].expand(-1, batch.input_ids.shape[1] - 1)
+    row_of = rows[batch.labels[:, 1:] != IGNORE].to(hidden.device)
+    token_lp = token_logprobs(lambda h: project(model, h), hidden, targets, chunk)
+    n_rows = batch.input_ids.shape[0]
+    sums = torch.zeros(n_rows, device=hidden.device, dtype=token_lp.dtype).index_add(0, row_of, token_lp)
+    counts = torch.bincount(row_of, minlength=n_rows)
+    return sums, counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -10,14 +11,17 @@ from pathlib import Path
 from palate.config import LoraConfig
 
 
-def apply_lora(model, cfg: LoraConfig):
-    """Wrap ``model`` with a fresh LoRA adapter; only adapter weights stay trainable."""
+def apply_lora(model, cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap ``model`` with a fresh LoRA adapter; only adapter weights stay trainable.
+
+    ``task_type="SEQ_CLS"`` (reward and value models) also trains the new scalar head in full.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     target = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
     peft_cfg = PeftLoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target, task_type="CAUSAL_LM"
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target, task_type=task_type
     )
     return get_peft_model(model, peft_cfg)
 
@@ -26,11 +30,12 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_model(model, tokenizer, target: Path, merge: bool = True) -> Path:
+def save_model(model, tokenizer, target: Path, merge: bool = True, extra_json: dict | None = None) -> Path:
     """Save HF-loadable weights and tokenizer to ``target`` atomically (temporary dir, then rename).
 
     A LoRA model is merged into its base weights in place (``merge=True``: loads with ``AutoModelForCausalLM``) or
-    saved as a PEFT adapter (``merge=False``: loads with ``peft.AutoPeftModelForCausalLM``).
+    saved as a PEFT adapter (``merge=False``: loads with ``peft.AutoPeftModelForCausalLM``). ``extra_json``
+    files (name -> data) are written beside the weights, inside the same atomic rename.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +46,8 @@ def save_model(model, tokenizer, target: Path, merge: bool = True) -> Path:
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for name, data in (extra_json or {}).items():  # metadata that travels with the weights
+            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -1,0 +1,41 @@
+"""Chunked completion log-probs equal the naive full log-softmax."""
+
+import pytest
+import torch
+
+from palate.data.batching import IGNORE, group_batches
+from palate.data.errors import SkipLog
+from palate.data.records import Preference
+from palate.data.tokenize import encode_groups
+from palate.models.load import tiny_model
+from palate.models.logprobs import project, sequence_logprobs, target_hidden, token_logprobs
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1024])
+def test_sequence_logprobs_equal_naive_log_softmax(tok, chunk):
+    model = tiny_model(tok, seed=3)
+    prefs = [Preference("Hi there", "hello friend, how are you today?", "go away"),
+             Preference("What is 2+2?", "4", "It is five, I think, or maybe six."),
+             Preference([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}],
+                        "Blue.", "I would rather not say what colour I like.")]
+    groups = encode_groups(tok, prefs, 64, skips=SkipLog())
+    (batch,) = group_batches(groups, 3, tok.pad_token_id, 0, 0)
+    sums, counts = sequence_logprobs(model, batch, chunk=chunk)
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # the naive [B, T, V] tensor palate never builds
+    labels = batch.labels[:, 1:]
+    mask = labels != IGNORE
+    per_token = logp.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
+    naive = (per_token * mask).sum(1)
+    assert torch.equal(counts, mask.sum(1))
+    hidden, targets = target_hidden(model, batch)  # per token, the chunked path against the naive one
+    chunked = token_logprobs(lambda h: project(model, h), hidden, targets, chunk)
+    assert torch.allclose(chunked, per_token[mask], atol=1e-5, rtol=0)
+    assert torch.allclose(sums, naive, atol=1e-5, rtol=1e-6)  # sums of ~100 float32 terms
+    # gradients agree too
+    g1 = torch.autograd.grad(sums.sum(), model.model.embed_tokens.weight)[0]
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    per_token = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
+    g2 = torch.autograd.grad((per_token * mask).sum(), model.model.embed_tokens.weight)[0]
+    assert torch.allclose(g1, g2, atol=1e-4 * float(g2.abs().max()), rtol=0)  # float32 sum order differs by chunk

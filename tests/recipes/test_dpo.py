@@ -1,0 +1,137 @@
+"""DPO-family recipe on the tiny model: learning a synthetic preference, the reference handled three
+ways with the same numbers, the cache invalidated when inputs change, KTO on ratings, resume."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from palate.config import load_config
+from palate.recipes.dpo import REFERENCE_CACHE, DPOConfig, train
+from tests.conftest import marker_preferences, write_jsonl
+
+
+def config(run_dir, data, *more):
+    return load_config(DPOConfig, None, [
+        f"run_dir={run_dir}", f"data.path={data}", "model.name=tiny", "train.lr=2e-3", "train.batch_size=8",
+        "train.warmup_ratio=0", "log.progress=false", "data.eval_fraction=0.2", "dpo.samples=0", *more,
+    ])
+
+
+def metrics(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def test_dpo_learns_marker_preference_above_90_percent_held_out(tmp_path, marker_jsonl):
+    train(config(tmp_path / "d", marker_jsonl, "train.epochs=3", "train.eval_every=10", "dpo.samples=2",
+                 "dpo.sample_max_new_tokens=8"))
+    rows = metrics(tmp_path / "d")
+    evals = [m for m in rows if "eval_reward_accuracy" in m]
+    assert evals[-1]["eval_reward_accuracy"] > 0.9, [m["eval_reward_accuracy"] for m in evals]
+    assert evals[-1]["eval_reward_margin"] > evals[0]["eval_reward_margin"]
+    for key in ("rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin", "logp_chosen",
+                "logratio_per_token", "len_chosen", "len_rejected"):
+        assert key in rows[-1]
+    assert (tmp_path / "d" / REFERENCE_CACHE).exists()
+    samples = json.loads((tmp_path / "d" / "samples.json").read_text())
+    assert len(samples) == 2 and {"prompt", "before", "after", "chosen", "rejected"} <= set(samples[0])
+
+
+def step_losses(run_dir):
+    return [m["loss"] for m in metrics(run_dir)]
+
+
+def test_precomputed_reference_gives_the_same_losses_as_a_live_one(tmp_path, marker_jsonl):
+    more = ("train.max_steps=4", "data.eval_fraction=0")
+    train(config(tmp_path / "pre", marker_jsonl, *more))
+    train(config(tmp_path / "live", marker_jsonl, *more, "dpo.reference=live"))
+    assert step_losses(tmp_path / "pre") == pytest.approx(step_losses(tmp_path / "live"), abs=1e-5)
+    assert not (tmp_path / "live" / REFERENCE_CACHE).exists()
+
+
+def test_lora_reference_is_the_disabled_adapter(tmp_path, marker_jsonl):
+    more = ("train.max_steps=4", "data.eval_fraction=0", "lora.enabled=true", "lora.r=4", "lora.dropout=0")
+    train(config(tmp_path / "pre", marker_jsonl, *more))
+    train(config(tmp_path / "live", marker_jsonl, *more, "dpo.reference=live"))
+    pre, live = step_losses(tmp_path / "pre"), step_losses(tmp_path / "live")
+    assert pre == pytest.approx(live, abs=1e-5)
+    assert pre[0] == pytest.approx(0.6931472, abs=1e-5)  # policy == reference at step 1: −log σ(0)
+
+
+def test_reference_cache_is_reused_and_invalidated_when_data_changes(tmp_path, marker_jsonl, caplog):
+    from palate.recipes import dpo
+
+    run = tmp_path / "c"
+    calls = []
+    orig = dpo.reference_logprobs
+
+    def counting(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    dpo.reference_logprobs = counting
+    try:
+        train(config(run, marker_jsonl, "train.max_steps=2", "data.eval_fraction=0"))
+        assert len(calls) == 2  # train and eval tables, once
+        (run / "final").rename(tmp_path / "old_final")  # a rerun of the same command resumes, so fake a crash
+        status = json.loads((run / "status.json").read_text())
+        (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
+        train(config(run, marker_jsonl, "train.max_steps=2", "data.eval_fraction=0"))
+        assert len(calls) == 2  # cached
+        other = write_jsonl(tmp_path / "other.jsonl", marker_preferences(240, seed=5))
+        train(config(tmp_path / "c2", other, "train.max_steps=2", "data.eval_fraction=0"))
+        shutil.copy(tmp_path / "c2" / REFERENCE_CACHE, run / REFERENCE_CACHE)  # a stale cache from other data
+        shutil.rmtree(run / "final", ignore_errors=True)
+        (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
+        n = len(calls)
+        train(config(run, marker_jsonl, "train.max_steps=2", "data.eval_fraction=0"))
+        assert len(calls) == n + 2  # key mismatch: recomputed
+    finally:
+        dpo.reference_logprobs = orig
+
+
+@pytest.mark.parametrize("loss", ["ipo", "cdpo", "robust", "rpo", "simpo", "orpo"])
+def test_every_pairwise_loss_trains(tmp_path, marker_jsonl, loss):
+    extra = ["dpo.beta=2.0"] if loss == "simpo" else []
+    train(config(tmp_path / loss, marker_jsonl, "train.max_steps=12", "data.eval_fraction=0", f"dpo.loss={loss}", *extra))
+    rows = metrics(tmp_path / loss)
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in rows)
+    assert sum(m["loss"] for m in rows[-3:]) < sum(m["loss"] for m in rows[:3])
+    assert (tmp_path / loss / REFERENCE_CACHE).exists() == (loss not in ("simpo", "orpo"))
+
+
+def test_kto_runs_on_ratings(tmp_path):
+    rows = []
+    for i, r in enumerate(marker_preferences(200)):
+        good = i % 2 == 0
+        rows.append({"prompt": r["prompt"], "response": r["chosen"] if good else r["rejected"], "score": 1 if good else 0})
+    rows.append({"prompt": "p", "response": "neither", "score": 0.5})  # midpoint: neither, skipped with a count
+    data = write_jsonl(tmp_path / "ratings.jsonl", rows)
+    train(config(tmp_path / "k", data, "train.epochs=3", "dpo.loss=kto", "train.eval_every=20"))
+    report = json.loads((tmp_path / "k" / "data_report.json").read_text())
+    assert report["skipped"] == 1 and 0 < report["n_desirable"] < report["n_train"]
+    last = [m for m in metrics(tmp_path / "k") if "eval_rewards_desirable" in m][-1]
+    assert last["eval_rewards_desirable"] > last["eval_rewards_undesirable"]
+    assert last["kl_reference_point"] >= 0
+
+
+def test_kto_accepts_preference_pairs_as_unpaired_thumbs(tmp_path, marker_jsonl):
+    train(config(tmp_path / "kp", marker_jsonl, "train.max_steps=3", "dpo.loss=kto", "data.eval_fraction=0"))
+    report = json.loads((tmp_path / "kp" / "data_report.json").read_text())
+    assert report["n_train"] == 480 and report["n_desirable"] == 240
+
+
+def test_resume_continues_identically(tmp_path, marker_jsonl):
+    more = ("train.max_steps=6", "train.save_every=3", "data.eval_fraction=0")
+    train(config(tmp_path / "straight", marker_jsonl, *more))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight", resumed)
+    (resumed / "config.yaml").write_text((resumed / "config.yaml").read_text().replace(str(tmp_path / "straight"), str(resumed)))
+    shutil.rmtree(resumed / "final")
+    status = json.loads((resumed / "status.json").read_text())
+    (resumed / "status.json").write_text(json.dumps({**status, "state": "running"}))
+    (resumed / "metrics.jsonl").write_text("".join(l + "\n" for l in (resumed / "metrics.jsonl").read_text().splitlines()[:4]))
+    train(config(resumed, marker_jsonl, *more))
+    keys = ("step", "loss", "reward_accuracy", "grad_norm", "lr")
+    assert [{k: m[k] for k in keys} for m in metrics(resumed)] == [{k: m[k] for k in keys} for m in metrics(tmp_path / "straight")]
