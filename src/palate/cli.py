@@ -76,6 +76,17 @@ def rm(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool 
     _train(RewardConfig, train, args, overwrite, print_config)
 
 
+@app.command(context_settings={"allow_extra_args": False})
+def dpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
+        print_config: bool = _PRINT_CONFIG,
+        loss: str = typer.Option(None, "--loss", help="dpo | ipo | cdpo | robust | rpo | simpo | orpo | kto "
+                                 "(same as dpo.loss=...)")) -> None:
+    """Direct preference optimisation (DPO and its family) on preference pairs, or KTO on ratings."""
+    from palate.recipes.dpo import DPOConfig, train
+
+    _train(DPOConfig, train, (args or []) + ([f"dpo.loss={loss}"] if loss else []), overwrite, print_config)
+
+
 @app.command("rm-eval")
 def rm_eval(
     model: str = typer.Argument(..., help="reward model: palate run dir or HF sequence-classification model dir"),
