@@ -1,0 +1,1 @@
+"""Evaluation: statistics, reward-model evaluation, plots (and, later, win rates and reports)."""

@@ -1,0 +1,191 @@
+"""Dependency-free SVG charts: reliability diagram, histograms, lines, scatter.
+
+Each builder returns one standalone ``<svg>`` string (valid XML with a viewBox) that a browser shows as a
+file and that the HTML report inlines. Degenerate input (no data, constant values) gives a framed chart
+saying "no data" instead of an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+# Okabe–Ito colour-blind-safe palette
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+W, H = 560, 360
+LEFT, RIGHT, TOP, BOTTOM = 62, 16, 36, 48
+FONT = "font-family=\"Helvetica, Arial, sans-serif\""
+
+
+class _Frame:
+    """Axes mapping data coordinates to the plot area, with ticks and labels."""
+
+    def __init__(self, xlim: tuple[float, float], ylim: tuple[float, float]):
+        self.x0, self.x1 = _widen(*xlim)
+        self.y0, self.y1 = _widen(*ylim)
+
+    def x(self, v: float) -> float:
+        return LEFT + (v - self.x0) / (self.x1 - self.x0) * (W - LEFT - RIGHT)
+
+    def y(self, v: float) -> float:
+        return H - BOTTOM - (v - self.y0) / (self.y1 - self.y0) * (H - TOP - BOTTOM)
+
+    def axes(self, xlabel: str, ylabel: str) -> list[str]:
+        out = [f'<rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" height="{H - TOP - BOTTOM}" '
+               'fill="white" stroke="#888"/>']
+        for t in _ticks(self.x0, self.x1):
+            px = self.x(t)
+            out.append(f'<line x1="{px:.1f}" y1="{H - BOTTOM}" x2="{px:.1f}" y2="{H - BOTTOM + 4}" stroke="#888"/>')
+            out.append(f'<text x="{px:.1f}" y="{H - BOTTOM + 16}" font-size="11" text-anchor="middle" {FONT}>'
+                       f'{_fmt(t)}</text>')
+        for t in _ticks(self.y0, self.y1):
+            py = self.y(t)
+            out.append(f'<line x1="{LEFT - 4}" y1="{py:.1f}" x2="{LEFT}" y2="{py:.1f}" stroke="#888"/>')
+            out.append(f'<line x1="{LEFT}" y1="{py:.1f}" x2="{W - RIGHT}" y2="{py:.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{LEFT - 7}" y="{py + 4:.1f}" font-size="11" text-anchor="end" {FONT}>{_fmt(t)}</text>')
+        out.append(f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 10}" font-size="12" text-anchor="middle" {FONT}>'
+                   f'{escape(xlabel)}</text>')
+        out.append(f'<text x="14" y="{(TOP + H - BOTTOM) / 2}" font-size="12" text-anchor="middle" {FONT} '
+                   f'transform="rotate(-90 14 {(TOP + H - BOTTOM) / 2})">{escape(ylabel)}</text>')
+        return out
+
+
+def _widen(lo: float, hi: float) -> tuple[float, float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0, 1.0
+    if hi <= lo:
+        pad = abs(lo) * 0.1 or 0.5
+        return lo - pad, hi + pad
+    return lo, hi
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values within [lo, hi]."""
+    span = hi - lo
+    raw = span / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+def _svg(title: str, body: list[str], legend: Sequence[str] = ()) -> str:
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}">',
+             f'<title>{escape(title)}</title>',
+             f'<rect width="{W}" height="{H}" fill="white"/>',
+             f'<text x="{W / 2}" y="22" font-size="14" font-weight="bold" text-anchor="middle" {FONT}>{escape(title)}</text>',
+             *body]
+    if len(legend) > 1:
+        for i, name in enumerate(legend):
+            y = TOP + 14 + 16 * i
+            parts.append(f'<rect class="legend" x="{W - RIGHT - 130}" y="{y - 9}" width="10" height="10" '
+                         f'fill="{PALETTE[i % len(PALETTE)]}"/>')
+            parts.append(f'<text x="{W - RIGHT - 115}" y="{y}" font-size="11" {FONT}>{escape(name)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _no_data(title: str) -> str:
+    frame = _Frame((0, 1), (0, 1))
+    return _svg(title, frame.axes("", "") + [
+        f'<text x="{W / 2}" y="{H / 2}" font-size="14" fill="#888" text-anchor="middle" {FONT}>no data</text>'])
+
+
+def reliability_svg(bins: list[dict], title: str = "Calibration") -> str:
+    """Reliability diagram from :func:`palate.eval.stats.calibration`'s bins: observed frequency against
+    mean predicted probability per bin (point area ~ count), the diagonal is perfect calibration, and
+    the bin counts are drawn as faint bars along the bottom."""
+    filled = [b for b in bins if b.get("n")]
+    if not filled:
+        return _no_data(title)
+    f = _Frame((0, 1), (0, 1))
+    body = f.axes("predicted probability that the first response wins", "observed frequency")
+    top = max(b["n"] for b in filled)
+    for b in filled:
+        x0, x1 = f.x(b["low"]), f.x(b["high"])
+        height = 0.25 * (H - TOP - BOTTOM) * b["n"] / top
+        body.append(f'<rect class="count" x="{x0 + 1:.1f}" y="{H - BOTTOM - height:.1f}" width="{x1 - x0 - 2:.1f}" '
+                    f'height="{height:.1f}" fill="#ccc" opacity="0.6"/>')
+    body.append(f'<line x1="{f.x(0)}" y1="{f.y(0)}" x2="{f.x(1)}" y2="{f.y(1)}" stroke="#999" stroke-dasharray="4 3"/>')
+    pts = " ".join(f"{f.x(b['mean_prob']):.1f},{f.y(b['frequency']):.1f}" for b in filled)
+    body.append(f'<polyline points="{pts}" fill="none" stroke="{PALETTE[0]}" stroke-width="2"/>')
+    for b in filled:
+        r = 3 + 5 * math.sqrt(b["n"] / top)
+        body.append(f'<circle cx="{f.x(b["mean_prob"]):.1f}" cy="{f.y(b["frequency"]):.1f}" r="{r:.1f}" '
+                    f'fill="{PALETTE[0]}"><title>n={b["n"]}</title></circle>')
+    return _svg(title, body)
+
+
+def histogram_svg(series: dict[str, Sequence[float]], bins: int = 30, title: str = "Distribution",
+                  xlabel: str = "value") -> str:
+    """Overlapping semi-transparent histograms of several series on common bins."""
+    data = {k: np.asarray(v, dtype=float) for k, v in series.items() if len(v)}
+    if not data:
+        return _no_data(title)
+    lo = min(float(v.min()) for v in data.values())
+    hi = max(float(v.max()) for v in data.values())
+    lo, hi = _widen(lo, hi)
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = {k: np.histogram(v, bins=edges)[0] for k, v in data.items()}
+    f = _Frame((lo, hi), (0, max(int(c.max()) for c in counts.values()) * 1.05))
+    body = f.axes(xlabel, "count")
+    for i, (name, c) in enumerate(counts.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        body.append(f'<g class="series" fill="{colour}" opacity="0.5">')
+        for left, right, n in zip(edges[:-1], edges[1:], c):
+            if n:
+                body.append(f'<rect x="{f.x(left):.1f}" y="{f.y(n):.1f}" width="{f.x(right) - f.x(left):.1f}" '
+                            f'height="{f.y(0) - f.y(n):.1f}"/>')
+        body.append("</g>")
+    return _svg(title, body, legend=list(counts))
+
+
+def line_svg(series: dict[str, Sequence[tuple[float, float]]], title: str = "", xlabel: str = "step",
+             ylabel: str = "value") -> str:
+    """Line chart of several (x, y) series; a NaN y breaks the line."""
+    finite = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+    if not finite:
+        return _no_data(title)
+    f = _Frame((min(x for x, _ in finite), max(x for x, _ in finite)),
+               (min(y for _, y in finite), max(y for _, y in finite)))
+    body = f.axes(xlabel, ylabel)
+    for i, (name, pts) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        segments, current = [], []
+        for x, y in pts:
+            if math.isfinite(x) and math.isfinite(y):
+                current.append(f"{f.x(x):.1f},{f.y(y):.1f}")
+            elif current:
+                segments.append(current)
+                current = []
+        if current:
+            segments.append(current)
+        for seg in segments:
+            body.append(f'<polyline class="series" points="{" ".join(seg)}" fill="none" stroke="{colour}" '
+                        'stroke-width="2"/>')
+    return _svg(title, body, legend=list(series))
+
+
+def scatter_svg(points: dict[str, Sequence[tuple[float, float]]], title: str = "", xlabel: str = "x",
+                ylabel: str = "y") -> str:
+    """Scatter plot of several (x, y) point sets."""
+    finite = [(x, y) for pts in points.values() for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+    if not finite:
+        return _no_data(title)
+    f = _Frame((min(x for x, _ in finite), max(x for x, _ in finite)),
+               (min(y for _, y in finite), max(y for _, y in finite)))
+    body = f.axes(xlabel, ylabel)
+    for i, (name, pts) in enumerate(points.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        body.append(f'<g class="series" fill="{colour}" opacity="0.6">')
+        body.extend(f'<circle cx="{f.x(x):.1f}" cy="{f.y(y):.1f}" r="3"/>' for x, y in pts
+                    if math.isfinite(x) and math.isfinite(y))
+        body.append("</g>")
+    return _svg(title, body, legend=list(points))
