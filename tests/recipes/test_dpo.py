@@ -135,3 +135,18 @@ def test_resume_continues_identically(tmp_path, marker_jsonl):
     train(config(resumed, marker_jsonl, *more))
     keys = ("step", "loss", "reward_accuracy", "grad_norm", "lr")
     assert [{k: m[k] for k in keys} for m in metrics(resumed)] == [{k: m[k] for k in keys} for m in metrics(tmp_path / "straight")]
+
+
+def test_before_after_samples_scored_by_an_independent_reward_model(tmp_path, marker_jsonl):
+    from palate.recipes.reward import RewardConfig
+    from palate.recipes.reward import train as train_rm
+
+    train_rm(load_config(RewardConfig, None, [f"run_dir={tmp_path / 'rm'}", f"data.path={marker_jsonl}",
+                                              "model.name=tiny", "train.max_steps=3", "data.eval_fraction=0",
+                                              "log.progress=false"]))
+    train(config(tmp_path / "d", marker_jsonl, "train.max_steps=2", "dpo.samples=2", "dpo.sample_max_new_tokens=6",
+                 f"dpo.reward_model={tmp_path / 'rm'}"))
+    samples = json.loads((tmp_path / "d" / "samples.json").read_text())
+    assert all(isinstance(s["reward_before"], float) and isinstance(s["reward_after"], float) for s in samples)
+    summary = json.loads((tmp_path / "d" / "status.json").read_text())["summary"]
+    assert summary["sample_reward_before"] == pytest.approx(sum(s["reward_before"] for s in samples) / 2)

@@ -54,6 +54,7 @@ class DPOSpec:
     undesirable_weight: float = 1.0  # kto λ_U
     samples: int = 4  # held-out prompts answered before and after training (0: none)
     sample_max_new_tokens: int = 96
+    reward_model: str | None = None  # optional: a palate reward model that scores the before/after samples
 
 
 @dataclass(frozen=True)
@@ -337,10 +338,11 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
     summary = {}
     if samples_before:
         after = held_out_samples(model, tok, eval_recs, spec)
-        run.write_json("samples.json", [
-            {"prompt": b["prompt"], "before": b["response"], "after": a["response"],
-             **{k: b[k] for k in ("chosen", "rejected") if k in b}}
-            for b, a in zip(samples_before, after)])
+        rows = [{"prompt": b["prompt"], "before": b["response"], "after": a["response"],
+                 **{k: b[k] for k in ("chosen", "rejected") if k in b}} for b, a in zip(samples_before, after)]
+        if spec.reward_model:
+            summary.update(score_samples(spec.reward_model, rows, [b["prompt_record"] for b in samples_before]))
+        run.write_json("samples.json", rows)
         summary["samples"] = "samples.json"
     return loop.finish(tok, merge=cfg.lora.merge, **summary)
 
@@ -453,6 +455,21 @@ def averaged(sums: dict[str, float], n: int) -> dict[str, float]:
     return out
 
 
+def score_samples(reward_model: str, rows: list[dict], prompts: list) -> dict[str, float]:
+    """Score before/after answers with an independent reward model (adds ``reward_before/after`` to rows)."""
+    from palate.models.heads import RewardModel
+
+    rm = RewardModel.load(reward_model)
+    before = rm.score(prompts, [r["before"] for r in rows]).mean.tolist()
+    after = rm.score(prompts, [r["after"] for r in rows]).mean.tolist()
+    for r, b, a in zip(rows, before, after):
+        r["reward_before"], r["reward_after"] = b, a
+    summary = {"sample_reward_before": sum(before) / len(before), "sample_reward_after": sum(after) / len(after)}
+    log.info("held-out samples scored by %s: mean reward %.3f before, %.3f after", reward_model,
+             summary["sample_reward_before"], summary["sample_reward_after"])
+    return summary
+
+
 def held_out_samples(model, tok, eval_recs: list, spec: DPOSpec) -> list[dict]:
     """Greedy replies to the first held-out prompts (the run's before/after evidence)."""
     from palate.data.records import prompt_text
@@ -467,7 +484,7 @@ def held_out_samples(model, tok, eval_recs: list, spec: DPOSpec) -> list[dict]:
             continue
         seen.add(key)
         text = reply(model, tok, rec.prompt, max_new_tokens=spec.sample_max_new_tokens, repetition_penalty=1.2)
-        entry = {"prompt": prompt_text(rec.prompt), "response": text}
+        entry = {"prompt": prompt_text(rec.prompt), "response": text, "prompt_record": rec.prompt}
         if isinstance(rec, Preference):
             entry.update(chosen=rec.chosen, rejected=rec.rejected)
         out.append(entry)

@@ -45,7 +45,7 @@ class RewardSpec:
     center_coef: float = 0.0  # reward-centering regulariser, e.g. 0.01
     heads: int = 1  # ensemble heads on one backbone; score() returns their mean and std
     bootstrap: bool = True  # with heads > 1, each head weights examples by its own Poisson(1) resample
-    normalize_samples: int = 512  # training responses scored for the saved mean/std
+    normalize_samples: int = 256  # training responses scored for the saved mean/std
 
 
 @dataclass(frozen=True)

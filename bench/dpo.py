@@ -1,0 +1,220 @@
+"""DPO throughput and memory on CPU: palate vs TRL's DPOTrainer vs a plain PyTorch loop.
+
+    python bench/dpo.py                          # 2 warm-up + 10 timed steps, 4 pairs/step, max_length 256
+    python bench/dpo.py --repeats 3              # interleaved rounds, medians of paired ratios
+    python bench/dpo.py --only palate trl_precompute --steps 5
+
+Each workload runs in its own subprocess (``python bench/dpo.py --worker NAME``) so that its peak RSS is
+its own. All see the same preference pairs (``--data``, default ``bundled:preferences``, fixed shuffled
+order, seed 0), the bundled SmolLM2-135M-Instruct in fp32, β = 0.1, sigmoid DPO.
+
+* ``palate``: the DPO recipe's path: ``encode_groups`` + ``group_batches`` (bucketed, chosen and rejected
+  in one batch), reference log-probs precomputed once over the pairs used (``reference_logprobs``), then
+  per step ``sequence_logprobs`` (projection only on completion tokens, chunked) -> ``pair_loss`` ->
+  backward -> clip -> palate AdamW; ``keep_freed_memory()`` as ``session.start`` does.
+* ``plain``: the SAME batches; HF forward ``model(...).logits`` -> full ``log_softmax`` over
+  ``[rows, seq, vocab]`` -> gather -> DPO; the reference precomputed the same naive way;
+  ``torch.optim.AdamW``. The straightforward PyTorch implementation.
+* ``trl``: ``DPOTrainer`` with its defaults for the reference: a second model copy evaluated every step.
+* ``trl_precompute``: ``DPOTrainer(precompute_ref_log_probs=True)``: TRL's own way to drop the copy.
+
+The reference pass counts: for palate, plain and trl_precompute, the time spent precomputing reference
+log-probs is charged to the timed steps in proportion to the tokens they cover (for TRL, the precompute
+pass over the timed steps' pairs is measured the same way: the whole ``train()`` call is timed,
+including TRL's precompute, and the warm-up share is removed by tokens). Tokens/s counts real
+(non-padding) tokens of chosen and rejected sequences of the timed steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pairs_common import (  # noqa: E402
+    RESULT_TAG,
+    add_arguments,
+    charge_reference,
+    palate_batches,
+    run_all,
+    selected_pairs,
+    setup_worker,
+    train_loop,
+)
+from sft import fingerprint, summarize, usage, usage_delta  # noqa: E402
+
+WORKLOADS = ("palate", "plain", "trl", "trl_precompute")
+OUT = Path(__file__).resolve().parent / "out" / "dpo.json"
+TARGETS = {"tps_vs_trl": 1.5, "rss_vs_trl": 0.7}
+BETA = 0.1
+
+
+def worker_palate(args) -> dict:
+    from palate.infra.device import keep_freed_memory
+
+    kept = keep_freed_memory()
+    torch, tok, model = setup_worker(args)
+    from palate.infra import session
+    from palate.infra.optim import adamw, scheduler
+    from palate.models.logprobs import sequence_logprobs
+    from palate.recipes.dpo import DPOSpec, pair_loss, reference_logprobs
+
+    pairs = selected_pairs(args.data, (args.warmup + args.steps) * args.batch_size)
+    batches, info = palate_batches(args, tok, pairs)
+    env = session.Env(torch.device("cpu"), "fp32", False, False)
+    t0 = time.perf_counter()
+    table = reference_logprobs(model, batches, len(pairs), env)  # once per dataset in the recipe
+    ref_seconds = time.perf_counter() - t0
+    ref = [table[torch.tensor(b.indices)] for b in batches]
+    spec = DPOSpec(beta=BETA)
+    optimizer = adamw(model, args.lr, 0.0, (0.9, 0.999))
+    sched = scheduler(optimizer, 0, len(batches), 0.1)
+
+    def step(b, ref_rows):
+        pol, counts = sequence_logprobs(model, b)
+        return pair_loss(spec, pol, counts, ref_rows).losses.mean()
+
+    secs, toks, slots, losses, u0 = train_loop("palate", args, torch, model, batches, ref, step, optimizer, sched.step)
+    return summarize("palate", args, charge_reference(secs, toks, ref_seconds), toks, slots, {
+        "losses": losses, "batches_fingerprint": fingerprint(batches), "reference_seconds": ref_seconds,
+        "keep_freed_memory": kept, "data": info, "timed_usage": usage_delta(u0, usage()),
+    })
+
+
+def worker_plain(args) -> dict:
+    torch, tok, model = setup_worker(args)
+    import torch.nn.functional as F
+
+    pairs = selected_pairs(args.data, (args.warmup + args.steps) * args.batch_size)
+    batches, info = palate_batches(args, tok, pairs)
+
+    def logps(b):
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
+        labels = b.labels[:, 1:]
+        mask = labels != -100
+        per_token = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
+        return (per_token * mask).sum(-1)
+
+    t0 = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        ref = [logps(b).view(-1, 2) for b in batches]
+    model.train()
+    ref_seconds = time.perf_counter() - t0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+
+    def step(b, ref_rows):
+        pol = logps(b).view(-1, 2)
+        h = (pol[:, 0] - ref_rows[:, 0]) - (pol[:, 1] - ref_rows[:, 1])
+        return -F.logsigmoid(BETA * h).mean()
+
+    secs, toks, slots, losses, u0 = train_loop("plain", args, torch, model, batches, ref, step, optimizer, lambda: None)
+    return summarize("plain", args, charge_reference(secs, toks, ref_seconds), toks, slots, {
+        "losses": losses, "batches_fingerprint": fingerprint(batches), "reference_seconds": ref_seconds,
+        "data": info, "timed_usage": usage_delta(u0, usage()),
+    })
+
+
+def worker_trl(args, precompute: bool = False) -> dict:
+    torch, tok, model = setup_worker(args)
+    import datasets
+    import trl
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from palate.data.records import prompt_messages
+
+    name = "trl_precompute" if precompute else "trl"
+    pairs = selected_pairs(args.data, (args.warmup + args.steps) * args.batch_size)
+    ds = datasets.Dataset.from_list([
+        {"prompt": prompt_messages(p.prompt), "chosen": [{"role": "assistant", "content": p.chosen}],
+         "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs])
+    total = args.warmup + args.steps
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.end = []
+
+        def on_train_begin(self, a, state, control, **kw):
+            self.t_begin = time.perf_counter()
+            self.u0 = self.u1 = usage()
+
+        def on_step_end(self, a, state, control, **kw):
+            self.end.append(time.perf_counter())
+            if len(self.end) == args.warmup:
+                self.u0 = usage()
+            self.u1 = usage()
+            print(f"[{name}] step {state.global_step}/{total}", file=sys.stderr, flush=True)
+
+    cfg = DPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-dpo-trl-"), per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1, max_steps=total, learning_rate=args.lr, weight_decay=0.0, max_grad_norm=1.0,
+        max_length=args.max_length, beta=BETA, loss_type=["sigmoid"], precompute_ref_log_probs=precompute,
+        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no",
+        eval_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, seed=0, data_seed=0,
+    )
+    ref_timer = {"seconds": 0.0}
+    original = DPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *a, **k):  # TRL's own reference pass, timed alone (not its tokenisation)
+        t = time.perf_counter()
+        try:
+            return original(self, *a, **k)
+        finally:
+            ref_timer["seconds"] += time.perf_counter() - t
+
+    DPOTrainer._precompute_ref_logps = timed_precompute
+    t_init = time.perf_counter()
+    trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    init_seconds = time.perf_counter() - t_init
+    timer = Timer()
+    trainer.add_callback(timer)
+    counts = []
+    inner = trainer.data_collator
+
+    def counting_collator(features):
+        out = inner(features)
+        counts.append((int(out["attention_mask"].sum()), int(out["attention_mask"].numel())))
+        return out
+
+    trainer.data_collator = counting_collator
+    torch.set_num_threads(args.threads)
+    trainer.train()
+    ends = timer.end
+    secs = [ends[0] - timer.t_begin] + [b - a for a, b in zip(ends, ends[1:])]
+    toks = [c[0] for c in counts[: len(secs)]]
+    slots = [c[1] for c in counts[: len(secs)]]
+    ref_seconds = ref_timer["seconds"]
+    if precompute:  # TRL's precompute ran in __init__: charge it like palate's
+        secs = charge_reference(secs, toks, ref_seconds)
+    return summarize(name, args, secs, toks, slots, {
+        "timed_usage": usage_delta(timer.u0, timer.u1), "records": len(ds),
+        "train_examples_after_prepare": len(trainer.train_dataset), "trl_version": trl.__version__,
+        "reference_seconds": ref_seconds, "init_seconds": init_seconds, "losses": [],
+        "has_ref_model_copy": trainer.ref_model is not None,
+    })
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(ap, WORKLOADS, data="bundled:preferences", lr=1e-6)
+    args = ap.parse_args(argv)
+    if args.worker:
+        fn = {"palate": worker_palate, "plain": worker_plain, "trl": worker_trl,
+              "trl_precompute": lambda a: worker_trl(a, precompute=True)}[args.worker]
+        result = fn(args)
+        sys.stdout.flush()
+        print(RESULT_TAG + json.dumps(result), flush=True)
+    else:
+        run_all(str(Path(__file__).resolve()), args, "DPO benchmark (reference passes charged to the timed steps)", OUT,
+                lambda r: {} if r.get("tps_vs_trl") is None else {
+                    "palate >= 1.5x TRL tokens/s": r["tps_vs_trl"] >= TARGETS["tps_vs_trl"],
+                    "palate peak RSS <= 0.7x TRL": r["rss_vs_trl"] <= TARGETS["rss_vs_trl"]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Shared parts of the preference benchmarks (bench/reward.py, bench/dpo.py): the same pairs, the same
+palate batches, one timing loop for palate and plain workers, worker subprocesses and the result table."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sft import GEMM_PEAK_GFLOPS, RESULT_TAG, _median, _system_cpu, contended, n_params, peak_rss_gib, usage  # noqa: E402,F401
+
+
+def selected_pairs(source: str, n: int):
+    from palate.data.readers import read_preferences
+
+    records = read_preferences(source)
+    order = list(range(len(records)))
+    random.Random(0).shuffle(order)
+    return [records[i] for i in order[:n]]
+
+
+def setup_worker(args, num_labels: int | None = None):
+    """Threads, seeds, the bundled tokenizer and model (a 1-head reward model with ``num_labels=1``, its
+    tokenizer given a pad token distinct from end-of-turn, as ``palate rm`` does)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    random.seed(0)
+    from palate.models.load import load_model, load_tokenizer
+
+    tok = load_tokenizer("bundled")
+    if num_labels:
+        from palate.models.heads import distinct_pad_token
+
+        distinct_pad_token(tok)
+    model = load_model("bundled", dtype="fp32", device="cpu", tokenizer=tok, num_labels=num_labels)
+    if num_labels:
+        model.config.pad_token_id = tok.pad_token_id
+    model.config.use_cache = False
+    model.train()
+    args.rss_after_load_gib = peak_rss_gib()
+    return torch, tok, model
+
+
+def palate_batches(args, tok, pairs):
+    from palate.data.batching import group_batches
+    from palate.data.errors import SkipLog
+    from palate.data.tokenize import encode_groups
+
+    skips = SkipLog()
+    groups = encode_groups(tok, pairs, args.max_length, skips=skips)
+    need = args.warmup + args.steps
+    batches, epoch = [], 0
+    while len(batches) < need:
+        batches += group_batches(groups, args.batch_size, tok.pad_token_id, 0, epoch)
+        epoch += 1
+    return batches[:need], {"pairs": len(groups), "skipped": skips.as_dict()}
+
+
+def train_loop(name, args, torch, model, batches, ref, step_fn, optimizer, after_step):
+    """Shared timing of palate and plain: ``step_fn(batch, ref_rows) -> loss``; reference time charged by tokens."""
+    secs, toks, slots, losses = [], [], [], []
+    u0 = usage()
+    t_prev = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step, b in enumerate(batches):
+        loss = step_fn(b, ref[step])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        after_step()
+        optimizer.zero_grad(set_to_none=True)
+        now = time.perf_counter()
+        secs.append(now - t_prev)
+        t_prev = now
+        if step + 1 == args.warmup:
+            u0 = usage()
+        toks.append(b.n_tokens)
+        slots.append(b.n_slots)
+        losses.append(float(loss.detach()))
+        print(f"[{name}] step {step + 1}/{len(batches)}: {secs[-1]:.2f}s, {toks[-1]} tokens, loss {losses[-1]:.4f}",
+              file=sys.stderr, flush=True)
+    return secs, toks, slots, losses, u0
+
+
+def charge_reference(secs, toks, ref_seconds):
+    """Add each step's share of a one-off reference pass (by tokens) to its time."""
+    total = sum(toks)
+    return [s + ref_seconds * t / total for s, t in zip(secs, toks)]
+
+
+def run_worker(script: str, name: str, args) -> dict:
+    cmd = [sys.executable, script, "--worker", name, "--data", args.data,
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+           "--max-length", str(args.max_length), "--lr", str(args.lr), "--threads", str(args.threads)]
+    print(f"[bench] running {name}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"[bench] worker {name} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+def run_all(script: str, args, title: str, out: Path, checks_of) -> None:
+    """Run every workload (interleaved rounds), print the table with ratios to palate, write ``out``.
+
+    ``checks_of(ratios) -> {description: passed}`` states the issue's targets.
+    """
+    b0 = _system_cpu()[0]
+    time.sleep(2)
+    if (_system_cpu()[0] - b0) / 2 > 0.2:
+        print("[bench] WARNING: the machine is already busy; timings will be contended", file=sys.stderr)
+    runs: dict[str, list[dict]] = {n: [] for n in args.only}
+    for _ in range(args.repeats):
+        for n in args.only:
+            runs[n].append(run_worker(script, n, args))
+    params = n_params()
+    for rs in runs.values():
+        for r in rs:
+            r["mfu_real_tokens"] = 6 * params * r["tokens_per_s"] / (GEMM_PEAK_GFLOPS * 1e9)
+    keys = ("tokens_per_s", "padding_fraction", "peak_rss_gib", "s_per_step", "mfu_real_tokens", "reference_seconds")
+    med = {n: {k: _median([r.get(k) for r in rs]) for k in keys} for n, rs in runs.items()}
+
+    def paired(a, b, key):
+        if a not in runs or b not in runs:
+            return None
+        return _median([ra[key] / rb[key] for ra, rb in zip(runs[a], runs[b]) if rb[key]])
+
+    ratios = {f"{k}_vs_{o}": paired("palate", o, key) for o in args.only if o != "palate"
+              for k, key in (("tps", "tokens_per_s"), ("rss", "peak_rss_gib"))}
+    checks = checks_of(ratios)
+    lines = [f"{title}: bundled SmolLM2-135M-Instruct fp32, {args.batch_size} pairs/step, max_length "
+             f"{args.max_length}, {args.warmup} warm-up + {args.steps} timed steps, {args.threads} threads, data "
+             f"{args.data}" + (f"; median of {args.repeats} rounds" if args.repeats > 1 else "")]
+    hdr = f"{'workload':<15} {'real tok/s':>10} {'padding':>8} {'peak RSS GiB':>12} {'s/step':>7} {'MFU':>6} " \
+          f"{'ref pass s':>10} {'tps/palate':>10} {'RSS/palate':>10}"
+    lines += [hdr, "-" * len(hdr)]
+    for n in args.only:
+        m = med[n]
+        lines.append(f"{n:<15} {m['tokens_per_s']:>10.1f} {100 * m['padding_fraction']:>7.1f}% {m['peak_rss_gib']:>12.2f} "
+                     f"{m['s_per_step']:>7.2f} {100 * m['mfu_real_tokens']:>5.1f}% {m['reference_seconds'] or 0:>10.1f} "
+                     f"{paired(n, 'palate', 'tokens_per_s'):>9.2f}x {paired(n, 'palate', 'peak_rss_gib'):>9.2f}x")
+    lines.append("palate vs others: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if v is not None))
+    noisy = [n for n in args.only for r in runs[n] if contended(r["timed_usage"])]
+    if noisy:
+        lines.append(f"WARNING: other processes used >10% of the CPU while timing {', '.join(noisy)}")
+    if checks:
+        lines.append(("PASS" if all(checks.values()) else "FAIL") + ": " + "; ".join(
+            f"{k} {'ok' if v else 'MISSED'}" for k, v in checks.items()))
+    text = "\n".join(lines)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": vars(args), "summary": med, "ratios": ratios, "checks": checks,
+                               "contended": noisy, "runs": runs, "table": text}, indent=2))
+    print(f"\nwritten {out}", file=sys.stderr)
+
+
+def add_arguments(ap, workloads, data: str, lr: float) -> None:
+    ap.add_argument("--worker", choices=workloads, help="(internal) run one workload and print its JSON")
+    ap.add_argument("--only", nargs="+", choices=workloads, default=list(workloads))
+    ap.add_argument("--data", default=data)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
