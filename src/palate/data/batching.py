@@ -40,6 +40,18 @@ class Batch:
     def n_slots(self) -> int:
         return self.input_ids.numel()
 
+    def causal_inputs(self) -> dict[str, torch.Tensor]:
+        """Inputs for a causal forward whose outputs are read only at real positions.
+
+        Rows are right-padded, so under causal attention no real token ever sees a pad token: the
+        attention mask changes nothing at real positions (tested bit-identical) and is left out. Without
+        a mask, SDPA takes its fused causal kernel instead of materialising masked attention weights.
+        """
+        inputs = {"input_ids": self.input_ids}
+        if self.position_ids is not None:
+            inputs["position_ids"] = self.position_ids
+        return inputs
+
     def model_inputs(self) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids}
         if self.attention_mask is not None:

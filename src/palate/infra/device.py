@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import logging
 
 import torch
@@ -49,6 +50,8 @@ def keep_freed_memory() -> bool:
     faults per run on CPU). Same effect as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``.
     Returns whether the settings were applied (glibc only).
     """
+    if os.environ.get("PALATE_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

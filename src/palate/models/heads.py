@@ -69,9 +69,9 @@ def reward_scores(model, batch: Batch) -> torch.Tensor:
     """
     backbone, head = backbone_and_head(model)
     device = next(model.parameters()).device
-    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-    hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # [N, T, H]
-    last = mask.sum(dim=1) - 1
+    ids = batch.input_ids.to(device)
+    hidden = backbone(**{k: v.to(device) for k, v in batch.causal_inputs().items()}, use_cache=False).last_hidden_state
+    last = batch.attention_mask.to(device).sum(dim=1) - 1  # right padding: the last real token
     return head(hidden[torch.arange(ids.shape[0], device=device), last]).float()
 
 

@@ -22,7 +22,7 @@ def target_hidden(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states at positions predicting a target token, and those targets: ([N, H], [N])."""
     decoder, _ = causal_lm_parts(model)
     device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in batch.model_inputs().items()}
+    inputs = {k: v.to(device) for k, v in batch.causal_inputs().items()}
     hidden = decoder(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
     targets = batch.labels[:, 1:].to(device)
     keep = targets != IGNORE
