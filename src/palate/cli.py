@@ -36,7 +36,8 @@ def _fail(e: Exception) -> None:
 _ARGS_HELP = "an optional CONFIG.yaml and section.key=value overrides, e.g. train.lr=1e-5"
 
 
-def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, print_config: bool) -> None:
+def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, print_config: bool,
+           label: str = "final model") -> None:
     """Shared body of the training commands: resolve the config, run the recipe, report clear errors."""
     from palate.config import ConfigError, dump_yaml, load_config
     from palate.data.errors import DataError
@@ -51,7 +52,7 @@ def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, 
         final = train_fn(cfg, overwrite=overwrite)
     except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
         _fail(e)
-    typer.echo(f"final model: {final}")
+    typer.echo(f"{label}: {final}")
 
 
 _OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run in run_dir")
@@ -85,6 +86,16 @@ def dpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool
     from palate.recipes.dpo import DPOConfig, train
 
     _train(DPOConfig, train, (args or []) + ([f"dpo.loss={loss}"] if loss else []), overwrite, print_config)
+
+
+@app.command("best-of-n", context_settings={"allow_extra_args": False})
+def best_of_n(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
+              print_config: bool = _PRINT_CONFIG) -> None:
+    """Sample n responses per prompt, keep the reward model's best (SFT data) or best-vs-worst pairs (DPO
+    data); with rounds > 1, fine-tune on them and sample again."""
+    from palate.recipes.best_of_n import BestOfNConfig, train
+
+    _train(BestOfNConfig, train, args, overwrite, print_config, label="data")
 
 
 @app.command("rm-eval")

@@ -437,3 +437,30 @@ def _read(source, from_row, columns, split, on_error, skips) -> list:
     if not records:
         raise DataError(str(source), None, None, f"no usable rows ({skips.seen} read)\n{skips.summary()}")
     return records
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def read_prompts(source: str | Path, *, column: str = "prompt", split: str = "train", limit: int | None = None) -> list[Prompt]:
+    """Distinct prompts, in file order: a row's ``column`` (text or chat messages), or the turns before the
+    last assistant reply of a ``messages`` row. Rows with neither raise :class:`DataError`."""
+    seen, out = set(), []
+    for src, n, row in iter_rows(source, split):
+        if column in row:
+            prompt = _prompt_value(row, column, src, n)
+        elif "messages" in row:
+            msgs = _messages(row["messages"], src, n, "messages")
+            prompt = msgs[:-1] if msgs[-1]["role"] == "assistant" and len(msgs) > 1 else msgs
+        else:
+            present = ", ".join(sorted(row)) or "none"
+            raise DataError(src, n, column, f"missing field (fields present: {present})")
+        key = json.dumps(prompt, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(prompt)
+            if limit and len(out) >= limit:
+                break
+    if not out:
+        raise DataError(str(source), None, column, "no prompts found")
+    return out
