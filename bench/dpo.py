@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +43,9 @@ from pairs_common import (  # noqa: E402
     selected_pairs,
     setup_worker,
     train_loop,
+    train_trl_timed,
+    trl_common_args,
+    trl_pairs_dataset,
 )
 from sft import fingerprint, summarize, usage, usage_delta  # noqa: E402
 
@@ -121,42 +123,14 @@ def worker_plain(args) -> dict:
 
 def worker_trl(args, precompute: bool = False) -> dict:
     torch, tok, model = setup_worker(args)
-    import datasets
     import trl
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
-
-    from palate.data.records import prompt_messages
 
     name = "trl_precompute" if precompute else "trl"
     pairs = selected_pairs(args.data, (args.warmup + args.steps) * args.batch_size)
-    ds = datasets.Dataset.from_list([
-        {"prompt": prompt_messages(p.prompt), "chosen": [{"role": "assistant", "content": p.chosen}],
-         "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs])
-    total = args.warmup + args.steps
-
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.end = []
-
-        def on_train_begin(self, a, state, control, **kw):
-            self.t_begin = time.perf_counter()
-            self.u0 = self.u1 = usage()
-
-        def on_step_end(self, a, state, control, **kw):
-            self.end.append(time.perf_counter())
-            if len(self.end) == args.warmup:
-                self.u0 = usage()
-            self.u1 = usage()
-            print(f"[{name}] step {state.global_step}/{total}", file=sys.stderr, flush=True)
-
-    cfg = DPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-dpo-trl-"), per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, max_steps=total, learning_rate=args.lr, weight_decay=0.0, max_grad_norm=1.0,
-        max_length=args.max_length, beta=BETA, loss_type=["sigmoid"], precompute_ref_log_probs=precompute,
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no",
-        eval_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, seed=0, data_seed=0,
-    )
+    ds = trl_pairs_dataset(pairs)
+    cfg = DPOConfig(**trl_common_args(args, "bench-dpo-trl-"), beta=BETA, loss_type=["sigmoid"],
+                    precompute_ref_log_probs=precompute)
     ref_timer = {"seconds": 0.0}
     original = DPOTrainer._precompute_ref_logps
 
@@ -171,31 +145,14 @@ def worker_trl(args, precompute: bool = False) -> dict:
     t_init = time.perf_counter()
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     init_seconds = time.perf_counter() - t_init
-    timer = Timer()
-    trainer.add_callback(timer)
-    counts = []
-    inner = trainer.data_collator
-
-    def counting_collator(features):
-        out = inner(features)
-        counts.append((int(out["attention_mask"].sum()), int(out["attention_mask"].numel())))
-        return out
-
-    trainer.data_collator = counting_collator
-    torch.set_num_threads(args.threads)
-    trainer.train()
-    ends = timer.end
-    secs = [ends[0] - timer.t_begin] + [b - a for a, b in zip(ends, ends[1:])]
-    toks = [c[0] for c in counts[: len(secs)]]
-    slots = [c[1] for c in counts[: len(secs)]]
+    secs, toks, slots, timed = train_trl_timed(trainer, args, name)
     ref_seconds = ref_timer["seconds"]
     if precompute:  # TRL's precompute ran in __init__: charge it like palate's
         secs = charge_reference(secs, toks, ref_seconds)
     return summarize(name, args, secs, toks, slots, {
-        "timed_usage": usage_delta(timer.u0, timer.u1), "records": len(ds),
-        "train_examples_after_prepare": len(trainer.train_dataset), "trl_version": trl.__version__,
-        "reference_seconds": ref_seconds, "init_seconds": init_seconds, "losses": [],
-        "has_ref_model_copy": trainer.ref_model is not None,
+        "timed_usage": timed, "records": len(ds), "train_examples_after_prepare": len(trainer.train_dataset),
+        "trl_version": trl.__version__, "reference_seconds": ref_seconds, "init_seconds": init_seconds,
+        "losses": [], "has_ref_model_copy": trainer.ref_model is not None,
     })
 
 

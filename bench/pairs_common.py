@@ -140,11 +140,16 @@ def run_all(script: str, args, title: str, out: Path, checks_of) -> None:
     hdr = f"{'workload':<15} {'real tok/s':>10} {'padding':>8} {'peak RSS GiB':>12} {'s/step':>7} {'MFU':>6} " \
           f"{'ref pass s':>10} {'tps/palate':>10} {'RSS/palate':>10}"
     lines += [hdr, "-" * len(hdr)]
+    def cell(v, spec, scale=1.0, suffix=""):
+        return format("-", ">" + spec.split(".")[0]) if v is None else format(v * scale, spec) + suffix
+
     for n in args.only:
         m = med[n]
-        lines.append(f"{n:<15} {m['tokens_per_s']:>10.1f} {100 * m['padding_fraction']:>7.1f}% {m['peak_rss_gib']:>12.2f} "
-                     f"{m['s_per_step']:>7.2f} {100 * m['mfu_real_tokens']:>5.1f}% {m['reference_seconds'] or 0:>10.1f} "
-                     f"{paired(n, 'palate', 'tokens_per_s'):>9.2f}x {paired(n, 'palate', 'peak_rss_gib'):>9.2f}x")
+        lines.append(f"{n:<15} {cell(m['tokens_per_s'], '10.1f')} {cell(m['padding_fraction'], '7.1f', 100, '%')} "
+                     f"{cell(m['peak_rss_gib'], '12.2f')} {cell(m['s_per_step'], '7.2f')} "
+                     f"{cell(m['mfu_real_tokens'], '5.1f', 100, '%')} {cell(m['reference_seconds'] or 0, '10.1f')} "
+                     f"{cell(paired(n, 'palate', 'tokens_per_s'), '9.2f', suffix='x')} "
+                     f"{cell(paired(n, 'palate', 'peak_rss_gib'), '9.2f', suffix='x')}")
     lines.append("palate vs others: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if v is not None))
     noisy = [n for n in args.only for r in runs[n] if contended(r["timed_usage"])]
     if noisy:
@@ -171,3 +176,72 @@ def add_arguments(ap, workloads, data: str, lr: float) -> None:
     ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
+
+
+def trl_pairs_dataset(pairs):
+    """The pairs in TRL's conversational preference format (TRL applies the chat template itself)."""
+    import datasets
+
+    from palate.data.records import prompt_messages
+
+    return datasets.Dataset.from_list([
+        {"prompt": prompt_messages(p.prompt), "chosen": [{"role": "assistant", "content": p.chosen}],
+         "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs])
+
+
+def trl_common_args(args, prefix: str) -> dict:
+    """Identical TRL settings for every TRL workload: fp32, no checkpointing, no saving, no workers."""
+    import tempfile
+
+    return dict(
+        output_dir=tempfile.mkdtemp(prefix=prefix), per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1, max_steps=args.warmup + args.steps, learning_rate=args.lr, weight_decay=0.0,
+        max_grad_norm=1.0, max_length=args.max_length, bf16=False, fp16=False, gradient_checkpointing=False,
+        use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
+        dataloader_num_workers=0, seed=0, data_seed=0,
+    )
+
+
+def train_trl_timed(trainer, args, name: str):
+    """Run ``trainer.train()`` timing each step end to end and counting the real tokens it collated.
+
+    Returns ``(step_seconds, step_tokens, step_slots, usage_delta_of_timed_steps)``.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    from sft import usage_delta
+
+    total = args.warmup + args.steps
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.end = []
+
+        def on_train_begin(self, a, state, control, **kw):
+            self.t_begin = time.perf_counter()
+            self.u0 = self.u1 = usage()
+
+        def on_step_end(self, a, state, control, **kw):
+            self.end.append(time.perf_counter())
+            if len(self.end) == args.warmup:
+                self.u0 = usage()
+            self.u1 = usage()
+            print(f"[{name}] step {state.global_step}/{total}", file=sys.stderr, flush=True)
+
+    timer = Timer()
+    trainer.add_callback(timer)
+    counts = []
+    inner = trainer.data_collator
+
+    def counting_collator(features):
+        out = inner(features)
+        counts.append((int(out["attention_mask"].sum()), int(out["attention_mask"].numel())))
+        return out
+
+    trainer.data_collator = counting_collator
+    torch.set_num_threads(args.threads)
+    trainer.train()
+    ends = timer.end
+    secs = [ends[0] - timer.t_begin] + [b - a for a, b in zip(ends, ends[1:])]
+    return secs, [c[0] for c in counts[: len(secs)]], [c[1] for c in counts[: len(secs)]], usage_delta(timer.u0, timer.u1)

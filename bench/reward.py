@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +34,9 @@ from pairs_common import (  # noqa: E402
     selected_pairs,
     setup_worker,
     train_loop,
+    train_trl_timed,
+    trl_common_args,
+    trl_pairs_dataset,
 )
 from sft import fingerprint, summarize, usage, usage_delta  # noqa: E402
 
@@ -93,62 +94,17 @@ def worker_plain(args) -> dict:
 
 def worker_trl(args) -> dict:
     torch, tok, model = setup_worker(args, num_labels=1)
-    import datasets
     import trl
-    from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    from palate.data.records import prompt_messages
-
     pairs = selected_pairs(args.data, (args.warmup + args.steps) * args.batch_size)
-    ds = datasets.Dataset.from_list([
-        {"prompt": prompt_messages(p.prompt), "chosen": [{"role": "assistant", "content": p.chosen}],
-         "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs])
-    total = args.warmup + args.steps
-
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.end = []
-
-        def on_train_begin(self, a, state, control, **kw):
-            self.t_begin = time.perf_counter()
-            self.u0 = self.u1 = usage()
-
-        def on_step_end(self, a, state, control, **kw):
-            self.end.append(time.perf_counter())
-            if len(self.end) == args.warmup:
-                self.u0 = usage()
-            self.u1 = usage()
-            print(f"[trl] step {state.global_step}/{total}", file=sys.stderr, flush=True)
-
-    cfg = RewardConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-rm-trl-"), per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, max_steps=total, learning_rate=args.lr, weight_decay=0.0, max_grad_norm=1.0,
-        max_length=args.max_length, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
-        report_to=[], save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
-        dataloader_num_workers=0, seed=0, data_seed=0,
-    )
+    ds = trl_pairs_dataset(pairs)
+    cfg = RewardConfig(**trl_common_args(args, "bench-rm-trl-"))
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
-    timer = Timer()
-    trainer.add_callback(timer)
-    counts = []
-    inner = trainer.data_collator
-
-    def counting_collator(features):
-        out = inner(features)
-        counts.append((int(out["attention_mask"].sum()), int(out["attention_mask"].numel())))
-        return out
-
-    trainer.data_collator = counting_collator
-    torch.set_num_threads(args.threads)
-    trainer.train()
-    ends = timer.end
-    secs = [ends[0] - timer.t_begin] + [b - a for a, b in zip(ends, ends[1:])]
-    toks = [c[0] for c in counts[: len(secs)]]
-    slots = [c[1] for c in counts[: len(secs)]]
+    secs, toks, slots, timed = train_trl_timed(trainer, args, "trl")
     return summarize("trl", args, secs, toks, slots, {
-        "timed_usage": usage_delta(timer.u0, timer.u1), "records": len(ds),
-        "pairs_after_trl_filtering": len(trainer.train_dataset), "trl_version": trl.__version__, "losses": [],
+        "timed_usage": timed, "records": len(ds), "pairs_after_trl_filtering": len(trainer.train_dataset),
+        "trl_version": trl.__version__, "losses": [],
     })
 
 

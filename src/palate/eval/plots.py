@@ -27,6 +27,15 @@ class _Frame:
         self.x0, self.x1 = _widen(*xlim)
         self.y0, self.y1 = _widen(*ylim)
 
+    @classmethod
+    def fitting(cls, series: dict[str, Sequence[tuple[float, float]]]) -> "_Frame | None":
+        """The frame spanning every finite (x, y) point of the series; None when there is none."""
+        finite = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+        if not finite:
+            return None
+        return cls((min(x for x, _ in finite), max(x for x, _ in finite)),
+                   (min(y for _, y in finite), max(y for _, y in finite)))
+
     def x(self, v: float) -> float:
         return LEFT + (v - self.x0) / (self.x1 - self.x0) * (W - LEFT - RIGHT)
 
@@ -150,11 +159,9 @@ def histogram_svg(series: dict[str, Sequence[float]], bins: int = 30, title: str
 def line_svg(series: dict[str, Sequence[tuple[float, float]]], title: str = "", xlabel: str = "step",
              ylabel: str = "value") -> str:
     """Line chart of several (x, y) series; a NaN y breaks the line."""
-    finite = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(x) and math.isfinite(y)]
-    if not finite:
+    f = _Frame.fitting(series)
+    if f is None:
         return _no_data(title)
-    f = _Frame((min(x for x, _ in finite), max(x for x, _ in finite)),
-               (min(y for _, y in finite), max(y for _, y in finite)))
     body = f.axes(xlabel, ylabel)
     for i, (name, pts) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
@@ -176,11 +183,9 @@ def line_svg(series: dict[str, Sequence[tuple[float, float]]], title: str = "", 
 def scatter_svg(points: dict[str, Sequence[tuple[float, float]]], title: str = "", xlabel: str = "x",
                 ylabel: str = "y") -> str:
     """Scatter plot of several (x, y) point sets."""
-    finite = [(x, y) for pts in points.values() for x, y in pts if math.isfinite(x) and math.isfinite(y)]
-    if not finite:
+    f = _Frame.fitting(points)
+    if f is None:
         return _no_data(title)
-    f = _Frame((min(x for x, _ in finite), max(x for x, _ in finite)),
-               (min(y for _, y in finite), max(y for _, y in finite)))
     body = f.axes(xlabel, ylabel)
     for i, (name, pts) in enumerate(points.items()):
         colour = PALETTE[i % len(PALETTE)]
