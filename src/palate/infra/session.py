@@ -156,9 +156,12 @@ class Loop:
         self.optimizer = adamw(model, train.lr, train.weight_decay, train.adam_betas)
         self.scheduler = scheduler(self.optimizer, round(train.warmup_ratio * self.total), self.total, train.min_lr_ratio)
         self.start_step = 0
+        self.resumed: dict[str, Any] = {}  # the checkpoint's progress record (its ``extra`` keys included)
+        self.extra_state: Callable[[], dict[str, Any]] | None = None  # recipe state saved with each checkpoint
         ckpt = run.latest_checkpoint()
         if ckpt is not None:
             progress = load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler)
+            self.resumed = progress
             self.start_step = progress["step"]
             log.info("resuming from %s (step %d of %d)", ckpt.name, self.start_step, self.total)
         run.rewind_metrics(self.start_step)
@@ -181,12 +184,23 @@ class Loop:
 
     def optimizer_step(self, **measured: float) -> dict[str, float]:
         """Clip, step, schedule; returns the step's metrics (the caller's ``measured`` values included)."""
+        grad_norm = self.apply_gradients()
+        return self.end_step(grad_norm=grad_norm, **measured)
+
+    def apply_gradients(self) -> float:
+        """Clip and apply the accumulated gradients (one optimizer update); returns the gradient norm.
+
+        RL recipes make several updates per step (PPO epochs over minibatches), then call :meth:`end_step`."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def end_step(self, **measured: float) -> dict[str, float]:
+        """Advance the learning-rate schedule and time the step; returns its metrics."""
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
         now = time.perf_counter()
         seconds, self._t_step = now - self._t_step, now
         tokens = measured.get("tokens", 0)
@@ -194,7 +208,6 @@ class Loop:
         return {
             **measured,
             "lr": lr,
-            "grad_norm": float(grad_norm),
             "epoch": self.step * self.stream.grad_accum / self.stream.batches_per_epoch,
             "step_seconds": seconds,
             "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
@@ -210,15 +223,18 @@ class Loop:
         return save_checkpoint(
             self.run.checkpoints, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             data_state={"micro_batches_consumed": self.step * self.stream.grad_accum},
-            keep_last=self.cfg.keep_last,
+            extra=self.extra_state() if self.extra_state else None, keep_last=self.cfg.keep_last,
         )
 
-    def finish(self, tokenizer, merge: bool = True, extra_json: dict[str, Any] | None = None, **summary: Any) -> Path:
+    def finish(self, tokenizer, merge: bool = True, extra_json: dict[str, Any] | None = None,
+               model: torch.nn.Module | None = None, **summary: Any) -> Path:
         """Save ``final/`` (HF-loadable, with ``extra_json`` files beside the weights), mark the run finished
-        and return the final model's path."""
+        and return the final model's path. ``model``: what to save when the trained module is a wrapper
+        (e.g. a policy with its value head: only the policy is saved)."""
         self.progress.close()
         wall = time.perf_counter() - self._t_start
-        save_model(self.model, tokenizer, self.run.final, merge=merge, extra_json=extra_json)
+        save_model(model if model is not None else self.model, tokenizer, self.run.final, merge=merge,
+                   extra_json=extra_json)
         summary = {
             "steps": self.total,
             "resumed_from_step": self.start_step,

@@ -65,3 +65,57 @@ def sequence_logprobs(model, batch: Batch, chunk: int = 1024) -> tuple[torch.Ten
     sums = torch.zeros(n_rows, device=hidden.device, dtype=token_lp.dtype).index_add(0, row_of, token_lp)
     counts = torch.bincount(row_of, minlength=n_rows)
     return sums, counts
+
+
+def response_hidden(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                    n: int) -> torch.Tensor:
+    """Final hidden states that predict each response token: ``[B, T, H]`` for ``B = P * n`` responses.
+
+    Prefix sharing: each of the ``P`` left-padded prompts runs through the decoder once and its key/value
+    cache is repeated for its ``n`` responses, so a group of samples pays for its prompt once in the
+    forward and the backward (gradients flow through the shared cache). Row ``b`` answers prompt
+    ``b // n``; ``hidden[:, t]`` is the state after the prompt and response tokens ``< t``.
+    """
+    from transformers import DynamicCache
+
+    decoder, _ = causal_lm_parts(model)
+    device = next(model.parameters()).device
+    mask = prompt_mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    prompt_out = decoder(input_ids=prompt_ids.to(device), attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True).last_hidden_state  # [P, W, H]
+    cache.batch_repeat_interleave(n)
+    B, T = response_ids.shape
+    # Responses are right-padded: under causal attention no real token sees the padding after it.
+    full_mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones(B, T)], dim=1)
+    pos = positions[:, -1:].repeat_interleave(n, 0) + 1 + torch.arange(T, device=device)[None, :]
+    resp = decoder(input_ids=response_ids[:, :-1].to(device), attention_mask=full_mask[:, :-1],
+                   position_ids=pos[:, :-1], past_key_values=cache, use_cache=True).last_hidden_state
+    first = prompt_out[:, -1:].repeat_interleave(n, 0)  # the last prompt position predicts token 0
+    return torch.cat([first, resp], dim=1)
+
+
+def response_logprobs(model, hidden: torch.Tensor, response_ids: torch.Tensor, mask: torch.Tensor,
+                      temperature: float = 1.0, with_entropy: bool = False,
+                      chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the response tokens under ``softmax(logits / temperature)`` as ``[B, T]`` (0 at
+    padding), and the per-token entropy of that distribution when asked; the vocabulary projection
+    runs on real response positions only, ``chunk`` rows at a time."""
+    device = hidden.device
+    keep = mask.to(device).bool()
+    h, targets = hidden[keep], response_ids.to(device)[keep]
+    lps, ents = [], []
+    for s in range(0, h.shape[0], chunk):
+        logits = project(model, h[s : s + chunk]).float() / temperature
+        lse = torch.logsumexp(logits, dim=-1)
+        lps.append(logits.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse)
+        if with_entropy:
+            ents.append(lse - (logits.softmax(-1) * logits).sum(-1))
+    flat = torch.cat(lps) if lps else h.new_zeros(0)
+    out = torch.zeros(keep.shape, device=device, dtype=flat.dtype).masked_scatter(keep, flat)
+    ent = None
+    if with_entropy:
+        flat_e = torch.cat(ents) if ents else h.new_zeros(0)
+        ent = torch.zeros(keep.shape, device=device, dtype=flat_e.dtype).masked_scatter(keep, flat_e)
+    return out, ent

@@ -55,3 +55,17 @@ def save_model(model, tokenizer, target: Path, merge: bool = True, extra_json: d
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+class adapter_disabled:
+    """Context: a PEFT model's adapters disabled (its base weights are the reference); a no-op for a plain
+    model or when ``enabled`` is False."""
+
+    def __init__(self, model, enabled: bool = True):
+        self.ctx = model.disable_adapter() if enabled and is_peft(model) else None
+
+    def __enter__(self):
+        return self.ctx.__enter__() if self.ctx is not None else None
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx is not None else False

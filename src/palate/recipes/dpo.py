@@ -32,7 +32,7 @@ from palate.infra import session
 from palate.infra.run import RunDir
 from palate.losses.preference import PREFERENCE_LOSSES, kto_loss, kto_reference_point, requires_reference
 from palate.models.logprobs import sequence_logprobs
-from palate.models.lora import is_peft
+from palate.models.lora import adapter_disabled, is_peft
 from palate.recipes.sft import split_heldout
 
 log = logging.getLogger("palate.dpo")
@@ -182,26 +182,13 @@ def reference_logprobs(model, batches: list[Batch], n_records: int, env: session
     was_training = model.training
     model.eval()
     out = torch.full((n_records, 2), float("nan"))
-    with _adapter_off(model):
+    with adapter_disabled(model):
         for b in batches:
             with session.autocast(env.precision, env.device):
                 sums, _ = sequence_logprobs(model, b)
             out[torch.tensor(b.indices)] = sums.float().cpu().view(-1, 2)
     model.train(was_training)
     return out
-
-
-class _adapter_off:
-    """Context: a PEFT model's adapters disabled (the base weights are the reference); no-op otherwise."""
-
-    def __init__(self, model, enabled: bool = True):
-        self.ctx = model.disable_adapter() if enabled and is_peft(model) else None
-
-    def __enter__(self):
-        return self.ctx.__enter__() if self.ctx is not None else None
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc) if self.ctx is not None else False
 
 
 def cached_reference(run: RunDir, key: str, compute) -> torch.Tensor:
@@ -381,7 +368,7 @@ class LiveReference:
         """Summed reference log-probs of each row of ``batch``: ``[R]``."""
         was_training = self.model.training
         self.model.eval()
-        with _adapter_off(self.model, self.adapter), session.autocast(self.env.precision, self.env.device):
+        with adapter_disabled(self.model, self.adapter), session.autocast(self.env.precision, self.env.device):
             sums, _ = sequence_logprobs(self.model, batch)
         self.model.train(was_training)
         return sums.float().clone()

@@ -111,3 +111,152 @@ def sample(
             text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
             out[i].append(Sample(text, finished, len(tokens) + int(finished)))
     return out
+
+
+@dataclass
+class Rollout:
+    """Responses sampled for RL, with what the update needs: ``B = len(prompt_ids) * n`` rows, sample
+    ``b`` answering prompt ``b // n``. Responses are right-padded; ``logprobs`` are of the sampled tokens
+    under ``softmax(logits / temperature)`` (what the trainer recomputes), 0 at padding."""
+
+    prompt_ids: torch.Tensor  # [P, W] left-padded prompts
+    prompt_mask: torch.Tensor  # [P, W] 1 on real prompt tokens
+    n: int
+    response_ids: torch.Tensor  # [B, T] right-padded with the pad id
+    response_mask: torch.Tensor  # [B, T] bool
+    logprobs: torch.Tensor  # [B, T] float32
+    stop_reason: list[str]  # per row: "eos" | "stop" (a stop string) | "length"
+    texts: list[str]  # decoded responses, cut before a stop string, special tokens removed
+
+    @property
+    def finished(self) -> torch.Tensor:  # [B] bool
+        return torch.tensor([r != "length" for r in self.stop_reason])
+
+    @property
+    def lengths(self) -> torch.Tensor:  # [B]
+        return self.response_mask.sum(-1)
+
+
+def _filter_logits(scaled: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    """Mask all but the top-k tokens and the smallest set whose probability reaches top-p (nucleus)."""
+    if top_k and top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep tokens until the mass before them reaches top_p
+        scaled = scaled.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return scaled
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen if isinstance(gen, list) else [gen] if gen is not None else [])
+    return ids
+
+
+def left_pad(encoded: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, seq in enumerate(encoded):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def rollout(model, tokenizer, prompts: list, **kw) -> Rollout:
+    """Sample ``n`` responses to each prompt with the KV cache, for RL (see :func:`_rollout`).
+
+    Sampling runs under inference mode; the returned tensors are ordinary ones that autograd may use."""
+    r = _rollout(model, tokenizer, prompts, **kw)
+    for name in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs"):
+        setattr(r, name, getattr(r, name).clone())
+    return r
+
+
+@torch.inference_mode()
+def _rollout(
+    model,
+    tokenizer,
+    prompts: list,
+    *,
+    n: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop: tuple[str, ...] = (),
+    seed: int = 0,
+) -> Rollout:
+    """Sample ``n`` responses to each prompt with the KV cache, for RL.
+
+    Each prompt is encoded (as :func:`reply` renders it) and run through the model once; its cache is
+    then shared by its ``n`` samples. A row leaves the batch as soon as it emits EOS or a stop string,
+    so finished rows cost nothing while the others continue. Deterministic for ``seed`` (its own
+    generator: the caller's RNG state is untouched).
+    """
+    if temperature <= 0:
+        raise ValueError("rollout samples: temperature must be > 0 (use reply() for greedy decoding)")
+    from transformers import DynamicCache
+
+    use_template = uses_chat_template(tokenizer)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_ids, prompt_mask = left_pad([encode_prompt(tokenizer, p, use_template) for p in prompts], pad)
+    gen = torch.Generator().manual_seed(seed)
+    stops = eos_ids(model, tokenizer)
+    B = len(prompts) * n
+    tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long)
+    logps = torch.zeros((B, max_new_tokens), dtype=torch.float32)
+    reason = ["length"] * B
+    length = [max_new_tokens] * B
+
+    cache = DynamicCache(config=model.config)
+    mask = prompt_mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids.to(device), attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1].float().repeat_interleave(n, 0)
+    cache.batch_repeat_interleave(n)
+    mask = mask.repeat_interleave(n, 0)
+    next_pos = positions[:, -1:].repeat_interleave(n, 0) + 1
+    alive = torch.arange(B)  # rows of the full batch still generating, in cache order
+    for t in range(max_new_tokens):
+        scaled = logits / temperature
+        logp_all = torch.log_softmax(scaled, -1)
+        probs = _filter_logits(scaled, top_p, top_k).softmax(-1)
+        tok = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1)
+        tokens[alive, t] = tok
+        logps[alive, t] = logp_all.cpu().gather(-1, tok[:, None]).squeeze(-1)
+        done = torch.tensor([x in stops for x in tok.tolist()])
+        for row in alive[done].tolist():
+            reason[row], length[row] = "eos", t + 1
+        if stop:
+            for i, row in enumerate(alive.tolist()):
+                if not done[i] and any(s in tokenizer.decode(tokens[row, max(0, t - 15): t + 1]) for s in stop):
+                    done[i] = True
+                    reason[row], length[row] = "stop", t + 1
+        if t == max_new_tokens - 1 or bool(done.all()):
+            break
+        keep = (~done).nonzero().squeeze(-1)
+        if len(keep) < len(alive):
+            alive, mask, next_pos, tok = alive[keep], mask[keep.to(device)], next_pos[keep.to(device)], tok[keep]
+            cache.batch_select_indices(keep.to(device))
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        out = model(input_ids=tok[:, None].to(device), attention_mask=mask, position_ids=next_pos,
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    width = max(length)
+    response_mask = torch.arange(width)[None, :] < torch.tensor(length)[:, None]
+    tokens, logps = tokens[:, :width].masked_fill(~response_mask, pad), logps[:, :width] * response_mask
+    texts = []
+    for row in range(B):
+        text = tokenizer.decode(tokens[row, : length[row]], skip_special_tokens=True)
+        if reason[row] == "stop":
+            text = text[: min(text.find(s) for s in stop if s in text)] if any(s in text for s in stop) else text
+        texts.append(text.strip())
+    return Rollout(prompt_ids, prompt_mask, n, tokens, response_mask, logps, reason, texts)

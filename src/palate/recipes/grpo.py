@@ -1,0 +1,232 @@
+"""Critic-free online RL: GRPO, RLOO and REINFORCE++ (``palate grpo --advantage grpo|rloo|reinforce_pp``).
+
+    split prompts into train / held-out; reward = a reward model or a Python function (+ penalties)
+    for each step:
+        sample n responses to each of P prompts (KV cache; each prompt's cache shared by its n samples)
+        score them; reference log-probs of the sampled tokens (disabled LoRA adapter or frozen copy)
+        advantages:  grpo          (r − mean_group) / std_group          (Shao et al. 2024)
+                     rloo          r − mean of the other n−1 samples       (Ahmadian et al. 2024)
+                     reinforce_pp  per-token returns with the KL in the reward, whitened over the batch (Hu 2025)
+        for each of `epochs` passes over `minibatches`: clipped policy-gradient loss
+            (+ β·KL(k3) in the loss for kl_in=loss) -> backward -> clip -> AdamW
+        log reward, KL, entropy, clip fraction, lengths, throughput; held-out reward every eval_every steps
+
+The sampling seed of step s is a function of (seed, s): a resumed run samples exactly what the
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from palate.config import ConfigError, LogConfig, LoraConfig, ModelConfig, TrainConfig
+from palate.data.readers import read_prompts
+from palate.infra import session
+from palate.infra.run import RunDir
+from palate.losses.policy import (
+    aggregate,
+    discounted_returns,
+    group_advantages,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+)
+from palate.models.logprobs import response_hidden, response_logprobs
+from palate.recipes.sft import split_heldout
+from palate.rollout.experience import (
+    Experience,
+    NonFiniteError,
+    Reference,
+    RolloutConfig,
+    collect,
+    evaluate,
+    experience_metrics,
+    require_finite,
+    warn_negative_kl,
+    write_samples,
+)
+from palate.rollout.rewards import RewardConfig, Rewarder
+
+log = logging.getLogger("palate.grpo")
+
+ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    path: str = "bundled:preferences"  # any source with a prompt column (or chat messages)
+    limit: int | None = None
+    eval_fraction: float = 0.1
+    eval_max: int = 32  # held-out prompts used for the eval reward
+
+
+@dataclass(frozen=True)
+class GRPOSpec:
+    advantage: str = "grpo"  # grpo | rloo | reinforce_pp
+    prompts_per_step: int = 4
+    beta: float = 0.04  # KL coefficient (0: no reference model at all)
+    kl_in: str = "loss"  # loss (k3 term in the loss, as GRPO) | reward (per-token k1 in the reward)
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # DAPO's asymmetric clip (e.g. 0.28); None: = clip_eps
+    scale_by_std: bool = True  # grpo: divide by the group's std (Dr. GRPO turns this off)
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum
+    epochs: int = 1  # passes over each batch of experience (GRPO's μ)
+    minibatches: int = 1  # updates per pass, each over whole prompt groups
+    reference_device: str = "same"  # same | cpu: where a frozen reference copy lives
+    sample_every: int = 10  # write a few completions to samples.jsonl every N steps (0: never)
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    run_dir: str = "runs/grpo"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOSpec = field(default_factory=GRPOSpec)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-6, max_steps=100, warmup_ratio=0.0,
+                                                                    min_lr_ratio=1.0, eval_every=20, save_every=20))
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def check(cfg: GRPOConfig) -> None:
+    g = cfg.grpo
+    if g.advantage not in ADVANTAGES:
+        raise ConfigError(f"grpo.advantage must be one of {', '.join(ADVANTAGES)}, got {g.advantage!r}")
+    if g.kl_in not in ("loss", "reward"):
+        raise ConfigError(f"grpo.kl_in must be loss or reward, got {g.kl_in!r}")
+    if g.advantage == "reinforce_pp" and g.kl_in == "loss" and g.beta > 0:
+        raise ConfigError("reinforce_pp puts the KL in the per-token reward: set grpo.kl_in=reward")
+    if cfg.rollout.n < 2 and g.advantage in ("grpo", "rloo"):
+        raise ConfigError(f"grpo.advantage={g.advantage} compares samples of a prompt: rollout.n must be >= 2")
+    if g.prompts_per_step % g.minibatches:
+        raise ConfigError("grpo.prompts_per_step must be a multiple of grpo.minibatches")
+    if cfg.train.grad_accum != 1:
+        raise ConfigError("train.grad_accum is not used by grpo: use grpo.prompts_per_step and grpo.minibatches")
+
+
+def prompt_stream(cfg_prompts: PromptsConfig, per_step: int, seed: int) -> tuple[session.BatchStream, list]:
+    """Train prompts in seeded shuffled steps of ``per_step`` (a function of the step: resumable), and the
+    held-out prompts."""
+    prompts = read_prompts(cfg_prompts.path, limit=cfg_prompts.limit)
+    train, held = split_heldout(prompts, cfg_prompts.eval_fraction, seed)
+    if len(train) < per_step:
+        raise ConfigError(f"{cfg_prompts.path}: {len(train)} training prompts, fewer than one step's {per_step}")
+
+    def steps_of_epoch(epoch: int) -> list[list]:
+        order = list(range(len(train)))
+        random.Random(f"prompts:{seed}:{epoch}").shuffle(order)
+        return [[train[i] for i in order[s : s + per_step]] for s in range(0, len(order) - per_step + 1, per_step)]
+
+    return session.BatchStream(steps_of_epoch, 1), held[: cfg_prompts.eval_max]
+
+
+def advantages(exp: Experience, spec: GRPOSpec, n: int) -> torch.Tensor:
+    """Per-token advantages [B, T] (0 at padding)."""
+    mask = exp.mask
+    reward = exp.rewards.total
+    kl = exp.kl_tokens("k1") if spec.kl_in == "reward" and spec.beta > 0 else None
+    if spec.advantage == "reinforce_pp":
+        token_rewards = torch.zeros(mask.shape)
+        if kl is not None:
+            token_rewards -= spec.beta * kl
+        last = mask.sum(-1) - 1
+        token_rewards[torch.arange(len(reward)), last] += reward
+        return masked_whiten(discounted_returns(token_rewards, mask, gamma=1.0), mask)
+    if kl is not None:  # the sequence's KL penalty enters its reward before the group baseline
+        reward = reward - spec.beta * kl.sum(-1)
+    adv = group_advantages(reward.view(-1, n), kind=spec.advantage, scale_by_std=spec.scale_by_std).reshape(-1)
+    return adv[:, None] * mask
+
+
+def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
+    check(cfg)
+    g, rc = cfg.grpo, cfg.rollout
+    run = RunDir.open(cfg.run_dir, cfg, overwrite=overwrite)
+    env = session.start(cfg.train, cfg.model, run, cfg.log, cfg)
+    tok = session.tokenizer(cfg.model)
+    stream, held = prompt_stream(cfg.prompts, g.prompts_per_step, cfg.train.seed)
+    rewarder = Rewarder(cfg.reward)
+    policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
+    reference = Reference(policy, g.reference_device) if g.beta > 0 else None
+    log.info("%s: %d prompts x %d samples per step, β=%g (KL in %s), reward from %s; %d held-out prompts",
+             g.advantage, g.prompts_per_step, rc.n, g.beta, g.kl_in, cfg.reward.model or cfg.reward.function,
+             len(held))
+    loop = session.Loop(run, policy, cfg.train, env, stream)
+    eval_seed = cfg.train.seed * 7919 + 1
+    if held and loop.start_step == 0:
+        metrics, _ = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+        run.log(0, metrics)
+        log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    for step, (prompts,) in loop:
+        exp = collect(policy, tok, prompts, rc, rewarder, reference, seed=cfg.train.seed * 100_003 + step)
+        metrics = experience_metrics(exp)
+        try:
+            require_finite(step, reward=exp.rewards.total)
+            adv = advantages(exp, g, rc.n)
+            metrics.update(update(policy, loop, exp, adv, g, rc, step))
+        except NonFiniteError as e:
+            loop.step = step - 1
+            path = loop.checkpoint()
+            raise NonFiniteError(f"{e}; stopped. The last good state is saved at {path}") from None
+        metrics = loop.end_step(**metrics)
+        if "kl" in metrics:
+            warn_negative_kl(step, metrics["kl"])
+        if g.sample_every and (step % g.sample_every == 0 or step == 1):
+            write_samples(run, step, exp)
+        if held and loop.due(cfg.train.eval_every):
+            ev, _ = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+            metrics.update(ev)
+        loop.log(step, metrics)
+    return loop.finish(tok, merge=cfg.lora.merge)
+
+
+def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: RolloutConfig,
+           step: int) -> dict[str, float]:
+    """``g.epochs`` passes of clipped policy-gradient updates over ``g.minibatches`` groups of prompts."""
+    r, n = exp.rollout, rc.n
+    P = len(exp.prompts)
+    per = P // g.minibatches
+    gen = torch.Generator().manual_seed(step)
+    sums: dict[str, float] = {}
+    count = 0
+    tokens = 0
+    for _ in range(g.epochs):
+        order = torch.randperm(P, generator=gen) if g.minibatches > 1 else torch.arange(P)
+        for s in range(0, P, per):
+            pidx = order[s : s + per]
+            rows = (pidx[:, None] * n + torch.arange(n)[None, :]).reshape(-1)
+            mask = r.response_mask[rows]
+            hidden = response_hidden(policy, r.prompt_ids[pidx], r.prompt_mask[pidx], r.response_ids[rows], n)
+            logp, ent = response_logprobs(policy, hidden, r.response_ids[rows], mask, rc.temperature,
+                                          with_entropy=True)
+            dev = logp.device
+            mask_d = mask.to(dev)
+            pl = ppo_policy_loss(logp, r.logprobs[rows].to(dev), adv[rows].to(dev), mask_d, g.clip_eps,
+                                 g.clip_eps_high, mode=g.loss_agg)
+            loss = pl.loss
+            if g.kl_in == "loss" and g.beta > 0:
+                kl = kl_penalty(logp, exp.ref_logprobs[rows].to(dev), "k3")
+                kl_loss = aggregate(kl, mask_d, g.loss_agg)
+                loss = loss + g.beta * kl_loss
+                sums["kl_loss"] = sums.get("kl_loss", 0.0) + float(kl_loss)
+            require_finite(step, loss=loss.detach())
+            loss.backward()
+            grad_norm = loop.apply_gradients()
+            for k, v in (("loss", float(loss)), ("policy_loss", float(pl.loss)), ("clip_fraction", float(pl.clip_fraction)),
+                         ("approx_kl", float(pl.approx_kl)), ("entropy", float(masked_mean(ent.detach(), mask_d))),
+                         ("grad_norm", grad_norm)):
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            tokens += int(r.prompt_mask[pidx].sum()) + int(mask.sum())
+    out = {k: v / count for k, v in sums.items()}
+    out["tokens"] = tokens
+    out["advantage_abs"] = float(masked_mean(adv.abs(), exp.mask))
+    return out

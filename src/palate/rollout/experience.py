@@ -1,0 +1,168 @@
+"""One batch of experience for online RL, shared by PPO and GRPO/RLOO/REINFORCE++:
+
+    sample n responses per prompt (KV cache, prefix shared) -> score them (reward model or function,
+    penalties) -> reference log-probs of the sampled tokens (the disabled LoRA adapter, or a frozen copy)
+
+and the diagnostics every step reports: reward, KL to the reference, lengths, truncation, throughput.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from palate.losses.policy import kl_penalty, masked_mean
+from palate.models.logprobs import response_hidden, response_logprobs
+from palate.models.lora import adapter_disabled, is_peft
+from palate.rollout.generate import Rollout, rollout
+from palate.rollout.rewards import Rewarder, Rewards
+
+log = logging.getLogger("palate.rl")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n: int = 4  # responses per prompt
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
+
+
+class Reference:
+    """π_ref for the KL term: the policy with its LoRA adapter disabled (no extra memory), or a frozen copy
+    of the starting weights for a full fine-tune, optionally on another device (``device``)."""
+
+    def __init__(self, policy, device: str = "same"):
+        self.adapter = is_peft(policy)
+        if self.adapter:
+            self.model = policy
+        else:
+            self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+            if device != "same":
+                self.model.to(device)
+
+    @torch.no_grad()
+    def logprobs(self, r: Rollout, temperature: float) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        with adapter_disabled(self.model, self.adapter):
+            hidden = response_hidden(self.model, r.prompt_ids, r.prompt_mask, r.response_ids, r.n)
+            lp, _ = response_logprobs(self.model, hidden, r.response_ids, r.response_mask, temperature)
+        self.model.train(was_training)
+        return lp.float().cpu()
+
+
+@dataclass
+class Experience:
+    prompts: list  # [P]
+    rollout: Rollout  # B = P * n responses
+    rewards: Rewards
+    ref_logprobs: torch.Tensor | None  # [B, T], None without a KL term
+    seconds: dict[str, float]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.rollout.response_mask
+
+    def kl_tokens(self, kind: str = "k1") -> torch.Tensor | None:
+        """Per-token KL estimate of the sampled responses to the reference: [B, T] (0 at padding)."""
+        if self.ref_logprobs is None:
+            return None
+        return kl_penalty(self.rollout.logprobs, self.ref_logprobs, kind) * self.mask
+
+
+def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
+            seed: int) -> Experience:
+    t0 = time.perf_counter()
+    was_training = policy.training
+    policy.eval()
+    r = rollout(policy, tok, prompts, n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                top_p=cfg.top_p, top_k=cfg.top_k, stop=tuple(cfg.stop), seed=seed)
+    policy.train(was_training)
+    t1 = time.perf_counter()
+    prompt_of = [prompts[b // cfg.n] for b in range(len(r.texts))]
+    rewards = rewarder(prompt_of, r.texts, r.lengths, r.finished)
+    t2 = time.perf_counter()
+    ref = reference.logprobs(r, cfg.temperature) if reference is not None else None
+    t3 = time.perf_counter()
+    return Experience(prompts, r, rewards, ref, {"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2})
+
+
+def experience_metrics(exp: Experience) -> dict[str, float]:
+    """Reward, KL, length and throughput figures of one batch of experience (the per-step diagnostics)."""
+    r, rw = exp.rollout, exp.rewards
+    lengths = r.lengths.float()
+    m = {
+        "reward": float(rw.total.mean()), "reward_std": float(rw.total.std()) if len(rw.total) > 1 else 0.0,
+        "score": float(rw.score.mean()),
+        "response_length": float(lengths.mean()),
+        "truncated_fraction": float((~r.finished).float().mean()),
+        "generated_tokens": float(lengths.sum()),
+        "generate_tokens_per_s": float(lengths.sum()) / max(exp.seconds["generate"], 1e-9),
+        **{f"seconds_{k}": v for k, v in exp.seconds.items()},
+    }
+    if rw.std is not None:
+        m["ensemble_std"] = float(rw.std.mean())
+    for name, values in rw.penalties.items():
+        m[f"penalty_{name}"] = float(values.mean())
+    kl = exp.kl_tokens("k1")
+    if kl is not None:
+        m["kl"] = float(kl.sum(-1).mean())  # per sequence, nats
+        m["kl_k3"] = float(exp.kl_tokens("k3").sum(-1).mean())
+    m["sample_entropy_proxy"] = float(-masked_mean(r.logprobs, r.response_mask))  # −log p of sampled tokens
+    return m
+
+
+def warn_negative_kl(step: int, kl: float) -> None:
+    if kl < 0:
+        log.warning(
+            "step %d: the KL estimate to the reference is negative (%.4f). The k1 estimator is unbiased but noisy: "
+            "a negative mean means too few samples for the current divergence, or sampling differs from the "
+            "distribution the log-probs describe (top-p/top-k truncate it). Use more samples, top_p=1/top_k=0, "
+            "or kl_estimator=k3 (always >= 0).", step, kl)
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def require_finite(step: int, **values) -> None:
+    """Raise :class:`NonFiniteError` naming the quantity when a loss or reward is NaN or infinite."""
+    for name, v in values.items():
+        bad = not torch.isfinite(v).all() if isinstance(v, torch.Tensor) else not math.isfinite(v)
+        if bad:
+            raise NonFiniteError(f"step {step}: {name} is not finite")
+
+
+@torch.no_grad()
+def evaluate(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
+             seed: int) -> tuple[dict[str, float], Experience]:
+    """Held-out reward (and KL to the reference) of fresh samples on ``prompts``, with a fixed seed so
+    every evaluation of a run sees the same sampling noise."""
+    exp = collect(policy, tok, prompts, RolloutConfig(n=1, max_new_tokens=cfg.max_new_tokens,
+                                                      temperature=cfg.temperature, top_p=cfg.top_p,
+                                                      top_k=cfg.top_k, stop=cfg.stop), rewarder, reference, seed)
+    m = experience_metrics(exp)
+    out = {f"eval_{k}": m[k] for k in ("reward", "score", "response_length", "kl") if k in m}
+    return out, exp
+
+
+def write_samples(run, step: int, exp: Experience, limit: int = 4) -> None:
+    """Append a few (prompt, response, reward) rows of this step to ``samples.jsonl`` in the run dir."""
+    import json
+
+    from palate.data.records import prompt_text
+
+    n = exp.rollout.n
+    with open(run.path / "samples.jsonl", "a") as f:
+        for i in range(0, min(limit * n, len(exp.rollout.texts)), n):  # the first sample of each prompt
+            f.write(json.dumps({"step": step, "prompt": prompt_text(exp.prompts[i // n]),
+                                "response": exp.rollout.texts[i], "reward": float(exp.rewards.total[i]),
+                                "stop": exp.rollout.stop_reason[i]}, ensure_ascii=False) + "\n")
