@@ -121,7 +121,7 @@ def run_trl_grpo(args) -> dict:
             self.secs.append(time.perf_counter() - self.t0)
             self.seen.append(state.num_input_tokens_seen - self.seen0)  # prompt + completion tokens this step
             self.u1 = usage()
-            print(f"[trl-grpo] step {state.global_step}/{total}: {self.secs[-1]:.2f}s, "
+            print(f"[trl-grpo] step {state.global_step}/{total}: {self.secs[-1]:.2f}s "
                   f"(generation {gen_secs[-1] if gen_secs else float('nan'):.2f}s), "
                   f"{log[-1]['completion_tokens'] if log else '?'} generated tokens", file=sys.stderr, flush=True)
 
@@ -145,9 +145,11 @@ def run_trl_grpo(args) -> dict:
         "steps": args.steps,
         "timed_usage": timed_usage,
         "contended": contended(timed_usage),
-        "step_seconds": timer.secs, "generation_seconds": gen_secs, "generated_tokens": [r["completion_tokens"] for r in log],
-        "train_tokens": timer.seen, "rss_after_load_gib": rss_after_load, "init_seconds": init_seconds,
-        "loss_type": cfg.loss_type, "model_dtype": str(model.dtype), "has_ref_model_copy": trainer.ref_model is not None,
+        "step_seconds": timer.secs, "generation_seconds": gen_secs,
+        "generated_tokens": [r["completion_tokens"] for r in log], "train_tokens": timer.seen,
+        "rss_after_load_gib": rss_after_load, "init_seconds": init_seconds,
+        "loss_type": cfg.loss_type, "bf16": cfg.bf16, "activation_checkpointing": cfg.activation_checkpointing,
+        "model_dtype": str(model.dtype), "has_ref_model_copy": trainer.ref_model is not None,
         "trl_version": trl.__version__,
     }
 

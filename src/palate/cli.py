@@ -52,6 +52,10 @@ def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, 
         final = train_fn(cfg, overwrite=overwrite)
     except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
         _fail(e)
+    except RuntimeError as e:
+        if type(e).__name__ != "NonFiniteError":
+            raise
+        _fail(e)
     typer.echo(f"{label}: {final}")
 
 
@@ -86,6 +90,29 @@ def dpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool
     from palate.recipes.dpo import DPOConfig, train
 
     _train(DPOConfig, train, (args or []) + ([f"dpo.loss={loss}"] if loss else []), overwrite, print_config)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def ppo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
+        print_config: bool = _PRINT_CONFIG) -> None:
+    """PPO with a value head, GAE and KL control against the starting policy (RLHF)."""
+    from palate.recipes.ppo import PPOConfig, train
+
+    _train(PPOConfig, train, args, overwrite, print_config)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def grpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
+         print_config: bool = _PRINT_CONFIG,
+         advantage: str = typer.Option(None, "--advantage", help="grpo | rloo | reinforce_pp "
+                                       "(same as grpo.advantage=...)")) -> None:
+    """Critic-free online RL: GRPO, RLOO or REINFORCE++ over groups of samples per prompt."""
+    from palate.recipes.grpo import GRPOConfig, train
+
+    extra = [f"grpo.advantage={advantage}"] if advantage else []
+    if advantage == "reinforce_pp" and not any(a.startswith("grpo.kl_in=") for a in args or []):
+        extra.append("grpo.kl_in=reward")
+    _train(GRPOConfig, train, (args or []) + extra, overwrite, print_config)
 
 
 @app.command("best-of-n", context_settings={"allow_extra_args": False})

@@ -37,19 +37,15 @@ from palate.losses.policy import (
     masked_whiten,
     ppo_policy_loss,
 )
-from palate.models.logprobs import response_hidden, response_logprobs
 from palate.recipes.sft import split_heldout
 from palate.rollout.experience import (
     Experience,
-    NonFiniteError,
     Reference,
+    drive,
     RolloutConfig,
-    collect,
-    evaluate,
-    experience_metrics,
+    minibatches,
+    policy_forward,
     require_finite,
-    warn_negative_kl,
-    write_samples,
 )
 from palate.rollout.rewards import RewardConfig, Rewarder
 
@@ -160,69 +156,36 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
              g.advantage, g.prompts_per_step, rc.n, g.beta, g.kl_in, cfg.reward.model or cfg.reward.function,
              len(held))
     loop = session.Loop(run, policy, cfg.train, env, stream)
-    eval_seed = cfg.train.seed * 7919 + 1
-    if held and loop.start_step == 0:
-        metrics, _ = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
-        run.log(0, metrics)
-        log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    for step, (prompts,) in loop:
-        exp = collect(policy, tok, prompts, rc, rewarder, reference, seed=cfg.train.seed * 100_003 + step)
-        metrics = experience_metrics(exp)
-        try:
-            require_finite(step, reward=exp.rewards.total)
-            adv = advantages(exp, g, rc.n)
-            metrics.update(update(policy, loop, exp, adv, g, rc, step))
-        except NonFiniteError as e:
-            loop.step = step - 1
-            path = loop.checkpoint()
-            raise NonFiniteError(f"{e}; stopped. The last good state is saved at {path}") from None
-        metrics = loop.end_step(**metrics)
-        if "kl" in metrics:
-            warn_negative_kl(step, metrics["kl"])
-        if g.sample_every and (step % g.sample_every == 0 or step == 1):
-            write_samples(run, step, exp)
-        if held and loop.due(cfg.train.eval_every):
-            ev, _ = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
-            metrics.update(ev)
-        loop.log(step, metrics)
+    drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, g.sample_every,
+          cfg.train.eval_every, lambda step, exp: update(policy, loop, exp, advantages(exp, g, rc.n), g, rc, step))
     return loop.finish(tok, merge=cfg.lora.merge)
 
 
 def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: RolloutConfig,
            step: int) -> dict[str, float]:
     """``g.epochs`` passes of clipped policy-gradient updates over ``g.minibatches`` groups of prompts."""
-    r, n = exp.rollout, rc.n
-    P = len(exp.prompts)
-    per = P // g.minibatches
-    gen = torch.Generator().manual_seed(step)
+    r = exp.rollout
+    gen = torch.Generator().manual_seed(step) if g.minibatches > 1 else None
     sums: dict[str, float] = {}
-    count = 0
-    tokens = 0
+    count, tokens = 0, 0
     for _ in range(g.epochs):
-        order = torch.randperm(P, generator=gen) if g.minibatches > 1 else torch.arange(P)
-        for s in range(0, P, per):
-            pidx = order[s : s + per]
-            rows = (pidx[:, None] * n + torch.arange(n)[None, :]).reshape(-1)
-            mask = r.response_mask[rows]
-            hidden = response_hidden(policy, r.prompt_ids[pidx], r.prompt_mask[pidx], r.response_ids[rows], n)
-            logp, ent = response_logprobs(policy, hidden, r.response_ids[rows], mask, rc.temperature,
-                                          with_entropy=True)
+        for pidx, rows in minibatches(len(exp.prompts), rc.n, g.minibatches, gen):
+            _, logp, ent = policy_forward(policy, r, pidx, rows, rc.temperature)
             dev = logp.device
-            mask_d = mask.to(dev)
-            pl = ppo_policy_loss(logp, r.logprobs[rows].to(dev), adv[rows].to(dev), mask_d, g.clip_eps,
+            mask = r.response_mask[rows].to(dev)
+            pl = ppo_policy_loss(logp, r.logprobs[rows].to(dev), adv[rows].to(dev), mask, g.clip_eps,
                                  g.clip_eps_high, mode=g.loss_agg)
             loss = pl.loss
+            parts = {"policy_loss": float(pl.loss.detach()), "clip_fraction": float(pl.clip_fraction),
+                     "approx_kl": float(pl.approx_kl), "entropy": float(masked_mean(ent.detach(), mask))}
             if g.kl_in == "loss" and g.beta > 0:
-                kl = kl_penalty(logp, exp.ref_logprobs[rows].to(dev), "k3")
-                kl_loss = aggregate(kl, mask_d, g.loss_agg)
+                kl_loss = aggregate(kl_penalty(logp, exp.ref_logprobs[rows].to(dev), "k3"), mask, g.loss_agg)
                 loss = loss + g.beta * kl_loss
-                sums["kl_loss"] = sums.get("kl_loss", 0.0) + float(kl_loss)
+                parts["kl_loss"] = float(kl_loss)
             require_finite(step, loss=loss.detach())
             loss.backward()
-            grad_norm = loop.apply_gradients()
-            for k, v in (("loss", float(loss)), ("policy_loss", float(pl.loss)), ("clip_fraction", float(pl.clip_fraction)),
-                         ("approx_kl", float(pl.approx_kl)), ("entropy", float(masked_mean(ent.detach(), mask_d))),
-                         ("grad_norm", grad_norm)):
+            parts.update(loss=float(loss), grad_norm=loop.apply_gradients())
+            for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             tokens += int(r.prompt_mask[pidx].sum()) + int(mask.sum())

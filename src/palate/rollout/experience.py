@@ -20,7 +20,7 @@ from palate.losses.policy import kl_penalty, masked_mean
 from palate.models.logprobs import response_hidden, response_logprobs
 from palate.models.lora import adapter_disabled, is_peft
 from palate.rollout.generate import Rollout, rollout
-from palate.rollout.rewards import Rewarder, Rewards
+from palate.rollout.rewards import NonFiniteError, Rewarder, Rewards
 
 log = logging.getLogger("palate.rl")
 
@@ -129,10 +129,6 @@ def warn_negative_kl(step: int, kl: float) -> None:
             "or kl_estimator=k3 (always >= 0).", step, kl)
 
 
-class NonFiniteError(RuntimeError):
-    pass
-
-
 def require_finite(step: int, **values) -> None:
     """Raise :class:`NonFiniteError` naming the quantity when a loss or reward is NaN or infinite."""
     for name, v in values.items():
@@ -166,3 +162,57 @@ def write_samples(run, step: int, exp: Experience, limit: int = 4) -> None:
             f.write(json.dumps({"step": step, "prompt": prompt_text(exp.prompts[i // n]),
                                 "response": exp.rollout.texts[i], "reward": float(exp.rewards.total[i]),
                                 "stop": exp.rollout.stop_reason[i]}, ensure_ascii=False) + "\n")
+
+
+def minibatches(n_prompts: int, n: int, count: int, generator: torch.Generator | None):
+    """Split a batch into ``count`` minibatches of whole prompt groups (so each group's prompt is still
+    encoded once): yields ``(prompt_indices [p], row_indices [p * n])``; shuffled when a generator is given."""
+    order = torch.randperm(n_prompts, generator=generator) if generator is not None else torch.arange(n_prompts)
+    per = n_prompts // count
+    for s in range(0, n_prompts, per):
+        pidx = order[s : s + per]
+        yield pidx, (pidx[:, None] * n + torch.arange(n)[None, :]).reshape(-1)
+
+
+def policy_forward(model, r: Rollout, pidx: torch.Tensor, rows: torch.Tensor, temperature: float,
+                   with_entropy: bool = True):
+    """Hidden states, log-probs and entropies [b, T] of rows ``rows`` (answers to prompts ``pidx``) under
+    ``model``, with gradients; the hidden states serve a shared value head."""
+    hidden = response_hidden(model, r.prompt_ids[pidx], r.prompt_mask[pidx], r.response_ids[rows], r.n)
+    logp, ent = response_logprobs(model, hidden, r.response_ids[rows], r.response_mask[rows], temperature,
+                                  with_entropy=with_entropy)
+    return hidden, logp, ent
+
+
+def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
+          seed: int, sample_every: int, eval_every: int, update) -> None:
+    """The online-RL step loop shared by PPO and GRPO: for each step collect experience, call
+    ``update(step, exp) -> metrics`` (the algorithm), then log diagnostics, samples and held-out reward.
+
+    Held-out reward is measured before the first step too. A NaN/inf reward or loss stops the run with the
+    last good state saved as a checkpoint. The sampling seed of step s is ``seed·100003 + s``.
+    """
+    eval_seed = seed * 7919 + 1
+    if held and loop.start_step == 0:
+        metrics, _ = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+        run.log(0, metrics)
+        log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    for step, (prompts,) in loop:
+        try:
+            exp = collect(policy, tok, prompts, rc, rewarder, reference, seed=seed * 100_003 + step)
+            metrics = experience_metrics(exp)
+            require_finite(step, reward=exp.rewards.total)
+            metrics.update(update(step, exp))
+        except NonFiniteError as e:
+            loop.step = step - 1
+            path = loop.checkpoint()
+            raise NonFiniteError(f"{e}; stopped. The last good state is saved at {path}") from None
+        metrics = loop.end_step(**metrics)
+        if "kl" in metrics:
+            warn_negative_kl(step, metrics["kl"])
+        if sample_every and (step % sample_every == 0 or step == 1):
+            write_samples(run, step, exp)
+        if held and loop.due(eval_every):
+            ev, _ = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+            metrics.update(ev)
+        loop.log(step, metrics)

@@ -21,6 +21,10 @@ from palate.config import ConfigError
 from palate.data.records import prompt_text
 
 
+class NonFiniteError(RuntimeError):
+    """A reward or loss became NaN or infinite: the run stops (online RL saves its last good state)."""
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     model: str | None = None  # a palate reward model run (palate rm) or HF sequence classifier
@@ -104,7 +108,7 @@ class Rewarder:
             for i, (p, r) in enumerate(zip(prompts, responses)):
                 v = float(self.function(prompt_text(p), r))
                 if not math.isfinite(v):
-                    raise ValueError(f"reward function {cfg.function} returned {v} for row {i} "
+                    raise NonFiniteError(f"reward function {cfg.function} returned {v} for row {i} "
                                      f"(prompt {prompt_text(p)[:60]!r}, response {r[:60]!r})")
                 values.append(v)
             score = torch.tensor(values, dtype=torch.float32)
