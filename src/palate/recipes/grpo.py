@@ -181,10 +181,10 @@ def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: Ro
             if g.kl_in == "loss" and g.beta > 0:
                 kl_loss = aggregate(kl_penalty(logp, exp.ref_logprobs[rows].to(dev), "k3"), mask, g.loss_agg)
                 loss = loss + g.beta * kl_loss
-                parts["kl_loss"] = float(kl_loss)
+                parts["kl_loss"] = float(kl_loss.detach())
             require_finite(step, loss=loss.detach())
             loss.backward()
-            parts.update(loss=float(loss), grad_norm=loop.apply_gradients())
+            parts.update(loss=float(loss.detach()), grad_norm=loop.apply_gradients())
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1

@@ -175,9 +175,10 @@ def update(ac: ActorCritic, loop, exp: Experience, ctl, p: PPOSpec, rc: RolloutC
             loss = pl.loss + p.vf_coef * vl.loss - p.ent_coef * entropy
             require_finite(step, loss=loss.detach())
             loss.backward()
-            parts = {"loss": float(loss), "policy_loss": float(pl.loss), "value_loss": float(vl.loss),
+            parts = {"loss": float(loss.detach()), "policy_loss": float(pl.loss.detach()),
+                     "value_loss": float(vl.loss.detach()),
                      "clip_fraction": float(pl.clip_fraction), "value_clip_fraction": float(vl.clip_fraction),
-                     "approx_kl": float(pl.approx_kl), "entropy": float(entropy), "grad_norm": loop.apply_gradients()}
+                     "approx_kl": float(pl.approx_kl), "entropy": float(entropy.detach()), "grad_norm": loop.apply_gradients()}
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
