@@ -90,12 +90,8 @@ def sample(
     sampling = temperature > 0
     for b, s in enumerate(range(0, len(jobs), batch_size)):
         chunk = jobs[s : s + batch_size]
-        width = max(len(ids) for _, ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (_, ids) in enumerate(chunk):  # left padding: every prompt ends where generation starts
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
+        input_ids, mask = left_pad([ids for _, ids in chunk], pad)  # every prompt ends where generation starts
+        width = input_ids.shape[1]
         torch.manual_seed(seed + b)
         gen = model.generate(
             input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
