@@ -42,6 +42,7 @@ def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, 
     from palate.config import ConfigError, dump_yaml, load_config
     from palate.data.errors import DataError
     from palate.infra.run import RunExistsError
+    from palate.rollout.rewards import NonFiniteError
 
     config, overrides = _config_and_overrides(args)
     try:
@@ -52,9 +53,7 @@ def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, 
         final = train_fn(cfg, overwrite=overwrite)
     except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
         _fail(e)
-    except RuntimeError as e:
-        if type(e).__name__ != "NonFiniteError":
-            raise
+    except NonFiniteError as e:
         _fail(e)
     typer.echo(f"{label}: {final}")
 
