@@ -58,6 +58,12 @@ def test_grpo_raises_the_reward_with_finite_kl(tmp_path, talking_tiny):
     assert {"generate_tokens_per_s", "tokens_per_s", "truncated_fraction", "response_length"} <= set(steps[-1])
     samples = [json.loads(x) for x in (tmp_path / "g" / "samples.jsonl").read_text().splitlines()]
     assert samples and {"step", "prompt", "response", "reward"} <= set(samples[0])
+    report = json.loads((tmp_path / "g" / "report" / "rl_report.json").read_text())
+    assert report["improvement"]["after"] == pytest.approx(rows[-1]["eval_reward"])
+    assert report["improvement"]["before"] == pytest.approx(rows[0]["eval_reward"])
+    assert [p["step"] for p in report["eval_curve"]] == [0, 16]
+    status = json.loads((tmp_path / "g" / "status.json").read_text())
+    assert status["summary"]["heldout_reward_after"] == pytest.approx(report["improvement"]["after"])
 
 
 @pytest.mark.parametrize("advantage,extra", [("rloo", ["grpo.epochs=2", "grpo.minibatches=2"]),

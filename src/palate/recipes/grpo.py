@@ -42,6 +42,7 @@ from palate.rollout.experience import (
     Experience,
     Reference,
     drive,
+    finish_rl,
     RolloutConfig,
     minibatches,
     policy_forward,
@@ -158,7 +159,7 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
     loop = session.Loop(run, policy, cfg.train, env, stream)
     drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, g.sample_every,
           cfg.train.eval_every, lambda step, exp: update(policy, loop, exp, advantages(exp, g, rc.n), g, rc, step))
-    return loop.finish(tok, merge=cfg.lora.merge)
+    return finish_rl(loop, run, tok, cfg.lora.merge)
 
 
 def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: RolloutConfig,

@@ -42,6 +42,7 @@ from palate.rollout.experience import (
     Reference,
     RolloutConfig,
     drive,
+    finish_rl,
     minibatches,
     policy_forward,
     require_finite,
@@ -141,7 +142,7 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
              cfg.reward.model or cfg.reward.function)
     drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, p.sample_every,
           cfg.train.eval_every, lambda step, exp: update(ac, loop, exp, ctl, p, rc, step))
-    return loop.finish(tok, merge=cfg.lora.merge, model=policy)
+    return finish_rl(loop, run, tok, cfg.lora.merge, model=policy)
 
 
 def update(ac: ActorCritic, loop, exp: Experience, ctl, p: PPOSpec, rc: RolloutConfig, step: int) -> dict:

@@ -164,6 +164,32 @@ def write_samples(run, step: int, exp: Experience, limit: int = 4) -> None:
                                 "stop": exp.rollout.stop_reason[i]}, ensure_ascii=False) + "\n")
 
 
+def record_eval(run, step: int, exp: Experience) -> None:
+    """Every held-out answer of one evaluation with its reward and KL (``eval_samples.jsonl``), for the
+    paired before/after comparison and the reward/KL trade-off of :func:`palate.eval.rl.rl_report`."""
+    from palate.data.records import prompt_text
+    from palate.eval.rl import write_eval_samples
+
+    kl = exp.kl_tokens("k1")
+    write_eval_samples(run.path, step, [prompt_text(p) for p in exp.prompts], exp.rollout.texts,
+                       exp.rewards.total.tolist(), kl.sum(-1).tolist() if kl is not None else None)
+
+
+def finish_rl(loop, run, tok, merge: bool, **kw):
+    """Write the run's RL report (held-out reward before vs after with a CI, reward/KL charts), print it,
+    and save the final model with the improvement in the run summary."""
+    from palate.eval.rl import format_rl_report, rl_report
+
+    summary = rl_report(run.path)
+    text = format_rl_report(summary)
+    if text:
+        log.info("RL report (%s):\n%s", run.path / "report", text)
+    imp = summary.get("improvement", {})
+    extra = {"heldout_reward_before": imp.get("before"), "heldout_reward_after": imp.get("after"),
+             "heldout_reward_delta_ci": imp.get("delta_ci"), "final_kl": summary.get("final_kl")} if imp else {}
+    return loop.finish(tok, merge=merge, **extra, **kw)
+
+
 def minibatches(n_prompts: int, n: int, count: int, generator: torch.Generator | None):
     """Split a batch into ``count`` minibatches of whole prompt groups (so each group's prompt is still
     encoded once): yields ``(prompt_indices [p], row_indices [p * n])``; shuffled when a generator is given."""
@@ -194,7 +220,8 @@ def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewar
     """
     eval_seed = seed * 7919 + 1
     if held and loop.start_step == 0:
-        metrics, _ = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+        metrics, exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+        record_eval(run, 0, exp)
         run.log(0, metrics)
         log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     for step, (prompts,) in loop:
@@ -213,6 +240,7 @@ def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewar
         if sample_every and (step % sample_every == 0 or step == 1):
             write_samples(run, step, exp)
         if held and loop.due(eval_every):
-            ev, _ = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+            ev, held_exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+            record_eval(run, step, held_exp)
             metrics.update(ev)
         loop.log(step, metrics)
