@@ -78,6 +78,16 @@ def test_ensemble_heads_disagree_and_identical_heads_have_zero_std(tmp_path, mar
     s = rm.score(["Say something about the lamp."] * 2, ["river lamp", "sunshine stone"])
     assert s.heads.shape == (2, 3) and (s.std > 0).all()
     assert torch.allclose(s.mean, s.heads.mean(-1))
+    # RL's pessimistic ensemble reward is mean − k·std of the normalised heads; "mean" ignores the std
+    from palate.rollout.rewards import Rewarder, RewardConfig as RLReward
+
+    prompts, responses = ["Say something about the lamp."] * 2, ["river lamp", "sunshine stone"]
+    ref = rm.score(prompts, responses, normalize=True)
+    args = (prompts, responses, torch.tensor([2, 2]), torch.tensor([True, True]))
+    pess = Rewarder(RLReward(model=str(tmp_path / "e"), ensemble="pessimistic", pessimism=2.0))(*args)
+    assert torch.allclose(pess.total, ref.mean - 2.0 * ref.std, atol=1e-5) and torch.allclose(pess.std, ref.std)
+    mean = Rewarder(RLReward(model=str(tmp_path / "e")))(*args)
+    assert torch.allclose(mean.total, ref.mean, atol=1e-5) and (pess.total < mean.total).all()
     with torch.no_grad():  # make every head a copy of the first: the ensemble can no longer disagree
         w = rm.model.score.weight
         w.copy_(w[:1].expand_as(w))
