@@ -11,6 +11,7 @@ app = typer.Typer(help="palate: align language models with human preferences.", 
                   add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Inspect and check datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(__import__("palate.feedback.cli", fromlist=["label_app"]).label_app, name="label")  # palate label ...
 
 
 def _config_and_overrides(args: list[str] | None) -> tuple[str | None, list[str]]:

@@ -1,0 +1,186 @@
+"""Admin pages: dashboard (progress, throughput, agreement, per-labeler stats), project creation from
+uploaded files, labeler accounts, and downloads (Preference/Ranking/Rating JSONL, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from palate.data.errors import DataError
+from palate.feedback import auth
+from palate.feedback.db import Labeler, Membership, Project
+from palate.feedback.export import AGGREGATES, export_rows, judgments_csv, to_jsonl
+from palate.feedback.importing import create_project, import_items
+from palate.feedback.stats import project_stats
+from palate.feedback.web import api_user, check_csrf, db_session, page_user, project_for, templates
+
+router = APIRouter()
+
+
+def _project(db: Session, slug: str, me: Labeler) -> Project:
+    return project_for(db, slug, me)
+
+
+@router.get("/admin", response_class=HTMLResponse)
+def dashboard(request: Request, db: Session = Depends(db_session)):
+    me, ws = page_user(request, db, admin=True)
+    rows = [project_stats(db, p) | {"title": p.title} for p in db.scalars(select(Project).order_by(Project.id))]
+    return templates.TemplateResponse(request, "admin.html", {"me": me, "csrf": ws.csrf, "projects": rows})
+
+
+@router.get("/admin/projects/new", response_class=HTMLResponse)
+def new_project_form(request: Request, db: Session = Depends(db_session)):
+    me, ws = page_user(request, db, admin=True)
+    return templates.TemplateResponse(request, "admin_new.html", {"me": me, "csrf": ws.csrf, "error": None, "form": {}})
+
+
+@router.post("/admin/projects/new")
+async def new_project(request: Request, db: Session = Depends(db_session)):
+    me, ws = page_user(request, db, admin=True)
+    form = await request.form()
+    check_csrf(ws, form)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {name: await _saved(form.get(name), Path(tmp), name) for name in ("candidates", "prompts", "gold")}
+            if files["candidates"] is None and files["gold"] is None:
+                raise ValueError("upload a candidates file (JSONL of model responses)")
+            crit = [c for c in re.split(r"[,\n]", str(form.get("criteria") or "")) if c.strip()]
+            project = create_project(db, str(form.get("slug", "")).strip(), str(form.get("task_type", "")),
+                                     title=str(form.get("title") or ""), criteria=crit or None,
+                                     scale=(_int(form, "scale_low", 1), _int(form, "scale_high", 7)),
+                                     overlap=_int(form, "overlap", 1), gold_every=_int(form, "gold_every", 0),
+                                     guidelines=str(form.get("guidelines") or ""))
+            import_items(db, project, files["candidates"], files["prompts"], files["gold"],
+                         pairs_per_prompt=_int(form, "pairs_per_prompt", 1), k=_int(form, "k", 4))
+            for name in re.split(r"[,\s]+", str(form.get("labelers") or "")):
+                lab = db.scalar(select(Labeler).where(Labeler.name == name)) if name else None
+                if name and lab is None:
+                    raise ValueError(f"no labeler named {name!r} (create it on the Labelers page first)")
+                if lab is not None:
+                    auth.add_member(db, project.slug, lab)
+    except (ValueError, DataError) as e:
+        db.rollback()
+        return templates.TemplateResponse(request, "admin_new.html", {"me": me, "csrf": ws.csrf, "error": str(e),
+                                                                      "form": {k: v for k, v in form.items() if isinstance(v, str)}},
+                                          status_code=422)
+    db.commit()
+    return RedirectResponse(f"/admin/projects/{project.slug}", status_code=303)
+
+
+async def _saved(upload, tmp: Path, field: str) -> Path | None:
+    if upload is None or isinstance(upload, str) or not upload.filename:
+        return None
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload.filename).name) or f"{field}.jsonl"
+    path = tmp / field
+    path.mkdir()
+    path = path / name
+    path.write_bytes(await upload.read())
+    return path
+
+
+def _int(form, name: str, default: int) -> int:
+    value = form.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+
+
+@router.get("/admin/projects/{slug}", response_class=HTMLResponse)
+def project_page(slug: str, request: Request, db: Session = Depends(db_session)):
+    me, ws = page_user(request, db, admin=True)
+    project = _project(db, slug, me)
+    members = db.scalars(select(Labeler).join(Membership, Membership.labeler_id == Labeler.id)
+                         .where(Membership.project_id == project.id).order_by(Labeler.name)).all()
+    return templates.TemplateResponse(request, "admin_project.html", {
+        "me": me, "csrf": ws.csrf, "project": project, "stats": project_stats(db, project), "members": members,
+        "aggregates": AGGREGATES})
+
+
+@router.get("/admin/projects/{slug}/export.jsonl")
+def export_jsonl(slug: str, request: Request, aggregate: str = "none", gold: bool = False, db: Session = Depends(db_session)):
+    me, _ = page_user(request, db, admin=True)
+    project = _project(db, slug, me)
+    return _jsonl(db, project, aggregate, gold)
+
+
+def _jsonl(db, project, aggregate, gold):
+    if aggregate not in AGGREGATES:
+        raise HTTPException(422, f"aggregate must be one of {', '.join(AGGREGATES)}")
+    rows, _ = export_rows(db, project, aggregate, include_gold=gold)
+    kind = {"pairwise": "preferences", "ranking": "rankings"}.get(project.task_type, "ratings")
+    return PlainTextResponse(to_jsonl(rows), media_type="application/x-ndjson", headers={
+        "content-disposition": f'attachment; filename="{project.slug}-{kind}-{aggregate}.jsonl"'})
+
+
+@router.get("/admin/projects/{slug}/judgments.csv")
+def export_csv(slug: str, request: Request, db: Session = Depends(db_session)):
+    me, _ = page_user(request, db, admin=True)
+    project = _project(db, slug, me)
+    return PlainTextResponse(judgments_csv(db, project), media_type="text/csv", headers={
+        "content-disposition": f'attachment; filename="{project.slug}-judgments.csv"'})
+
+
+@router.get("/admin/projects/{slug}/labelers.csv")
+def labelers_csv(slug: str, request: Request, db: Session = Depends(db_session)):
+    me, _ = page_user(request, db, admin=True)
+    stats = project_stats(db, _project(db, slug, me))["labelers"]
+    buf = io.StringIO()
+    fields = ["labeler", "group", "judgments", "gold_judged", "gold_accuracy", "agreement_with_majority", "median_seconds", "last_judged"]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(stats)
+    return PlainTextResponse(buf.getvalue(), media_type="text/csv", headers={
+        "content-disposition": f'attachment; filename="{slug}-labelers.csv"'})
+
+
+@router.get("/admin/labelers", response_class=HTMLResponse)
+def labelers_page(request: Request, db: Session = Depends(db_session)):
+    me, ws = page_user(request, db, admin=True)
+    return _labelers(request, db, me, ws)
+
+
+def _labelers(request, db, me, ws, created=None, token=None, error=None, status=200):
+    labelers = db.scalars(select(Labeler).order_by(Labeler.name)).all()
+    projects = db.scalars(select(Project).order_by(Project.slug)).all()
+    return templates.TemplateResponse(request, "admin_labelers.html", {
+        "me": me, "csrf": ws.csrf, "labelers": labelers, "projects": projects, "created": created, "token": token,
+        "error": error}, status_code=status)
+
+
+@router.post("/admin/labelers")
+async def create_labeler(request: Request, db: Session = Depends(db_session)):
+    me, ws = page_user(request, db, admin=True)
+    form = await request.form()
+    check_csrf(ws, form)
+    try:
+        lab, token = auth.add_labeler(db, str(form.get("name", "")).strip(), str(form.get("role") or "labeler"),
+                                      str(form.get("group") or "").strip() or None, str(form.get("password") or "") or None,
+                                      [str(p) for p in form.getlist("projects")])
+    except ValueError as e:
+        db.rollback()
+        return _labelers(request, db, me, ws, error=str(e), status=422)
+    db.commit()
+    return _labelers(request, db, me, ws, created=lab, token=token)
+
+
+@router.get("/api/projects/{slug}/stats")
+def api_stats(slug: str, request: Request, db: Session = Depends(db_session)):
+    me = api_user(request, db, admin=True)
+    return project_stats(db, _project(db, slug, me))
+
+
+@router.get("/api/projects/{slug}/export")
+def api_export(slug: str, request: Request, aggregate: str = "none", gold: bool = False, db: Session = Depends(db_session)):
+    me = api_user(request, db, admin=True)
+    return _jsonl(db, _project(db, slug, me), aggregate, gold)

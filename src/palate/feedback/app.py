@@ -1,0 +1,249 @@
+"""The labeling web app: login, guidelines, task pages (pairwise, ranking, rating, thumbs) and the JSON API.
+
+Run it with ``palate label serve``, or ``uvicorn`` on :func:`create_app`. Pages are server-rendered
+(Jinja2, autoescaped) and work without JavaScript; ``static/app.js`` only adds keyboard shortcuts.
+The JSON API (``/api/...``, ``Authorization: Bearer <token>``) is what scripts and simulated
+labelers use; it goes through the same assignment and storage code as the pages.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from palate.feedback import auth
+from palate.feedback.assignment import MAX_REASON, AnswerError, ConflictError, next_assignment, submit
+from palate.feedback.db import Assignment, Item, Judgment, Membership, Project, open_db, utcnow
+from palate.feedback.web import (HERE, BodyLimit, LoginRequired, SecurityHeaders, api_user, check_csrf, db_session,
+                                 page_user, project_for, templates)
+
+
+def create_app(db: str = "palate_feedback.db", migrate: bool = True) -> FastAPI:
+    """The app on a database path or SQLAlchemy URL; the schema is upgraded to the newest revision first."""
+    engine, sessions = open_db(db, migrate=migrate)
+    app = FastAPI(title="palate label", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.sessions = engine, sessions
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit)
+
+    @app.exception_handler(LoginRequired)
+    async def _to_login(request: Request, exc: LoginRequired):
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
+            return await http_exception_handler(request, exc)
+        return templates.TemplateResponse(request, "error.html", {"status": exc.status_code, "detail": exc.detail, "me": None},
+                                          status_code=exc.status_code)
+
+    from palate.feedback.admin import router as admin_router
+
+    app.include_router(admin_router)
+    _pages(app)
+    _api(app)
+    return app
+
+
+def _render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, ctx, status_code=status)
+
+
+# ----------------------------------------------------------------------------- pages
+
+
+def _pages(app: FastAPI) -> None:
+    @app.get("/login", response_class=HTMLResponse)
+    def login_page(request: Request, next: str = "/"):
+        csrf = secrets.token_urlsafe(24)
+        resp = _render(request, "login.html", csrf=csrf, next=_local(next), error=None, me=None)
+        resp.set_cookie(auth.LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict")
+        return resp
+
+    @app.post("/login")
+    async def login_post(request: Request, db: Session = Depends(db_session)):
+        form = await request.form()
+        if not auth.csrf_ok(request.cookies.get(auth.LOGIN_CSRF_COOKIE), form.get("csrf_token")):
+            raise HTTPException(403, "the login form's CSRF token is missing or wrong: reload the page")
+        labeler = auth.login(db, str(form.get("name", "")), str(form.get("secret", "")))
+        if labeler is None:
+            csrf = request.cookies.get(auth.LOGIN_CSRF_COOKIE)
+            return _render(request, "login.html", 401, csrf=csrf, next=_local(form.get("next")),
+                           error="Unknown name or wrong password/token.", me=None)
+        sid, _ = auth.start_session(db, labeler)
+        db.commit()
+        resp = RedirectResponse(_local(form.get("next")), status_code=303)
+        resp.set_cookie(auth.SESSION_COOKIE, sid, httponly=True, samesite="lax", max_age=auth.SESSION_HOURS * 3600)
+        resp.delete_cookie(auth.LOGIN_CSRF_COOKIE)
+        return resp
+
+    @app.post("/logout")
+    async def logout(request: Request, db: Session = Depends(db_session)):
+        _, ws = page_user(request, db)
+        check_csrf(ws, await request.form())
+        auth.end_session(db, request.cookies.get(auth.SESSION_COOKIE))
+        db.commit()
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(auth.SESSION_COOKIE)
+        return resp
+
+    @app.get("/", response_class=HTMLResponse)
+    def home(request: Request, db: Session = Depends(db_session)):
+        me, ws = page_user(request, db)
+        q = select(Project).order_by(Project.id)
+        if me.role != "admin":
+            q = q.join(Membership, Membership.project_id == Project.id).where(Membership.labeler_id == me.id)
+        projects = []
+        for p in db.scalars(q):
+            mine = db.scalar(select(func.count()).select_from(Judgment).where(Judgment.project_id == p.id, Judgment.labeler_id == me.id))
+            projects.append({"p": p, "mine": mine})
+        return _render(request, "home.html", me=me, csrf=ws.csrf, projects=projects)
+
+    @app.get("/p/{slug}/guidelines", response_class=HTMLResponse)
+    def guidelines(slug: str, request: Request, db: Session = Depends(db_session)):
+        me, ws = page_user(request, db)
+        project = project_for(db, slug, me)
+        m = db.get(Membership, (project.id, me.id))
+        if m is not None and m.guidelines_seen_at is None:
+            m.guidelines_seen_at = utcnow()
+            db.commit()
+        paragraphs = [p.strip() for p in project.guidelines.split("\n\n") if p.strip()]
+        return _render(request, "guidelines.html", me=me, csrf=ws.csrf, project=project, paragraphs=paragraphs)
+
+    @app.get("/p/{slug}/task", response_class=HTMLResponse)
+    def task_page(slug: str, request: Request, db: Session = Depends(db_session)):
+        me, ws = page_user(request, db)
+        project = project_for(db, slug, me)
+        m = db.get(Membership, (project.id, me.id))
+        if m is not None and m.guidelines_seen_at is None:
+            return RedirectResponse(f"/p/{slug}/guidelines", status_code=303)
+        return _task(request, db, project, me, ws)
+
+    @app.post("/p/{slug}/task")
+    async def task_submit(slug: str, request: Request, db: Session = Depends(db_session)):
+        me, ws = page_user(request, db)
+        project = project_for(db, slug, me)
+        form = await request.form()
+        check_csrf(ws, form)
+        try:
+            assignment_id = int(form.get("assignment_id", ""))
+            duration = int(form.get("duration_ms") or -1)
+        except ValueError:
+            return _task(request, db, project, me, ws, error="the form is missing its assignment id", status=422)
+        reason = form.get("reason") or None
+        try:
+            submit(db, project, me, assignment_id, str(form.get("idempotency_key", "")), _form_answer(project, form),
+                   reason=reason, duration_ms=duration if duration >= 0 else None)
+        except AnswerError as e:
+            db.rollback()
+            return _task(request, db, project, me, ws, error=str(e), status=422)
+        except ConflictError:
+            db.rollback()
+        return RedirectResponse(f"/p/{slug}/task", status_code=303)
+
+
+def _local(path) -> str:
+    """Only same-site redirect targets (no open redirects)."""
+    path = str(path or "/")
+    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+
+
+def _form_answer(project: Project, form) -> dict:
+    if project.task_type == "pairwise":
+        return {"choice": form.get("choice")}
+    if project.task_type == "thumbs":
+        return {"up": form.get("up")}
+    if project.task_type == "ranking":
+        order = str(form.get("order") or "")
+        if not order:  # no-JavaScript fallback: a rank select per displayed position
+            ranks = {k[5:]: v for k, v in form.items() if k.startswith("rank_")}
+            try:
+                order = ",".join(str(p) for p, _ in sorted(((int(p), int(r)) for p, r in ranks.items()), key=lambda x: x[1]))
+                if len({r for r in ranks.values()}) != len(ranks):
+                    order = "duplicate ranks"
+            except ValueError:
+                order = "missing ranks"
+        return {"order": order}
+    return {"scores": {c: form.get(f"score_{c}") for c in project.criteria}}
+
+
+def _task(request, db, project, me, ws, error=None, status=200):
+    a = next_assignment(db, project, me)
+    db.commit()
+    done = db.scalar(select(func.count()).select_from(Judgment).where(Judgment.project_id == project.id, Judgment.labeler_id == me.id))
+    if a is None:
+        return _render(request, "done.html", me=me, csrf=ws.csrf, project=project, done=done)
+    item = db.get(Item, a.item_id)
+    shown = [{"pos": p, "label": "AB"[p] if project.task_type == "pairwise" else str(p + 1),
+              "text": item.candidates[c]["text"]} for p, c in enumerate(a.display_order)]
+    return _render(request, f"task_{project.task_type}.html", status, me=me, csrf=ws.csrf, project=project, item=item,
+                   assignment=a, shown=shown, key=secrets.token_hex(16), error=error, done=done, max_reason=MAX_REASON,
+                   scale=list(range(project.scale_low, project.scale_high + 1)))
+
+
+# ----------------------------------------------------------------------------- JSON API
+
+
+class JudgmentIn(BaseModel):
+    assignment_id: int
+    idempotency_key: str = Field(min_length=1, max_length=100)
+    choice: str | None = Field(None, max_length=16)
+    order: list[int] | None = Field(None, max_length=50)
+    scores: dict[str, int] | None = Field(None, max_length=50)
+    up: bool | None = None
+    reason: str | None = Field(None, max_length=MAX_REASON)
+    duration_ms: int | None = Field(None, ge=0)
+
+
+def task_json(db: Session, project: Project, a: Assignment) -> dict:
+    """What a labeler sees: positions and texts, never model names or scores."""
+    item = db.get(Item, a.item_id)
+    return {"assignment_id": a.id, "item_id": item.id, "task_type": project.task_type, "prompt": item.prompt,
+            "candidates": [{"position": p, "text": item.candidates[c]["text"]} for p, c in enumerate(a.display_order)],
+            "criteria": project.criteria, "scale": [project.scale_low, project.scale_high]}
+
+
+def _api(app: FastAPI) -> None:
+    @app.get("/api/me")
+    def me(request: Request, db: Session = Depends(db_session)):
+        u = api_user(request, db)
+        return {"name": u.name, "role": u.role, "group": u.group_tag}
+
+    @app.get("/api/projects")
+    def projects(request: Request, db: Session = Depends(db_session)):
+        u = api_user(request, db)
+        q = select(Project).order_by(Project.id)
+        if u.role != "admin":
+            q = q.join(Membership, Membership.project_id == Project.id).where(Membership.labeler_id == u.id)
+        return [{"slug": p.slug, "title": p.title, "task_type": p.task_type, "guidelines": p.guidelines} for p in db.scalars(q)]
+
+    @app.get("/api/projects/{slug}/next")
+    def next_task(slug: str, request: Request, db: Session = Depends(db_session)):
+        u = api_user(request, db)
+        project = project_for(db, slug, u)
+        a = next_assignment(db, project, u)
+        db.commit()
+        if a is None:
+            return Response(status_code=204)
+        return task_json(db, project, a)
+
+    @app.post("/api/projects/{slug}/judgments")
+    def post_judgment(slug: str, body: JudgmentIn, request: Request, db: Session = Depends(db_session)):
+        u = api_user(request, db)
+        project = project_for(db, slug, u)
+        form = {"choice": body.choice, "order": body.order, "scores": body.scores, "up": body.up}
+        try:
+            s = submit(db, project, u, body.assignment_id, body.idempotency_key, form, body.reason, body.duration_ms)
+        except AnswerError as e:
+            raise HTTPException(422, str(e)) from None
+        except ConflictError as e:
+            raise HTTPException(409, str(e)) from None
+        return JSONResponse({"id": s.judgment.id, "duplicate": s.duplicate}, status_code=200 if s.duplicate else 201)

@@ -1,0 +1,161 @@
+"""Who labels what next, and turning a submitted answer (in displayed positions) into a stored judgment.
+
+* Each regular item goes to ``project.overlap`` different labelers; an assignment counts toward that
+  while it is done or younger than :data:`ASSIGNMENT_TTL` (abandoned ones free their slot).
+* Items with the highest ``priority`` (reward-ensemble disagreement) are served first.
+* Every ``project.gold_every``-th task of a labeler is a gold item they have not seen yet.
+* The display order is shuffled per assignment and stored with the judgment: the page shows positions
+  (A/B, 1..K); answers are mapped back to candidate indices here.
+* Submissions carry an idempotency key: a retried request returns the judgment already stored.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from palate.feedback.db import Assignment, Item, Judgment, Labeler, Project, utcnow
+
+ASSIGNMENT_TTL = timedelta(minutes=30)
+MAX_REASON = 2000
+PAIR_CHOICES = ("A", "B", "tie", "both_bad")
+
+
+class AnswerError(ValueError):
+    """A submission that does not fit its task (shown to the user, HTTP 422)."""
+
+
+class ConflictError(ValueError):
+    """The labeler already judged this item under another idempotency key (HTTP 409)."""
+
+
+def next_assignment(db: Session, project: Project, labeler: Labeler, rng: random.Random | None = None) -> Assignment | None:
+    """The labeler's open assignment, else a new one, else None (nothing left for them)."""
+    open_one = db.scalar(select(Assignment).where(
+        Assignment.project_id == project.id, Assignment.labeler_id == labeler.id, Assignment.done.is_(False),
+        Assignment.created_at > utcnow() - ASSIGNMENT_TTL).order_by(Assignment.id).limit(1))
+    if open_one is not None:
+        return open_one
+    item = None
+    if project.gold_every > 0:
+        n_done = db.scalar(select(func.count()).select_from(Judgment).where(
+            Judgment.project_id == project.id, Judgment.labeler_id == labeler.id)) or 0
+        if (n_done + 1) % project.gold_every == 0:
+            item = _first_item(db, project, labeler, gold=True)
+    if item is None:
+        item = _first_item(db, project, labeler, gold=False)
+    if item is None:
+        return None
+    order = list(range(len(item.candidates)))
+    (rng or random.SystemRandom()).shuffle(order)
+    a = Assignment(project_id=project.id, item_id=item.id, labeler_id=labeler.id, display_order=order, done=False)
+    db.add(a)
+    db.flush()
+    return a
+
+
+def _first_item(db: Session, project: Project, labeler: Labeler, gold: bool) -> Item | None:
+    mine = exists().where(Assignment.item_id == Item.id, Assignment.labeler_id == labeler.id)
+    q = select(Item).where(Item.project_id == project.id, Item.is_gold.is_(gold), ~mine)
+    if not gold:
+        taken = (select(func.count()).select_from(Assignment).where(
+            Assignment.item_id == Item.id,
+            or_(Assignment.done.is_(True), Assignment.created_at > utcnow() - ASSIGNMENT_TTL)).scalar_subquery())
+        q = q.where(taken < project.overlap)
+    q = q.order_by(Item.priority.desc(), Item.id).limit(1)
+    if db.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True, of=Item)  # concurrent labelers take different items
+    return db.scalar(q)
+
+
+def answer_from_positions(project: Project, order: list[int], form: dict) -> dict:
+    """Validate a submission given in displayed positions; return the answer in candidate indices."""
+    t = project.task_type
+    if t == "pairwise":
+        choice = form.get("choice")
+        if choice not in PAIR_CHOICES:
+            raise AnswerError(f"choice must be one of {', '.join(PAIR_CHOICES)}, got {choice!r}")
+        return {"choice": order[0] if choice == "A" else order[1] if choice == "B" else choice}
+    if t == "ranking":
+        ranked = form.get("order")
+        if isinstance(ranked, str):
+            try:
+                ranked = [int(x) for x in ranked.split(",") if x.strip()]
+            except ValueError:
+                raise AnswerError(f"order must be comma-separated positions, got {ranked!r}") from None
+        if not isinstance(ranked, list) or sorted(ranked) != list(range(len(order))):
+            raise AnswerError(f"order must rank every response exactly once: a permutation of 0..{len(order) - 1}, got {ranked!r}")
+        return {"order": [order[p] for p in ranked]}
+    if t == "thumbs":
+        up = form.get("up")
+        if isinstance(up, str) and up in ("up", "down"):
+            up = up == "up"
+        if not isinstance(up, bool):
+            raise AnswerError(f"up must be true/false ('up' or 'down'), got {up!r}")
+        return {"up": up}
+    scores = form.get("scores") or {}
+    if not isinstance(scores, dict):
+        raise AnswerError("scores must map each criterion to a number")
+    out = {}
+    for c in project.criteria:
+        v = scores.get(c)
+        try:
+            v = int(v)
+        except (TypeError, ValueError):
+            raise AnswerError(f"missing or non-numeric score for criterion {c!r}") from None
+        if not project.scale_low <= v <= project.scale_high:
+            raise AnswerError(f"score for {c!r} must be in [{project.scale_low}, {project.scale_high}], got {v}")
+        out[c] = v
+    extra = set(scores) - set(project.criteria)
+    if extra:
+        raise AnswerError(f"unknown criteria {sorted(extra)}; this project rates {project.criteria}")
+    return {"scores": out}
+
+
+@dataclass
+class Submitted:
+    judgment: Judgment
+    duplicate: bool
+
+
+def submit(db: Session, project: Project, labeler: Labeler, assignment_id: int, key: str, form: dict,
+           reason: str | None = None, duration_ms: int | None = None) -> Submitted:
+    """Store a judgment exactly once per idempotency key (commits)."""
+    if not key or len(key) > 100:
+        raise AnswerError("idempotency_key must be 1-100 characters")
+    if reason is not None and len(reason) > MAX_REASON:
+        raise AnswerError(f"reason is longer than {MAX_REASON} characters ({len(reason)})")
+    existing = _by_key(db, key, labeler)
+    if existing is not None:
+        return Submitted(existing, True)
+    a = db.get(Assignment, assignment_id)
+    if a is None or a.labeler_id != labeler.id or a.project_id != project.id:
+        raise AnswerError(f"no assignment {assignment_id} for you in project {project.slug!r}")
+    answer = answer_from_positions(project, a.display_order, form)
+    j = Judgment(project_id=project.id, item_id=a.item_id, labeler_id=labeler.id, idempotency_key=key,
+                 answer=answer, display_order=a.display_order, reason=(reason or "").strip() or None,
+                 duration_ms=duration_ms if isinstance(duration_ms, int) and 0 <= duration_ms < 86_400_000 else None,
+                 created_at=utcnow())
+    db.add(j)
+    a.done = True
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        existing = _by_key(db, key, labeler)
+        if existing is not None:
+            return Submitted(existing, True)
+        raise ConflictError("you already judged this item") from None
+    return Submitted(j, False)
+
+
+def _by_key(db: Session, key: str, labeler: Labeler) -> Judgment | None:
+    j = db.scalar(select(Judgment).where(Judgment.idempotency_key == key))
+    if j is not None and j.labeler_id != labeler.id:
+        raise ConflictError("this idempotency key was used by another labeler")
+    return j
