@@ -238,6 +238,90 @@ def chat(
         history.append({"role": "assistant", "content": answer})
 
 
+@app.command()
+def judge(
+    input: str = typer.Argument(..., help="candidate pairs: prompt + response_a/response_b, or chosen/rejected (any "
+                                "preference format; the label then gives agreement figures); file or bundled:NAME"),
+    out: str = typer.Option(..., "--out", help="Preference JSONL to write (+ .summary.json, .malformed.jsonl)"),
+    judge_: str = typer.Option("bundled", "--judge", help="local model name/run dir, or an OpenAI-compatible base URL "
+                               "(http://host:port/v1)"),
+    model: str = typer.Option("default", "--model", help="model name to request from an HTTP judge"),
+    mode: str = typer.Option("tie", help="what verdicts that flip with the order become: tie | weight"),
+    template: str = typer.Option("pairwise", help="template name (pairwise, reference) or path to your own"),
+    limit: int = typer.Option(None, help="judge only the first N pairs"),
+    seed: int = typer.Option(0, help="seed of the slot assignment for chosen/rejected rows"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the HTTP judge's key"),
+    cache_dir: str = typer.Option(None, help="HTTP answer cache (default: OUT's folder/.judge-cache)"),
+    concurrency: int = typer.Option(4, help="HTTP requests in flight"),
+    rate_limit: float = typer.Option(None, help="HTTP requests per second at most"),
+    max_retries: int = typer.Option(5, help="HTTP retries (exponential backoff) before giving up"),
+    batch_size: int = typer.Option(8, help="local judge: prompts per forward"),
+    min_mass: float = typer.Option(0.0, help="local judge: verdict tokens' probability below this is malformed"),
+    judge_name: str = typer.Option(None, help="name matched against model_a/model_b for the self-preference rate"),
+) -> None:
+    """RLAIF: label candidate pairs with an AI judge (both orders, debiased) as preference data for rm/dpo."""
+    from palate.data.errors import DataError
+    from palate.infra.logging import setup_logging
+    from palate.judges import make_judge
+    from palate.judges.http import JudgeHTTPError, JudgeUnreachable
+    from palate.judges.label import format_summary, label_file
+
+    setup_logging()
+    if mode not in ("tie", "weight"):
+        _fail(ValueError(f"--mode must be tie or weight, got {mode!r}"))
+    if judge_.startswith(("http://", "https://")):
+        kw = dict(model=model, api_key_env=api_key_env, template=template, concurrency=concurrency,
+                  rate_limit=rate_limit, max_retries=max_retries, name=judge_name,
+                  cache_dir=cache_dir or str(Path(out).resolve().parent / ".judge-cache"))
+    else:
+        kw = dict(template=template, batch_size=batch_size, min_mass=min_mass)
+    try:
+        j = make_judge(judge_, **kw)
+        summary = label_file(j, input, out, mode=mode, seed=seed, limit=limit, judge_name=judge_name)
+    except (DataError, FileNotFoundError, OSError, KeyError, JudgeUnreachable, JudgeHTTPError) as e:
+        _fail(e)
+    typer.echo(format_summary(summary))
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def constitutional(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
+                   print_config: bool = _PRINT_CONFIG) -> None:
+    """Constitutional AI: generate, critique against a sampled principle, revise; writes SFT data (sft.jsonl)
+    and revised-over-original pairs (pairs.jsonl). Resumes if rerun."""
+    from palate.recipes.constitutional import ConstitutionalConfig, train
+
+    _train(ConstitutionalConfig, train, args, overwrite, print_config, label="data")
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(..., help="run dir, HF model dir, .gguf file, hub name, 'bundled' or 'tiny'"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8000),
+    api_key: str = typer.Option(None, "--api-key", envvar="PALATE_API_KEY",
+                                help="require 'Authorization: Bearer KEY' (or set PALATE_API_KEY)"),
+    max_batch: int = typer.Option(8, help="requests generated together at most"),
+    batch_wait_ms: float = typer.Option(10.0, help="how long the first waiting request waits for others"),
+    max_request_bytes: int = typer.Option(1 << 20, help="larger request bodies get 413"),
+    max_tokens_limit: int = typer.Option(1024, help="largest max_tokens a request may ask for"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """OpenAI-compatible chat server (/v1/chat/completions with streaming, /v1/models) with request batching."""
+    from palate.infra.device import pick_device
+    from palate.infra.logging import setup_logging
+    from palate.serve.app import serve as run_server
+
+    setup_logging()
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        typer.secho(f"warning: serving on {host} without an API key", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C stops)")
+    try:
+        run_server(model, host=host, port=port, device=str(pick_device(device)), api_key=api_key, max_batch=max_batch,
+                   batch_wait_ms=batch_wait_ms, max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens_limit)
+    except (FileNotFoundError, OSError) as e:
+        _fail(e)
+
+
 @data_app.command("check")
 def data_check(
     path: str = typer.Argument(..., help="file, dataset dir, bundled:NAME or hub name"),
