@@ -19,6 +19,7 @@ import torch
 
 from palate.config import ConfigError
 from palate.data.records import prompt_text
+from palate.eval.text import repeated_ngram_fraction  # noqa: F401  (public here too)
 
 
 class NonFiniteError(RuntimeError):
@@ -67,13 +68,6 @@ def load_function(spec: str) -> Callable[[str, str], float]:
     if not callable(fn):
         raise ConfigError(f"reward.function: {where!r} has no callable {name!r}")
     return fn
-
-
-def repeated_ngram_fraction(text: str, n: int = 3) -> float:
-    """Fraction of word n-grams that already occurred earlier in the text (0 for short texts)."""
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 class Rewarder:
