@@ -53,3 +53,16 @@ def running(app, port: int | None = None):
 
 def health(url: str) -> dict:
     return httpx.get(f"{url}/health", timeout=5).json()
+
+
+_TINY = {}
+
+
+def tiny_lm():
+    """The tiny random Llama and its tokenizer, loaded once per test session."""
+    if not _TINY:
+        from palate.models.load import load_model, load_tokenizer
+
+        tok = load_tokenizer("tiny")
+        _TINY["lm"] = (load_model("tiny", tokenizer=tok).eval(), tok)
+    return _TINY["lm"]

@@ -8,6 +8,7 @@ With an API key set, every ``/v1`` call needs ``Authorization: Bearer KEY`` (401
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -23,16 +24,18 @@ from palate.serve.requests import RequestError, parse_chat_request
 
 def create_app(model, tokenizer, *, model_name: str, api_key: str | None = None, max_request_bytes: int = 1 << 20,
                max_tokens_limit: int = 1024, max_batch: int = 8, batch_wait_ms: float = 10.0) -> FastAPI:
-    app = FastAPI(title="palate serve", docs_url=None, redoc_url=None)
     batcher = Batcher(model, tokenizer, max_batch=max_batch, wait_ms=batch_wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="palate serve", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.batcher = batcher
     use_template = uses_chat_template(tokenizer)
     context = getattr(model.config, "max_position_embeddings", None) or 2048
     created = int(time.time())
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        batcher.close()
 
     def error(e: RequestError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
