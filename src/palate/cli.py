@@ -322,6 +322,21 @@ def serve(
         _fail(e)
 
 
+@app.command()
+def report(
+    run: str = typer.Argument(..., help="a run directory"),
+    out: str = typer.Option(None, "--out", help="HTML file to write (default: RUN/report/report.html); report.md beside it"),
+) -> None:
+    """One self-contained HTML report of a run (curves, RL, reward-model eval, win rates, monitor, samples)."""
+    from palate.eval.report import write_report
+
+    try:
+        path = write_report(run, out)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(f"report: {path}\nsummary: {path.parent / 'report.md'}")
+
+
 @data_app.command("check")
 def data_check(
     path: str = typer.Argument(..., help="file, dataset dir, bundled:NAME or hub name"),

@@ -33,7 +33,7 @@ def test_repeated_ngram_fraction_moved_and_reexported():
 
 
 def test_text_module_imports_no_torch():
-    code = "import sys, palate.eval.text, palate.eval.winrate, palate.eval.monitor; " \
+    code = "import sys, palate.eval.text, palate.eval.winrate, palate.eval.monitor, palate.eval.report; " \
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -85,10 +85,10 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
-def _svg(title: str, body: list[str], legend: Sequence[str] = ()) -> str:
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}">',
+def _svg(title: str, body: list[str], legend: Sequence[str] = (), height: int = H) -> str:
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}">',
              f'<title>{escape(title)}</title>',
-             f'<rect width="{W}" height="{H}" fill="white"/>',
+             f'<rect width="{W}" height="{height}" fill="white"/>',
              f'<text x="{W / 2}" y="22" font-size="14" font-weight="bold" text-anchor="middle" {FONT}>{escape(title)}</text>',
              *body]
     if len(legend) > 1:
@@ -194,3 +194,38 @@ def scatter_svg(points: dict[str, Sequence[tuple[float, float]]], title: str = "
                     if math.isfinite(x) and math.isfinite(y))
         body.append("</g>")
     return _svg(title, body, legend=list(points))
+
+
+def interval_svg(rows: Sequence[tuple[str, float, float, float]], title: str = "", xlabel: str = "value",
+                 reference: float | None = 0.5, xlim: tuple[float, float] = (0.0, 1.0)) -> str:
+    """Horizontal confidence intervals: one row per ``(label, estimate, low, high)``, a dot at the estimate
+    and a bar from low to high, with a dashed reference line (e.g. 0.5: no better than the baseline)."""
+    rows = [r for r in rows if all(math.isfinite(v) for v in r[1:])]
+    if not rows:
+        return _no_data(title)
+    height = TOP + BOTTOM + 28 * len(rows) + 8
+    f = _Frame(xlim, (0, 1))
+    left = 170
+
+    def px(v: float) -> float:
+        return left + (min(max(v, f.x0), f.x1) - f.x0) / (f.x1 - f.x0) * (W - left - RIGHT)
+    body = [f'<rect x="{left}" y="{TOP}" width="{W - left - RIGHT}" height="{height - TOP - BOTTOM}" fill="white" '
+            'stroke="#888"/>']
+    for t in _ticks(f.x0, f.x1):
+        body.append(f'<line x1="{px(t):.1f}" y1="{TOP}" x2="{px(t):.1f}" y2="{height - BOTTOM}" stroke="#eee"/>')
+        body.append(f'<text x="{px(t):.1f}" y="{height - BOTTOM + 16}" font-size="11" text-anchor="middle" {FONT}>'
+                    f'{_fmt(t)}</text>')
+    if reference is not None:
+        body.append(f'<line x1="{px(reference):.1f}" y1="{TOP}" x2="{px(reference):.1f}" y2="{height - BOTTOM}" '
+                    'stroke="#999" stroke-dasharray="4 3"/>')
+    for i, (label, est, low, high) in enumerate(rows):
+        y = TOP + 22 + 28 * i
+        colour = PALETTE[i % len(PALETTE)]
+        body.append(f'<text x="{left - 8}" y="{y + 4}" font-size="12" text-anchor="end" {FONT}>{escape(label[:28])}</text>')
+        body.append(f'<line class="interval" x1="{px(low):.1f}" y1="{y}" x2="{px(high):.1f}" y2="{y}" '
+                    f'stroke="{colour}" stroke-width="3"/>')
+        body.append(f'<circle cx="{px(est):.1f}" cy="{y}" r="5" fill="{colour}"><title>{escape(label)}: {est:.3f} '
+                    f'[{low:.3f}, {high:.3f}]</title></circle>')
+    body.append(f'<text x="{(left + W - RIGHT) / 2}" y="{height - 12}" font-size="12" text-anchor="middle" {FONT}>'
+                f'{escape(xlabel)}</text>')
+    return _svg(title, body, height=height)
