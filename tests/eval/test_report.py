@@ -24,6 +24,9 @@ def make_run(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "status.json").write_text(json.dumps({"state": "finished", "running_at": "2026-12-01T10:00:00",
                                                   "finished_at": "2026-12-01T10:30:00", "final_kl": 3.2}))
+    (path / "data_report.json").write_text(json.dumps({"n_train": 20, "skipped": 1, "truncated": 0, "skipped_by_reason":
+                                                       {"empty completion": 1}, "skips": [{"source": "d.jsonl", "row": 7,
+                                                       "field": "response", "reason": f"empty {XSS}"}]}))
     (path / "config.yaml").write_text("model:\n  name: tiny\ngrpo:\n  beta: 0.04\nnote: \"<b>bold</b>\"\n")
     with open(path / "metrics.jsonl", "w") as f:
         for step in range(0, 31):
@@ -73,10 +76,11 @@ def _section_ids(html: str) -> list[str]:
 
 def test_report_has_every_section_and_escapes_text(run_dir):
     html, md = render(run_dir)
-    assert _section_ids(html) == ["run", "curves", "monitor", "rl", "rm-eval", "winrates", "groups", "lengths",
+    assert _section_ids(html) == ["run", "data", "curves", "monitor", "rl", "rm-eval", "winrates", "groups", "lengths",
                                   "samples"]
     assert "<script" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
     assert "&lt;b&gt;bold&lt;/b&gt;" in html  # config text escaped
+    assert "skipped: empty completion" in html and "d.jsonl" in html
     # self-contained: no external resources, no scripts; the only URL is the SVG namespace
     assert not re.search(r'(src|href)="(https?:)?//', html) and "<link" not in html
     assert set(re.findall(r"https?://[^\s\"']+", html)) == {"http://www.w3.org/2000/svg"}

@@ -4,6 +4,7 @@ and a short ``report.md`` summary from any run dir.
 Each section is drawn only when its input is there:
 
     Run             status.json (state, times, summary) and config.yaml
+    Data            data_report.json: rows used, skipped and truncated, by reason, first examples
     Training curves metrics.jsonl: loss, reward, KL, accuracy, response length
     Reward-hacking  the offline :mod:`palate.eval.monitor` over metrics.jsonl (when a monitored signal exists)
     Online RL       report/rl_report.json: paired held-out reward change with CI, reward/KL trade-off
@@ -35,9 +36,13 @@ from palate.eval.winrate import WINRATES, read_winrates
 
 CURVES = (  # chart title, y label, metric keys in the order drawn
     ("Loss", "loss", ("loss", "eval_loss", "policy_loss", "value_loss")),
-    ("Reward", "reward", ("reward", "score", "eval_reward", "eval_score", "gold_reward", "reward_gap", "eval_reward_gap")),
+    ("Reward", "reward", ("reward", "score", "eval_reward", "eval_score", "gold_reward")),
+    ("Reward margin (chosen − rejected)", "reward difference",
+     ("reward_gap", "eval_reward_gap", "reward_margin", "eval_reward_margin")),
+    ("Implicit rewards β·log(π/π_ref)", "reward",
+     ("rewards_chosen", "rewards_rejected", "eval_rewards_chosen", "eval_rewards_rejected")),
     ("KL to the reference", "nats per response", ("kl", "kl_k3", "eval_kl")),
-    ("Accuracy", "accuracy", ("accuracy", "eval_accuracy")),
+    ("Accuracy", "accuracy", ("accuracy", "eval_accuracy", "reward_accuracy", "eval_reward_accuracy")),
     ("Response length", "tokens", ("response_length", "eval_response_length")),
 )
 MAX_SAMPLES = 8
@@ -119,6 +124,22 @@ def _summary(r: _Report) -> None:
     r.add("run", "Run", html, *md)
 
 
+def _data(r: _Report) -> None:
+    rep = _json(r.run / "data_report.json")
+    if not isinstance(rep, dict):
+        return
+    counts = [[escape(str(k)), escape(str(v))] for k, v in rep.items() if isinstance(v, (int, float, str))]
+    for key in ("skipped_by_reason", "truncated_by_reason"):
+        counts += [[f"{escape(key.split('_')[0])}: {escape(str(k))}", escape(str(v))] for k, v in (rep.get(key) or {}).items()]
+    html = _table(["", "rows"], counts) if counts else ""
+    examples = [x for key in ("skips", "truncations") for x in (rep.get(key) or []) if isinstance(x, dict)][:5]
+    if examples:
+        html += _table(["source", "row", "field", "reason"], [[escape(str(x.get(k, ""))) for k in ("source", "row", "field", "reason")]
+                                                            for x in examples])
+    if html:
+        r.add("data", "Data", html, f"- {rep.get('skipped', 0)} rows skipped, {rep.get('truncated', 0)} truncated")
+
+
 def _curves(r: _Report, metrics: list[dict]) -> None:
     charts = []
     for title, ylabel, keys in CURVES:
@@ -126,7 +147,7 @@ def _curves(r: _Report, metrics: list[dict]) -> None:
                   for k in keys}
         series = {k: v for k, v in series.items() if v}
         if series:
-            charts.append(line_svg(series, title=title, ylabel=ylabel))
+            charts.append(line_svg(series, title=title, ylabel=ylabel if len(series) > 1 else next(iter(series))))
     if not charts:
         return
     last = max(m.get("step", 0) for m in metrics)
@@ -337,6 +358,7 @@ def render(run_dir: str | Path) -> tuple[str, str]:
     metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
     r = _Report(run)
     _summary(r)
+    _data(r)
     _curves(r, metrics)
     _monitor(r, metrics)
     _rl(r)
