@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from palate.eval.winrate import (compare, length_controlled_win_rate, logistic_regression, preference_values,
+from palate.eval.winrate import (compare, compare_rows, length_controlled_win_rate, logistic_regression, preference_values,
                                  read_winrates, win_rate, write_winrates)
 
 
@@ -93,3 +93,15 @@ def test_compare_writes_and_reads_schema(tmp_path):
     bad.write_text(json.dumps({"results": [{"policy": "p", "n": 1}]}))
     with pytest.raises(ValueError, match="results\\[0\\] has no 'win_rate'"):
         read_winrates(bad)
+
+
+def test_compare_rows_counts_words_and_groups():
+    rows = [{"judgment": "win", "response_a": "a b c d", "response_b": "a", "group": "g1"},
+            {"judgment": "loss", "response_a": "a b", "response_b": "a b c"},
+            {"judgment": 0.5, "response_a": "x", "response_b": "y", "group": "g1"}]
+    res = compare_rows(rows, policy="p", n_resamples=50)
+    assert res["win_rate"] == pytest.approx(0.5) and res["ties"] == 1
+    assert res["mean_length_policy"] == pytest.approx(7 / 3) and res["mean_length_baseline"] == pytest.approx(5 / 3)
+    assert res["by_group"]["g1"]["n"] == 2 and res["by_group"]["none"]["n"] == 1
+    with pytest.raises(ValueError, match="row 0: missing field\\(s\\) response_b"):
+        compare_rows([{"judgment": "win", "response_a": "x"}])

@@ -14,7 +14,8 @@ talking more. Fit a logistic regression of the preference on the length differen
 and report the predicted win rate at zero length difference, LC = σ(θ₀). A judge that only rewards length
 gives LC ≈ ½ however long A talks; a policy better at equal length keeps LC ≈ W.
 
-:func:`compare` gives both with CIs (and per group); :func:`write_winrates` stores them as
+:func:`compare` (or :func:`compare_rows` over judged rows) gives both with CIs (and per group);
+:func:`write_winrates` stores them as
 ``eval/winrates.json`` — the file ``palate report`` shows::
 
     {"version": 1, "baseline": "sft", "judge": "...", "results": [
@@ -145,6 +146,23 @@ def compare(judgments: Sequence[Any], len_a: Sequence[float] | None = None, len_
             by.setdefault(str(g), []).append(j)
         out["by_group"] = {g: win_rate(by[g], n_resamples=n_resamples, seed=seed) for g in sorted(by)}
     return out
+
+
+def compare_rows(rows: Sequence[dict[str, Any]], *, policy: str = "A", judgment_key: str = "judgment",
+                 n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """:func:`compare` over judged rows ``{"judgment": win|tie|loss|p, "response_a": policy's answer,
+    "response_b": baseline's answer, "group": optional}``; lengths are counted in words."""
+    if not rows:
+        raise ValueError("compare_rows needs at least one judged row")
+    for n, r in enumerate(rows):
+        missing = [k for k in (judgment_key, "response_a", "response_b") if k not in r]
+        if missing:
+            raise ValueError(f"row {n}: missing field(s) {', '.join(missing)}")
+    groups = [r.get("group") for r in rows]
+    return compare([r[judgment_key] for r in rows], [len(str(r["response_a"]).split()) for r in rows],
+                   [len(str(r["response_b"]).split()) for r in rows],
+                   [("none" if g is None else g) for g in groups] if any(g is not None for g in groups) else None,
+                   policy=policy, n_resamples=n_resamples, seed=seed)
 
 
 def write_winrates(path: str | Path, results: list[dict[str, Any]], *, baseline: str, judge: str | None = None) -> Path:
