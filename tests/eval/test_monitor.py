@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from palate.eval.monitor import Monitor, MonitorConfig, monitor_metrics, present_signals, slope
+from palate.eval.monitor import Monitor, MonitorConfig, monitor_metrics, present_signals, read_metrics, slope
 
 
 def test_slope_hand_values():
@@ -104,3 +104,7 @@ def test_offline_over_metrics_jsonl(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match="line 2"):
         monitor_metrics(tmp_path / "bad.jsonl")
+    (tmp_path / "live.jsonl").write_text('{"step": 1, "kl": 1}\n{"step": 2, "k')  # a run writing its next line
+    assert read_metrics(tmp_path / "live.jsonl", allow_partial_last=True) == [{"step": 1, "kl": 1}]
+    with pytest.raises(ValueError, match="line 2"):
+        read_metrics(tmp_path / "live.jsonl")

@@ -197,14 +197,20 @@ class Monitor:
                 "best_gold_step": self.best_gold_step, "config": self.config.__dict__}
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, *, allow_partial_last: bool = False) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl``; a bad line is an error naming it, except (with ``allow_partial_last``)
+    an unterminated last line, which a running run may be writing right now."""
     p = Path(path)
+    text = p.read_text()
+    lines = text.splitlines()
     rows = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
+                if allow_partial_last and n == len(lines) and not text.endswith("\n"):
+                    break
                 raise ValueError(f"{p}, line {n}: not JSON ({e.msg})") from None
     return rows
 

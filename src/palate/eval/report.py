@@ -355,7 +355,7 @@ def render(run_dir: str | Path) -> tuple[str, str]:
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run} is not a run directory")
-    metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
+    metrics = read_metrics(run / "metrics.jsonl", allow_partial_last=True) if (run / "metrics.jsonl").exists() else []
     r = _Report(run)
     _summary(r)
     _data(r)
