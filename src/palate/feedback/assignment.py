@@ -62,15 +62,27 @@ def next_assignment(db: Session, project: Project, labeler: Labeler, rng: random
 def _first_item(db: Session, project: Project, labeler: Labeler, gold: bool) -> Item | None:
     mine = exists().where(Assignment.item_id == Item.id, Assignment.labeler_id == labeler.id)
     q = select(Item).where(Item.project_id == project.id, Item.is_gold.is_(gold), ~mine)
-    if not gold:
-        taken = (select(func.count()).select_from(Assignment).where(
-            Assignment.item_id == Item.id,
-            or_(Assignment.done.is_(True), Assignment.created_at > utcnow() - ASSIGNMENT_TTL)).scalar_subquery())
-        q = q.where(taken < project.overlap)
-    q = q.order_by(Item.priority.desc(), Item.id).limit(1)
-    if db.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True, of=Item)  # concurrent labelers take different items
-    return db.scalar(q)
+    if gold:
+        return db.scalar(q.order_by(Item.id).limit(1))
+    q = q.where(_taken(Item.id) < project.overlap).order_by(Item.priority.desc(), Item.id).limit(1)
+    if db.get_bind().dialect.name != "postgresql":
+        return db.scalar(q)  # SQLite: transactions are serialised (see db.make_engine)
+    # PostgreSQL: lock the item (others skip it), then count again in a new statement, which sees every
+    # assignment committed before we got the lock; a full item is passed over.
+    passed: list[int] = []
+    for _ in range(50):
+        item = db.scalar((q.where(Item.id.not_in(passed)) if passed else q).with_for_update(skip_locked=True, of=Item))
+        if item is None or db.scalar(select(_taken(item.id))) < project.overlap:
+            return item
+        passed.append(item.id)
+    return None
+
+
+def _taken(item_id):
+    """Assignments holding a slot of an item: done, or handed out less than ASSIGNMENT_TTL ago."""
+    return (select(func.count()).select_from(Assignment).where(
+        Assignment.item_id == item_id,
+        or_(Assignment.done.is_(True), Assignment.created_at > utcnow() - ASSIGNMENT_TTL)).scalar_subquery())
 
 
 def answer_from_positions(project: Project, order: list[int], form: dict) -> dict:

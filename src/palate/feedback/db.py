@@ -1,13 +1,14 @@
 """Schema, engine and migrations for the feedback app.
 
-SQLite by default (WAL journal, ``BEGIN IMMEDIATE`` so concurrent writers queue on the lock instead of
-failing on a stale snapshot) or any SQLAlchemy URL, e.g. ``postgresql+psycopg://user:pw@host/db``.
+SQLite by default (WAL journal; every transaction is ``BEGIN IMMEDIATE`` behind an in-process lock, so
+concurrent writers queue in order instead of failing on a stale snapshot) or any SQLAlchemy URL, e.g. ``postgresql+psycopg://user:pw@host/db``.
 The schema is owned by the Alembic scripts in ``migrations/``: :func:`upgrade` brings any older
 database to the newest revision in place, so upgrading palate never loses labels.
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -146,10 +147,31 @@ def make_engine(db: str) -> Engine:
                 cur.execute(f"PRAGMA {pragma}")
             cur.close()
 
+        # One writer at a time: a process-wide lock hands the database over in order (SQLite's own busy
+        # handler polls with growing sleeps, which starves under many threads); other processes still
+        # wait on SQLite's lock through busy_timeout.
+        lock = threading.Lock()
+
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            lock.acquire()
+            conn.info["palate_write_lock"] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                conn.info.pop("palate_write_lock", None)
+                lock.release()
+                raise
 
+        def _end(conn, how: str) -> None:
+            try:
+                getattr(conn.connection.dbapi_connection, how)()  # SQLAlchemy's own call is then a no-op
+            finally:
+                if conn.info.pop("palate_write_lock", False):
+                    lock.release()
+
+        event.listen(engine, "commit", lambda conn: _end(conn, "commit"))
+        event.listen(engine, "rollback", lambda conn: _end(conn, "rollback"))
         return engine
     return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
 

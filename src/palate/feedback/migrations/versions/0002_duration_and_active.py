@@ -14,10 +14,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("judgments") as batch:
-        batch.add_column(sa.Column("duration_ms", sa.Integer, nullable=True))
-    with op.batch_alter_table("labelers") as batch:
-        batch.add_column(sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()))
+    # plain ADD COLUMN (not a batch table copy): SQLite does it in place, foreign keys stay valid
+    op.add_column("judgments", sa.Column("duration_ms", sa.Integer, nullable=True))
+    op.add_column("labelers", sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()))
 
 
 def downgrade() -> None:
