@@ -57,15 +57,22 @@ def test_stop_action():
 
 
 def test_length_correlation_over_window_and_within_step():
+    # reward = length / 100: every change of length moves the reward
+    lengths = [50, 60, 55, 70, 65, 80, 90]
     mon = Monitor(MonitorConfig(window=5, length_corr=0.8))
     got = []
-    for step in range(1, 8):
-        got += mon.update(step, reward=0.5 * step + (0.1 if step % 2 else 0), length=20 + 10 * step)
-    assert [a.check for a in got] == ["length"] and got[0].step == 5
-    # uncorrelated steps: no alert
+    for step, n in enumerate(lengths, 1):
+        got += mon.update(step, reward=n / 100, length=n)
+    assert [a.check for a in got] == ["length"] and got[0].step == 6  # first step with 5 changes
+    # both drift up (levels correlate, r = 0.90) but reward does not move with length: the changes
+    # Δreward (.1 .2 .1 .2 .1 .15) against Δlength (10 −5 15 −5 15 10) correlate negatively -> no alert
     quiet = Monitor(MonitorConfig(window=5))
-    for step, (r, n) in enumerate([(1, 50), (0, 52), (1, 49), (0, 51), (1, 50), (0, 48)], 1):
+    for step, (r, n) in enumerate(zip([0.1, 0.2, 0.4, 0.5, 0.7, 0.8, 0.95], lengths), 1):
         assert quiet.update(step, reward=r, length=n) == []
+    # changes anti-correlated: Δreward = (+1, −1, +1, −1, +1) against Δlength = (−1, +1, −1, +1, −1)
+    anti = Monitor(MonitorConfig(window=5))
+    for step, (r, n) in enumerate([(1, 50), (2, 49), (1, 50), (2, 49), (1, 50), (2, 49)], 1):
+        assert anti.update(step, reward=r, length=n) == []
     # per-sample lists of one step
     one = Monitor(MonitorConfig(length_corr=0.9))
     assert one.update(1, reward=[1.0, 2.0, 3.0, 4.0], length=[10, 21, 29, 41])[0].check == "length"

@@ -7,8 +7,11 @@ Every check looks at the last ``window`` values W of its signal:
     proxy_gold     the proxy reward (what is optimised) keeps rising while a held-out gold signal falls:
                    slope_LS(proxy over W) > 0  and  gold_now < max(gold so far) − gold_tolerance
                    (slope_LS = Σ(t−t̄)(v−v̄)/Σ(t−t̄)², least squares over the window; robust to one noisy point)
-    length         reward tracks length: Pearson r(reward, length) > length_corr over the window of steps,
-                   or within one step when ``reward`` and ``length`` are per-sample lists
+    length         reward tracks length: within one step when ``reward`` and ``length`` are per-sample lists,
+                   Pearson r(reward_i, length_i) > length_corr; across steps (scalar means), the Pearson r of
+                   their step-to-step changes r(Δreward_t, Δlength_t) over the last W changes > length_corr
+                   (differencing removes a shared trend: reward and length both drifting up is not enough,
+                   reward must move when length moves)
     repetition     mean repeated word 3-gram fraction of the step > repetition
     ensemble       reward-model heads disagree (out of distribution): ensemble_std now >
                    ensemble_factor × mean of its first ``baseline_points`` values
@@ -156,11 +159,13 @@ class Monitor:
         if isinstance(r, (list, tuple, np.ndarray)) and isinstance(n, (list, tuple, np.ndarray)):
             corr, where = pearson(list(r), list(n)), f"across the {len(r)} samples of this step"
         else:
-            rs, ls = dict(self._last("reward")), dict(self._last("length"))
+            w = self.config.window + 1
+            rs, ls = dict(self.history["reward"][-w:]), dict(self.history["length"][-w:])
             both = sorted(set(rs) & set(ls))
-            if len(both) < self.config.window:
+            if len(both) < w:
                 return None
-            corr, where = pearson([rs[s] for s in both], [ls[s] for s in both]), f"over the last {len(both)} steps"
+            corr = pearson(np.diff([rs[s] for s in both]).tolist(), np.diff([ls[s] for s in both]).tolist())
+            where = f"between step-to-step changes over the last {len(both)} steps"
         if math.isfinite(corr) and corr > self.config.length_corr:
             return f"reward follows response length: Pearson r = {corr:.3f} {where} (threshold {self.config.length_corr})"
         return None
