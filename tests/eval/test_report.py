@@ -91,6 +91,9 @@ def test_report_has_every_section_and_escapes_text(run_dir):
     # numbers that came from the inputs
     assert "step 0" in html and "step 30" in html  # first vs last held-out evaluation
     assert "proxy_gold" in html  # gold peaks at step 15 while the proxy keeps rising
+    assert "best gold score 1 at step 15" in html
+    assert "rejected (reward 2):\nbad &lt;script&gt;" in html  # the reward model's largest error
+    assert "+0.650 [" in html  # held-out reward 0.1 -> 0.75 on every prompt
     assert "grpo raw" in html and "length-controlled" in html
     assert "Win rate of grpo by group" in html and "crowd &lt;script&gt;" in html
     assert "# palate report: run" in md and "win rate" in md and "alert" in md

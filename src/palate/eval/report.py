@@ -130,12 +130,13 @@ def _data(r: _Report) -> None:
         return
     counts = [[escape(str(k)), escape(str(v))] for k, v in rep.items() if isinstance(v, (int, float, str))]
     for key in ("skipped_by_reason", "truncated_by_reason"):
-        counts += [[f"{escape(key.split('_')[0])}: {escape(str(k))}", escape(str(v))] for k, v in (rep.get(key) or {}).items()]
+        counts += [[f"{escape(key.split('_')[0])}: {escape(str(k))}", escape(str(v))]
+                   for k, v in (rep.get(key) or {}).items()]
     html = _table(["", "rows"], counts) if counts else ""
     examples = [x for key in ("skips", "truncations") for x in (rep.get(key) or []) if isinstance(x, dict)][:5]
     if examples:
-        html += _table(["source", "row", "field", "reason"], [[escape(str(x.get(k, ""))) for k in ("source", "row", "field", "reason")]
-                                                            for x in examples])
+        cols = ["source", "row", "field", "reason"]
+        html += _table(cols, [[escape(str(x.get(k, ""))) for k in cols] for x in examples])
     if html:
         r.add("data", "Data", html, f"- {rep.get('skipped', 0)} rows skipped, {rep.get('truncated', 0)} truncated")
 
@@ -188,11 +189,13 @@ def _rl(r: _Report) -> None:
     imp = rep.get("improvement")
     if imp:
         html += _table(["held-out prompts", "reward before", "reward after", "change [95% CI]", "prompts improved"], [[
-            str(imp["n"]), f"{_num(imp['before'])} (step {imp['from_step']})", f"{_num(imp['after'])} (step {imp['to_step']})",
+            str(imp["n"]), f"{_num(imp['before'])} (step {imp['from_step']})",
+            f"{_num(imp['after'])} (step {imp['to_step']})",
             f"{imp['delta']:+.3f} [{imp['delta_ci'][0]:+.3f}, {imp['delta_ci'][1]:+.3f}]",
             f"{_pct(imp['improved_fraction'])} {_ci(imp['improved_ci'])}"]])
         md.append(f"- held-out reward {imp['before']:.4g} -> {imp['after']:.4g}, change {imp['delta']:+.4g} "
-                  f"[{imp['delta_ci'][0]:+.4g}, {imp['delta_ci'][1]:+.4g}]; improved on {_pct(imp['improved_fraction'])}")
+                  f"[{imp['delta_ci'][0]:+.4g}, {imp['delta_ci'][1]:+.4g}]; "
+                  f"improved on {_pct(imp['improved_fraction'])}")
     curve = rep.get("eval_curve") or []
     charts = []
     if any("kl" in p for p in curve):
@@ -241,8 +244,9 @@ def _rm(r: _Report) -> None:
             html += "<h3>Largest errors (rejected scored above chosen)</h3>"
         for e in errors[:3]:
             html += (f'<div class="prompt">{escape(str(e.get("prompt", "")))}</div><div class="pair">'
-                     f'<pre>chosen (reward {_num(e.get("reward_chosen"), 3)}):\n{escape(str(e.get("chosen", "")))}</pre>'
-                     f'<pre>rejected (reward {_num(e.get("reward_rejected"), 3)}):\n{escape(str(e.get("rejected", "")))}</pre></div>')
+                     + "".join(f'<pre>{side} (reward {_num(e.get(f"reward_{side}"), 3)}):\n'
+                               f'{escape(str(e.get(side, "")))}</pre>' for side in ("chosen", "rejected"))
+                     + "</div>")
         md = [f"- `{path.relative_to(r.run)}`: accuracy {_pct(acc and acc['accuracy'])} "
               f"{_ci([acc['ci_low'], acc['ci_high']]) if acc else ''} on {acc['n'] if acc else 0} pairs, "
               f"ECE {_num(cal.get('ece'), 3)}"]
@@ -258,7 +262,7 @@ def _winrates(r: _Report) -> dict | None:
     for res in data["results"]:
         name = str(res["policy"])
         lc = res.get("lc_win_rate")
-        rows.append([escape(name), str(res["n"]), f"{res.get('wins', '')}/{res.get('ties', '')}/{res.get('losses', '')}",
+        rows.append([escape(name), str(res["n"]), "/".join(str(res.get(k, "")) for k in ("wins", "ties", "losses")),
                      f"{_pct(res['win_rate'])} {_ci(res['ci'])}",
                      f"{_pct(lc)} {_ci(res.get('lc_ci'))}" if lc is not None else "n/a",
                      f"{_num(res.get('mean_length_policy'), 3)} vs {_num(res.get('mean_length_baseline'), 3)}"])
@@ -270,8 +274,10 @@ def _winrates(r: _Report) -> dict | None:
     judge = f", judge {escape(str(data['judge']))}" if data.get("judge") else ""
     html = (f"<p>against baseline <b>{escape(str(data.get('baseline')))}</b>{judge}; ties count ½; 95% bootstrap CIs; "
             "length-controlled = predicted win rate at equal length (AlpacaEval 2)</p>"
-            + _table(["policy", "n", "win/tie/loss", "win rate", "length-controlled", "mean length (policy vs baseline)"], rows)
-            + f'<div class="charts">{interval_svg(bars, title="Win rate against the baseline", xlabel="win rate")}</div>')
+            + _table(["policy", "n", "win/tie/loss", "win rate", "length-controlled",
+                      "mean length (policy vs baseline)"], rows)
+            + '<div class="charts">' + interval_svg(bars, title="Win rate against the baseline", xlabel="win rate")
+            + "</div>")
     r.add("winrates", "Win rates", html, *md)
     return data
 
@@ -281,13 +287,16 @@ def _groups(r: _Report, winrates: dict | None) -> None:
     for path, rep in _rm_evals(r.run):
         by = rep.get("accuracy_by_group")
         if by:
-            html += (f"<h3>Reward-model accuracy by {escape(str(by.get('key', 'group')))} ({escape(path.parent.name)})</h3>"
-                     + _table(["group", "accuracy", "95% CI", "n"], [_acc_row(k, v) for k, v in by.items() if k != "key"]))
+            html += (f"<h3>Reward-model accuracy by {escape(str(by.get('key', 'group')))} "
+                     f"({escape(path.parent.name)})</h3>"
+                     + _table(["group", "accuracy", "95% CI", "n"],
+                              [_acc_row(k, v) for k, v in by.items() if k != "key"]))
     for res in (winrates or {}).get("results", []):
         if res.get("by_group"):
             html += (f"<h3>Win rate of {escape(str(res['policy']))} by group</h3>"
-                     + _table(["group", "win rate", "95% CI", "n"], [[escape(g), _pct(v["win_rate"]), _ci(v["ci"]), str(v["n"])]
-                                                                    for g, v in res["by_group"].items()]))
+                     + _table(["group", "win rate", "95% CI", "n"],
+                              [[escape(g), _pct(v["win_rate"]), _ci(v["ci"]), str(v["n"])]
+                               for g, v in res["by_group"].items()]))
     if html:
         r.add("groups", "Per-group results", html)
 
@@ -318,7 +327,8 @@ def _pairs(run: Path) -> tuple[str, str, str, list[dict]] | None:
             a, b = min(by_step), max(by_step)
             common = [p for p in by_step[a] if p in by_step[b]]
             rows = [{"prompt": p, "first": by_step[a][p]["response"], "last": by_step[b][p]["response"],
-                     "first_reward": by_step[a][p].get("reward"), "last_reward": by_step[b][p].get("reward")} for p in common]
+                     "first_reward": by_step[a][p].get("reward"), "last_reward": by_step[b][p].get("reward")}
+                    for p in common]
             if rows:
                 return "samples.jsonl (training samples)", f"step {a}", f"step {b}", rows
     return None
@@ -338,7 +348,8 @@ def _samples(r: _Report) -> None:
         ("mean length (words)", lambda s: s["length"]["mean"]), ("distinct-1", lambda s: s["distinct_1"]),
         ("distinct-2", lambda s: s["distinct_2"]), ("repeated 3-gram fraction", lambda s: s["repeated_3gram"]),
         ("refusal share", lambda s: s["refusal_share"]))]
-    html = f'<p class="muted">{len(rows)} prompts from {escape(source)}</p>' + _table(["", escape(la), escape(lb)], stat_rows)
+    html = (f'<p class="muted">{len(rows)} prompts from {escape(source)}</p>'
+            + _table(["", escape(la), escape(lb)], stat_rows))
     for x in rows[:MAX_SAMPLES]:
         def head(label: str, reward: Any) -> str:
             return escape(label) + (f" (reward {_num(float(reward), 3)})" if isinstance(reward, (int, float)) else "")
@@ -346,7 +357,8 @@ def _samples(r: _Report) -> None:
                  f'<pre><b>{head(la, x["first_reward"])}</b>\n{escape(str(x["first"]))}</pre>'
                  f'<pre><b>{head(lb, x["last_reward"])}</b>\n{escape(str(x["last"]))}</pre></div>')
     r.add("samples", "Samples: first vs last", html,
-          f"- {len(rows)} prompts ({source}); mean length {_num(sa['length']['mean'], 3)} -> {_num(sb['length']['mean'], 3)} "
+          f"- {len(rows)} prompts ({source}); mean length "
+          f"{_num(sa['length']['mean'], 3)} -> {_num(sb['length']['mean'], 3)} "
           f"words, distinct-2 {sa['distinct_2']:.3f} -> {sb['distinct_2']:.3f}")
 
 
