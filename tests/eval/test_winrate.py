@@ -105,3 +105,14 @@ def test_compare_rows_counts_words_and_groups():
     assert res["by_group"]["g1"]["n"] == 2 and res["by_group"]["none"]["n"] == 1
     with pytest.raises(ValueError, match="row 0: missing field\\(s\\) response_b"):
         compare_rows([{"judgment": "win", "response_a": "x"}])
+
+
+def test_deterministic_length_judge_is_not_a_win_at_equal_length():
+    # the judge always picks the longer answer (separable data: the small L2 keeps the fit finite)
+    rng = np.random.default_rng(0)
+    len_b = rng.integers(20, 80, 500).astype(float)
+    len_a = len_b + rng.normal(40, 40, 500)
+    y = (len_a > len_b).astype(float)
+    lc = length_controlled_win_rate(y, len_a, len_b, n_resamples=200)
+    assert win_rate(y, n_resamples=100)["win_rate"] > 0.8
+    assert lc["lc_ci"][0] < 0.5 < lc["lc_ci"][1] and np.isfinite(lc["length_coef"])
