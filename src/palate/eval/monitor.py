@@ -20,6 +20,16 @@ Every check looks at the last ``window`` values W of its signal:
 An :class:`Alert` is raised when a check becomes true and again only after it has cleared. With
 ``action="stop"`` alerts have severity "stop" and :attr:`Monitor.should_stop` turns true; the loop decides
 what to do. :attr:`Monitor.best_gold_step` is the step with the best gold score, the checkpoint to keep.
+
+Online, in a step loop (every signal optional; ``gold`` typically only at held-out evaluations)::
+
+    mon = Monitor(MonitorConfig(window=10, kl_budget=20.0, action="stop"))
+    for step in ...:
+        for a in mon.update(step, proxy=m["reward"], reward=per_sample_rewards, length=per_sample_lengths,
+                            kl=m["kl"], ensemble_std=m.get("ensemble_std"), gold=gold_or_none):
+            log.warning("monitor: %s", a.message)
+        if mon.should_stop:
+            break
 """
 
 from __future__ import annotations
