@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,30 +49,35 @@ async def new_project(request: Request, db: Session = Depends(db_session)):
     me, ws = page_user(request, db, admin=True)
     form = await request.form()
     check_csrf(ws, form)
+    tmp = tempfile.mkdtemp(prefix="palate-upload-")
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            files = {name: await _saved(form.get(name), Path(tmp), name) for name in ("candidates", "prompts", "gold")}
-            if files["candidates"] is None and files["gold"] is None:
-                raise ValueError("upload a candidates file (JSONL of model responses)")
-            crit = [c for c in re.split(r"[,\n]", str(form.get("criteria") or "")) if c.strip()]
-            project = create_project(db, str(form.get("slug", "")).strip(), str(form.get("task_type", "")),
-                                     title=str(form.get("title") or ""), criteria=crit or None,
-                                     scale=(_int(form, "scale_low", 1), _int(form, "scale_high", 7)),
-                                     overlap=_int(form, "overlap", 1), gold_every=_int(form, "gold_every", 0),
-                                     guidelines=str(form.get("guidelines") or ""))
-            import_items(db, project, files["candidates"], files["prompts"], files["gold"],
-                         pairs_per_prompt=_int(form, "pairs_per_prompt", 1), k=_int(form, "k", 4))
-            for name in re.split(r"[,\s]+", str(form.get("labelers") or "")):
-                lab = db.scalar(select(Labeler).where(Labeler.name == name)) if name else None
-                if name and lab is None:
-                    raise ValueError(f"no labeler named {name!r} (create it on the Labelers page first)")
-                if lab is not None:
-                    auth.add_member(db, project.slug, lab)
+        files = {name: await _saved(form.get(name), Path(tmp), name) for name in ("candidates", "prompts", "gold")}
+        if files["candidates"] is None and files["gold"] is None:
+            raise ValueError("upload a candidates file (JSONL of model responses)")
+        crit = [c for c in re.split(r"[,\n]", str(form.get("criteria") or "")) if c.strip()]
+        project = create_project(db, str(form.get("slug", "")).strip(), str(form.get("task_type", "")),
+                                 title=str(form.get("title") or ""), criteria=crit or None,
+                                 scale=(_int(form, "scale_low", 1), _int(form, "scale_high", 7)),
+                                 overlap=_int(form, "overlap", 1), gold_every=_int(form, "gold_every", 0),
+                                 guidelines=str(form.get("guidelines") or ""))
+        import_items(db, project, files["candidates"], files["prompts"], files["gold"],
+                     pairs_per_prompt=_int(form, "pairs_per_prompt", 1), k=_int(form, "k", 4))
+        for name in re.split(r"[,\s]+", str(form.get("labelers") or "")):
+            lab = db.scalar(select(Labeler).where(Labeler.name == name)) if name else None
+            if name and lab is None:
+                raise ValueError(f"no labeler named {name!r} (create it on the Labelers page first)")
+            if lab is not None:
+                auth.add_member(db, project.slug, lab)
     except (ValueError, DataError) as e:
         db.rollback()
-        return templates.TemplateResponse(request, "admin_new.html", {"me": me, "csrf": ws.csrf, "error": str(e),
+        message = str(e)
+        for name in ("candidates", "prompts", "gold"):  # name the uploaded file, not the server's temp path
+            message = message.replace(str(Path(tmp) / name) + os.sep, "")
+        return templates.TemplateResponse(request, "admin_new.html", {"me": me, "csrf": ws.csrf, "error": message,
                                                                       "form": {k: v for k, v in form.items() if isinstance(v, str)}},
                                           status_code=422)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     db.commit()
     return RedirectResponse(f"/admin/projects/{project.slug}", status_code=303)
 
