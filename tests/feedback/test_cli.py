@@ -37,6 +37,10 @@ def test_label_commands_from_init_to_export(tmp_path):
     r = run("export", "ab", "--db", db, "--out", out, "--aggregate", "dawid-skene")
     assert r.exit_code == 0, r.output
     assert len(read_preferences(out, on_error="raise")) + json.loads(r.output.split(": ", 1)[1])["skipped"].get("tied vote", 0) == 16
+    r = run("export", "ab", "--db", db, "--out", tmp_path / "hf", "--format", "hf")  # a datasets directory
+    assert r.exit_code == 0, r.output
+    hf = read_preferences(tmp_path / "hf")
+    assert len(hf) == 32 and {p.meta["labeler_group"] for p in hf} == {"concise", "thorough"}
     r = run("export", "ab", "--db", db, "--out", tmp_path / "j.csv", "--format", "csv")
     assert r.exit_code == 0 and len((tmp_path / "j.csv").read_text().splitlines()) == 33
 
