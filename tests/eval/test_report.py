@@ -182,3 +182,17 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
     assert len(sizes) >= 9 and all(w > 100 and h > 50 for w, h in sizes)
     assert series > 50
     assert shot.stat().st_size > 20_000
+
+
+def test_line_svg_draws_lone_points_and_interval_svg():
+    from palate.eval.plots import interval_svg, line_svg
+
+    one = xml.dom.minidom.parseString(line_svg({"reward": [(1, 0.5)]}, title="one step"))
+    assert len(one.getElementsByTagName("circle")) == 1  # a run with one logged step still shows its value
+    broken = xml.dom.minidom.parseString(line_svg({"r": [(0, 1), (1, float("nan")), (2, 3), (3, 4)]}))
+    assert len(broken.getElementsByTagName("circle")) == 1  # only the lone (0, 1) gets a dot
+    marked = xml.dom.minidom.parseString(line_svg({"r": [(0, 1), (2, 3), (3, 4)]}, markers=True))
+    assert len(marked.getElementsByTagName("circle")) == 3
+    iv = xml.dom.minidom.parseString(interval_svg([("a", 0.6, 0.5, 0.7), ("b", 0.4, 0.3, float("nan"))]))
+    assert [c.getAttribute("class") for c in iv.getElementsByTagName("line") if c.getAttribute("class")] == ["interval"]
+    assert "no data" in interval_svg([("b", 0.4, 0.3, float("nan"))])

@@ -157,8 +157,9 @@ def histogram_svg(series: dict[str, Sequence[float]], bins: int = 30, title: str
 
 
 def line_svg(series: dict[str, Sequence[tuple[float, float]]], title: str = "", xlabel: str = "step",
-             ylabel: str = "value") -> str:
-    """Line chart of several (x, y) series; a NaN y breaks the line."""
+             ylabel: str = "value", markers: bool = False) -> str:
+    """Line chart of several (x, y) series; a NaN y breaks the line. A lone point (a one-point segment) is
+    drawn as a dot; ``markers`` draws a dot at every point."""
     f = _Frame.fitting(series)
     if f is None:
         return _no_data(title)
@@ -177,6 +178,9 @@ def line_svg(series: dict[str, Sequence[tuple[float, float]]], title: str = "", 
         for seg in segments:
             body.append(f'<polyline class="series" points="{" ".join(seg)}" fill="none" stroke="{colour}" '
                         'stroke-width="2"/>')
+            if markers or len(seg) == 1:
+                body.extend(f'<circle class="point" cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3.5" '
+                            f'fill="{colour}"/>' for p in seg)
     return _svg(title, body, legend=list(series))
 
 

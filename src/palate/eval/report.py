@@ -201,10 +201,10 @@ def _rl(r: _Report) -> None:
     if any("kl" in p for p in curve):
         charts.append(line_svg({"held-out reward vs KL": [(p["kl"], p["reward"]) for p in curve if "kl" in p]},
                                title="Reward / KL trade-off (one point per evaluation)",
-                               xlabel="KL to reference (nats per response)", ylabel="held-out reward"))
+                               xlabel="KL to reference (nats per response)", ylabel="held-out reward", markers=True))
     if curve:
         charts.append(line_svg({"held-out reward": [(p["step"], p["reward"]) for p in curve]},
-                               title="Held-out reward per evaluation", ylabel="reward"))
+                               title="Held-out reward per evaluation", ylabel="reward", markers=True))
     if rep.get("final_kl") is not None:
         html += f"<p>KL to the reference at the end: {_num(rep['final_kl'])} nats per response</p>"
         md.append(f"- final KL {rep['final_kl']:.4g}")
