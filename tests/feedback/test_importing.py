@@ -76,3 +76,19 @@ def test_gold_answers_are_checked_against_the_task(tmp_path):
     pair = Project(slug="y", task_type="pairwise", criteria=[], scale_low=1, scale_high=7)
     with pytest.raises(DataError, match="needs 2 response"):
         read_gold(write_jsonl(tmp_path / "g3.jsonl", [{"prompt": "p", "responses": ["a"], "answer": 0}]), pair)
+
+
+def test_precomputed_scores_file_drives_the_selection_too(tmp_path):
+    from palate.feedback.importing import attach_scores, read_scores_file
+
+    rows = [{"prompt": "p", "response": t} for t in "abcd"]
+    groups = read_candidates(write_jsonl(tmp_path / "c.jsonl", rows))
+    scores = write_jsonl(tmp_path / "s.jsonl", [
+        {"prompt": "p", "response": "a", "scores": [3.0, 3.0, 3.0]}, {"prompt": "p", "response": "b", "scores": [0.0, 0.0, 0.0]},
+        {"prompt": "p", "response": "c", "scores": [2.0, -2.0, 2.0]}, {"prompt": "p", "response": "d", "scores": [-2.0, 2.0, -2.0]},
+        {"prompt": "other", "response": "zzz", "reward": 1.0}])
+    assert attach_scores(groups, read_scores_file(scores)) == 4
+    items, _ = build_items("pairwise", groups, pairs_per_prompt=1)
+    assert {c["text"] for c in items[0]["candidates"]} == {"c", "d"}
+    with pytest.raises(DataError, match=r"s2.jsonl line 1 field 'scores': missing field"):
+        read_scores_file(write_jsonl(tmp_path / "s2.jsonl", [{"prompt": "p", "response": "a"}]))

@@ -65,8 +65,9 @@ def test_simulated_panel_labels_through_http_and_dawid_skene_finds_the_noisy_one
     rows = []
     for i in range(40):  # one clearly better response per prompt
         prompt = f"How do I care for a {['fern', 'cactus', 'orchid', 'basil'][i % 4]} plant number {i}?"
-        rows += [{"prompt": prompt, "response": f"Water the plant weekly.\n1. Keep the {prompt.split()[5]} in light.\n2. Feed it monthly."},
-                 {"prompt": prompt, "response": "plant plant plant plant plant plant plant plant"}]
+        pair = [{"prompt": prompt, "response": f"Water the plant weekly.\n1. Keep the {prompt.split()[6]} in light.\n2. Feed it monthly."},
+                {"prompt": prompt, "response": "plant plant plant plant plant plant plant plant"}]
+        rows += pair if i % 2 else pair[::-1]  # the better one is candidate 0 or 1: both classes occur
     st = Setup(str(tmp_path / "sim.db"))
     st.project("plants", "pairwise", tmp_path, rows, overlap=4)
     panel = [SimLabeler(f"sharp{i}", "g", dict(DEFAULT_WEIGHTS), noise=0.1) for i in range(3)]
@@ -82,3 +83,4 @@ def test_simulated_panel_labels_through_http_and_dawid_skene_finds_the_noisy_one
     ds = dawid_skene([t for t in triples if t[2] in (0, 1)], 2)
     assert min(ds.reliability[f"sharp{i}"] for i in range(3)) > 0.9
     assert 0.3 < ds.reliability["random"] < 0.7
+    assert ds.priors[0] == pytest.approx(0.5, abs=0.05)

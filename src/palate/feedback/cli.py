@@ -76,6 +76,7 @@ def create(slug: str, db: str = DB, task: str = typer.Option("pairwise", "--type
            candidates: Path = typer.Option(None, help="JSONL of model responses (prompt + response[s], optional model, scores)"),
            prompts: Path = typer.Option(None, help="JSONL of prompts (id + prompt) that candidates refer to by prompt_id"),
            gold: Path = typer.Option(None, help="JSONL of gold items with known answers"),
+           scores: Path = typer.Option(None, help="JSONL of precomputed reward-ensemble scores (prompt, response, scores)"),
            title: str = typer.Option("", help="shown to labelers"), overlap: int = typer.Option(1, help="labelers per item"),
            gold_every: int = typer.Option(0, help="every Nth task is a gold check (0: never)"),
            criteria: str = typer.Option("helpfulness,harmlessness,honesty", help="Likert criteria (rating projects)"),
@@ -97,7 +98,7 @@ def create(slug: str, db: str = DB, task: str = typer.Option("pairwise", "--type
             lo, hi = (int(x) for x in scale.split(","))
             p = create_project(s, slug, task, title, [c for c in criteria.split(",")], (lo, hi), overlap, gold_every,
                                guidelines.read_text(encoding="utf-8") if guidelines else "")
-            report = import_items(s, p, candidates, prompts, gold, pairs_per_prompt, k)
+            report = import_items(s, p, candidates, prompts, gold, pairs_per_prompt, k, scores=scores)
             for name in labeler:
                 lab = s.scalar(select(Labeler).where(Labeler.name == name))
                 if lab is None:
@@ -111,14 +112,15 @@ def create(slug: str, db: str = DB, task: str = typer.Option("pairwise", "--type
 
 @label_app.command("import")
 def import_cmd(slug: str, db: str = DB, candidates: Path = typer.Option(None), prompts: Path = typer.Option(None),
-               gold: Path = typer.Option(None), pairs_per_prompt: int = typer.Option(1), k: int = typer.Option(4)) -> None:
+               gold: Path = typer.Option(None), scores: Path = typer.Option(None), pairs_per_prompt: int = typer.Option(1),
+               k: int = typer.Option(4)) -> None:
     """Add more candidates or gold items to a project."""
     from palate.data.errors import DataError
     from palate.feedback.importing import import_items
 
     with _open(db) as s:
         try:
-            report = import_items(s, _project(s, slug), candidates, prompts, gold, pairs_per_prompt, k)
+            report = import_items(s, _project(s, slug), candidates, prompts, gold, pairs_per_prompt, k, scores=scores)
         except (ValueError, DataError) as e:
             _fail(e)
         s.commit()

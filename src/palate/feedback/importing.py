@@ -153,6 +153,35 @@ def read_candidates(path: Path, prompts: dict[str, Any] | None = None) -> list[P
     return list(groups.values())
 
 
+def read_scores_file(path: Path) -> dict[tuple[str, str], list[float]]:
+    """Precomputed reward-ensemble scores: rows ``{"prompt", "response", "scores": [per head]}``
+    (as ``palate score`` writes them, with ``reward`` accepted for a single head)."""
+    out = {}
+    for src, n, row in _rows(path):
+        prompt = _prompt(row.get("prompt"), src, n, "prompt") if "prompt" in row else None
+        if prompt is None:
+            raise DataError(src, n, "prompt", "missing field")
+        response = _text(row.get("response"), src, n, "response")
+        name = "scores" if "scores" in row else "reward"
+        scores = _scores(row.get(name), src, n, name)
+        if scores is None:
+            raise DataError(src, n, "scores", "missing field: need 'scores' (one per head) or 'reward'")
+        out[(json.dumps(prompt, sort_keys=True), response)] = scores
+    return out
+
+
+def attach_scores(groups: list[PromptGroup], scores: dict[tuple[str, str], list[float]]) -> int:
+    """Give candidates their precomputed scores; returns how many were matched."""
+    matched = 0
+    for g in groups:
+        key = json.dumps(g.prompt, sort_keys=True)
+        for c in g.candidates:
+            if (key, c.text) in scores:
+                c.scores = scores[(key, c.text)]
+                matched += 1
+    return matched
+
+
 def pair_disagreement(a: Candidate, b: Candidate) -> float:
     """How much a reward-model ensemble disagrees about ``a`` vs ``b``: the standard deviation over heads
     of the Bradley–Terry probability σ(s_a,h − s_b,h). 0 when the heads agree (or no scores)."""
@@ -253,13 +282,18 @@ def create_project(db: Session, slug: str, task_type: str, title: str = "", crit
 
 
 def import_items(db: Session, project: Project, candidates: Path | None = None, prompts: Path | None = None,
-                 gold: Path | None = None, pairs_per_prompt: int = 1, k: int = 4, seed: int = 0) -> dict:
-    """Add items (and gold items) to a project from files; returns counts."""
+                 gold: Path | None = None, pairs_per_prompt: int = 1, k: int = 4, seed: int = 0,
+                 scores: Path | None = None) -> dict:
+    """Add items (and gold items) to a project from files; returns counts. ``scores`` is an optional
+    file of precomputed reward-ensemble scores per (prompt, response)."""
     rows, report = [], {"items": 0, "gold": 0}
     if candidates is not None:
         groups = read_candidates(Path(candidates), read_prompts_file(Path(prompts)) if prompts else None)
+        matched = attach_scores(groups, read_scores_file(Path(scores))) if scores else None
         rows, report = build_items(project.task_type, groups, pairs_per_prompt, k, seed)
         report["gold"] = 0
+        if matched is not None:
+            report["scored_candidates"] = matched
     if gold is not None:
         g = read_gold(Path(gold), project)
         rows += g
