@@ -53,3 +53,16 @@ def test_cli_errors_name_file_line_and_field(tmp_path):
     r = run("create", "Bad Name!", "--db", db, "--candidates", bad)
     assert r.exit_code == 2 and "project name" in r.output
     assert run("stats", "nope", "--db", db).exit_code == 2
+
+
+def test_generate_candidates_with_a_palate_model_then_create(tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Say hi."}, {"prompt": "Name a colour."}])
+    out = tmp_path / "cands.jsonl"
+    r = run("generate", "tiny", "--prompts", prompts, "--out", out, "--n", "3", "--max-new-tokens", "6", "--name", "tiny-a")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    empty = int(r.output.split("(")[1].split()[0]) if "empty" in r.output else 0
+    assert len(rows) + empty == 6 and {x["model"] for x in rows} == {"tiny-a"}
+    assert {x["prompt"] for x in rows} <= {"Say hi.", "Name a colour."} and all(x["response"].strip() for x in rows)
+    r = run("create", "gen", "--db", tmp_path / "g.db", "--type", "thumbs", "--candidates", out)
+    assert r.exit_code == 0 and f'"items": {len(rows)}' in r.output

@@ -218,3 +218,37 @@ def simulate(slug: str, db: str = DB, n: int = typer.Option(6, help="simulated l
     typer.echo(json.dumps({"submitted": result.submitted, "by_labeler": result.by_labeler, "errors": result.errors}))
     if result.errors:
         raise typer.Exit(1)
+
+
+@label_app.command("generate")
+def generate(model: str = typer.Argument(..., help="a palate run dir, HF model dir or hub name, 'bundled' or 'tiny'"),
+             prompts: Path = typer.Option(..., help="prompts (JSONL with 'prompt', or any source `palate` reads)"),
+             out: Path = typer.Option(..., help="candidates JSONL to write (or extend with --append)"),
+             n: int = typer.Option(2, help="responses per prompt"), name: str = typer.Option(None, help="model name recorded (hidden from labelers)"),
+             max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.8), top_p: float = typer.Option(0.95),
+             seed: int = typer.Option(0), append: bool = typer.Option(False, help="add to OUT (e.g. a second model)")) -> None:
+    """Sample candidate responses with a palate model for a project (imports torch; the server does not)."""
+    from palate.data.errors import DataError
+    from palate.data.readers import read_prompts
+    from palate.models.load import load_model, load_tokenizer
+    from palate.rollout.generate import sample
+
+    try:
+        prompt_list = read_prompts(str(prompts))
+        tok = load_tokenizer(model)
+        lm = load_model(model, tokenizer=tok).eval()
+    except (DataError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    samples = sample(lm, tok, prompt_list, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    written, empty = 0, 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a" if append else "w", encoding="utf-8") as f:
+        for prompt, group in zip(prompt_list, samples):
+            for smp in group:
+                if not smp.text.strip():
+                    empty += 1
+                    continue
+                f.write(json.dumps({"prompt": prompt, "response": smp.text, "model": name or model,
+                                    "finished": smp.finished}, ensure_ascii=False) + "\n")
+                written += 1
+    typer.echo(f"wrote {written} responses to {out}" + (f" ({empty} empty responses left out)" if empty else ""))
