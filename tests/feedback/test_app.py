@@ -203,6 +203,25 @@ def test_overlap_gold_and_stats(site):
     assert sorted(set(counts.values())) == [2]
 
 
+def test_ranking_form_works_without_javascript(site):
+    """No JS: the page's rank selects (one per displayed position) are the answer."""
+    with browser(site) as c:
+        login(c, "ann", "ann-password")
+        c.get("/p/rk/guidelines")
+        page = c.get("/p/rk/task").text
+        fields = hidden_fields(page)
+        assert set(fields) >= {"csrf_token", "assignment_id", "idempotency_key"}, page
+        texts = re.findall(r'<div class="text">([^<]*)</div>', page)[1:]  # [0] is the prompt
+        r = c.post("/p/rk/task", data={**fields, "rank_0": "2", "rank_1": "3", "rank_2": "1"})
+        assert r.status_code == 303
+        dup = c.post("/p/rk/task", data={**hidden_fields(c.get("/p/rk/task").text), "rank_0": "1", "rank_1": "1", "rank_2": "2"})
+        assert dup.status_code == 422 and "different rank (got ranks [1, 1, 2])" in dup.text
+    with site.sessions() as s:
+        j = s.scalar(select(Judgment).where(Judgment.idempotency_key == fields["idempotency_key"]))
+        item = s.get(Item, j.item_id)
+    assert [item.candidates[c]["text"] for c in j.answer["order"]] == [texts[2], texts[0], texts[1]]
+
+
 @pytest.mark.parametrize("project, body, message", [
     ("rk", {"order": [0, 0, 1]}, "permutation"),
     ("lk", {"scores": {"helpfulness": 9, "honesty": 1}}, "must be in [1, 5]"),

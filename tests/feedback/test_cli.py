@@ -27,6 +27,14 @@ def test_label_commands_from_init_to_export(tmp_path):
     assert '"items": 16' in r.output
     r = run("add-labeler", "ann", "--db", db, "--group", "g1", "--project", "ab")
     assert r.exit_code == 0 and r.output.strip().startswith("plt_")
+    r = run("add-labeler", "gone", "--db", db, "--project", "ab")
+    gone = r.output.strip()
+    assert run("deactivate", "gone", "--db", db).exit_code == 0
+    from palate.feedback.auth import labeler_for_token
+    from palate.feedback.db import open_db
+
+    with open_db(str(db))[1]() as s:
+        assert labeler_for_token(s, gone) is None  # a deactivated labeler's token is refused
     r = run("simulate", "ab", "--db", db, "--n", "3")  # starts its own server, labels over HTTP
     assert r.exit_code == 0, r.output
     sim = json.loads(r.output.strip().splitlines()[-1])

@@ -166,11 +166,12 @@ def _form_answer(project: Project, form) -> dict:
         if not order:  # no-JavaScript fallback: a rank select per displayed position
             ranks = {k[5:]: v for k, v in form.items() if k.startswith("rank_")}
             try:
-                order = ",".join(str(p) for p, _ in sorted(((int(p), int(r)) for p, r in ranks.items()), key=lambda x: x[1]))
-                if len({r for r in ranks.values()}) != len(ranks):
-                    order = "duplicate ranks"
+                pairs = sorted(((int(p), int(r)) for p, r in ranks.items()), key=lambda x: x[1])
             except ValueError:
-                order = "missing ranks"
+                raise AnswerError("every response needs a rank (a whole number)") from None
+            if len({r for _, r in pairs}) != len(pairs):
+                raise AnswerError(f"give every response a different rank (got ranks {sorted(r for _, r in pairs)})")
+            order = ",".join(str(p) for p, _ in pairs)
         return {"order": order}
     return {"scores": {c: form.get(f"score_{c}") for c in project.criteria}}
 

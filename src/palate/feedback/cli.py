@@ -71,6 +71,23 @@ def add_labeler_cmd(name: str, db: str = DB, role: str = typer.Option("labeler",
     typer.echo(token)
 
 
+@label_app.command("deactivate")
+def deactivate(name: str, db: str = DB) -> None:
+    """Lock a labeler out (token, password and open sessions stop working); their labels stay."""
+    from sqlalchemy import delete, select
+
+    from palate.feedback.db import Labeler, WebSession
+
+    with _open(db) as s:
+        lab = s.scalar(select(Labeler).where(Labeler.name == name))
+        if lab is None:
+            _fail(ValueError(f"no labeler {name!r}"))
+        lab.active = False
+        s.execute(delete(WebSession).where(WebSession.labeler_id == lab.id))
+        s.commit()
+    typer.echo(f"labeler {name!r} deactivated")
+
+
 @label_app.command("create")
 def create(slug: str, db: str = DB, task: str = typer.Option("pairwise", "--type", help="pairwise, ranking, rating or thumbs"),
            candidates: Path = typer.Option(None, help="JSONL of model responses (prompt + response[s], optional model, scores)"),
