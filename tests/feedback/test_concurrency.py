@@ -19,6 +19,7 @@ from palate.feedback.db import Judgment
 from palate.feedback.server import free_port
 from tests.feedback.helpers import Setup, candidate_rows, postgres_url, reset_postgres
 
+pytestmark = pytest.mark.slow  # a server subprocess and 100 client threads
 LABELERS, SECONDS, OVERLAP = 50, 4.0, 2
 
 
