@@ -34,8 +34,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is much faster on a shared, "
+                    "oversubscribed machine)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "judge_agreement.json"))
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     cands = read_candidates(args.data, seed=args.seed)
     random.Random(args.seed).shuffle(cands)
@@ -54,6 +60,7 @@ def main() -> None:
     first_only = [None if v.p_a is None else winner(v.p_a) for v in verdicts[:n]]
     result = {
         "judge": args.judge, "data": args.data, "pairs": n, "seed": args.seed, "load_seconds": load_s,
+        "threads": args.threads, "batch_size": args.batch_size,
         "seconds": seconds, "seconds_per_judgment": seconds / (2 * n),
         "agreement_swap_tie": stats.agreement([j.preference for j in by_mode["tie"]], human),
         "agreement_swap_weight": stats.agreement([j.preference for j in by_mode["weight"]], human),
