@@ -113,3 +113,36 @@ def test_size_limit_and_malformed_requests(server, client):
         client.chat.completions.create(model="tiny", messages=MSG, max_tokens=100)
     with pytest.raises(openai.BadRequestError, match=r"messages\[0\].role"):
         client.chat.completions.create(model="tiny", messages=[{"role": "wizard", "content": "hi"}])
+
+
+@pytest.mark.slow
+def test_palate_serve_command_in_a_subprocess(tmp_path):
+    """The real CLI entry point: ``palate serve tiny`` as its own process, key from the environment."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.serve.server import free_port
+
+    port = free_port()
+    env = {**os.environ, "PALATE_API_KEY": "sk-env", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "palate", "serve", "tiny", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.3)
+        c = OpenAI(base_url=f"{url}/v1", api_key="sk-env", max_retries=0)
+        r = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, temperature=0)
+        assert r.usage.completion_tokens == 3 or r.choices[0].finish_reason == "stop"
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
