@@ -108,3 +108,14 @@ def test_cli_judge_names_the_bad_row(tmp_path):
     assert r.exit_code == 2 and "bad.jsonl line 2 field 'response_b'" in r.output
     r = CliRunner().invoke(app, ["judge", str(src), "--out", str(tmp_path / "o.jsonl"), "--mode", "vote"])
     assert r.exit_code == 2 and "--mode must be tie or weight" in r.output
+
+
+def test_reference_guided_template_takes_the_reference_column(tmp_path):
+    src = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "2+2?", "response_a": "4", "response_b": "5", "reference": "4"}])
+    r = CliRunner().invoke(app, ["judge", str(src), "--out", str(tmp_path / "o.jsonl"), "--judge", "tiny",
+                                 "--template", "reference"])
+    assert r.exit_code == 0 and "1 pairs judged" in r.output, r.output
+    src2 = write_jsonl(tmp_path / "n.jsonl", [{"prompt": "2+2?", "response_a": "4", "response_b": "5"}])
+    r = CliRunner().invoke(app, ["judge", str(src2), "--out", str(tmp_path / "o2.jsonl"), "--judge", "tiny",
+                                 "--template", "reference"])
+    assert r.exit_code == 2 and "['reference']" in r.output

@@ -1,7 +1,8 @@
 """RLAIF labeling (``palate judge``): a judge turns candidate pairs into preference data.
 
 Input rows hold a prompt and two responses, either ``response_a``/``response_b`` (optional ``model_a``/
-``model_b``: who wrote them, for the self-preference rate) or ``chosen``/``rejected`` (any format
+``model_b``: who wrote them, for the self-preference rate; ``reference``: a reference answer for the
+``reference`` template) or ``chosen``/``rejected`` (any format
 ``palate dpo`` reads; the human label then gives agreement figures, and each pair's slots are assigned by
 a seeded coin so the judge never sees the human's choice in a fixed slot). Each pair is judged in both
 orders (:mod:`palate.judges.debias`). Output:
@@ -34,6 +35,7 @@ class Candidate:
     b: str
     human: str | None = None  # "a" | "b" | "tie" when the row carries a human label
     own: str | None = None  # "a" | "b" when that answer was written by the judge itself
+    reference: str | None = None  # a reference answer (for the reference-guided template)
     meta: dict = field(default_factory=dict)
 
 
@@ -57,7 +59,8 @@ def read_candidates(source: str, *, seed: int = 0, judge_name: str | None = None
             prompt = _prompt_value(row, "prompt", src, n)
             a, b = _text(row, "response_a", src, n), _text(row, "response_b", src, n)
             own = next((s for s in ("a", "b") if judge_name and row.get(f"model_{s}") == judge_name), None)
-            out.append(Candidate(prompt, a, b, own=own, meta={"source": src, "row": n, **({"id": row["id"]} if "id" in row else {})}))
+            ref = _text(row, "reference", src, n) if "reference" in row else None
+            out.append(Candidate(prompt, a, b, own=own, reference=ref, meta={"source": src, "row": n, **({"id": row["id"]} if "id" in row else {})}))
             if limit and len(out) >= limit:
                 break
         return out
@@ -73,7 +76,7 @@ def read_candidates(source: str, *, seed: int = 0, judge_name: str | None = None
 
 def judge_pairs(judge, cands: list[Candidate], mode: str = "tie") -> list[PairJudgment]:
     """Both orders of every pair in one call to the judge (it batches or runs them concurrently)."""
-    items = [(c.prompt, c.a, c.b) for c in cands] + [(c.prompt, c.b, c.a) for c in cands]
+    items = [(c.prompt, c.a, c.b, c.reference) for c in cands] + [(c.prompt, c.b, c.a, c.reference) for c in cands]
     verdicts = judge.compare_many(items)
     n = len(cands)
     return [combine(verdicts[i], verdicts[n + i], mode) for i in range(n)]
