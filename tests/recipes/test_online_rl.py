@@ -139,6 +139,36 @@ def test_nan_reward_stops_with_the_last_good_state_saved(tmp_path, talking_tiny)
     assert (tmp_path / "nan" / "checkpoints" / "step-00000000").exists()
 
 
+def test_monitor_stops_when_proxy_rises_and_gold_falls_and_keeps_the_best_gold_policy(tmp_path, talking_tiny):
+    """Optimise the count of "the" while the gold signal is its negative: the monitor must stop the run and
+    final/ must be the policy of the best gold step; a gold signal that agrees never alerts."""
+    from palate.recipes.grpo import GRPOConfig, train
+
+    common = ("train.lr=2e-3", "train.max_steps=12", "train.eval_every=1", "grpo.prompts_per_step=4",
+              "rollout.n=4", "monitor.window=3", "monitor.gold_tolerance=0.2", "monitor.length_corr=1.0",
+              "monitor.repetition=1.0")
+    stop = tmp_path / "stop"
+    train(load_config(GRPOConfig, None, rl_args(stop, talking_tiny, *common, "monitor.action=stop",
+                                                f"gold.function={REWARDS}:fewer_the")))
+    status = json.loads((stop / "status.json").read_text())["summary"]
+    alerts = [json.loads(x) for x in (stop / "monitor.jsonl").read_text().splitlines()]
+    assert alerts and alerts[0]["check"] == "proxy_gold" and alerts[0]["severity"] == "stop"
+    stopped = status["stopped_by_monitor_at_step"]
+    assert stopped < 12 and alerts[0]["step"] == stopped
+    rows = metrics(stop)
+    assert rows[-1]["step"] == stopped  # nothing ran after the stop
+    best = status["best_gold_step"]
+    assert best == max(rows, key=lambda r: r.get("eval_gold", -1e9))["step"] and best < stopped
+    assert json.loads((stop / "final" / "palate_best_gold.json").read_text())["step"] == best
+    assert (stop / "final_at_stop" / "model.safetensors").exists()
+
+    agree = tmp_path / "agree"
+    train(load_config(GRPOConfig, None, rl_args(agree, talking_tiny, *common, "train.max_steps=6",
+                                                "monitor.action=stop", f"gold.function={REWARDS}:the_count")))
+    assert not (agree / "monitor.jsonl").exists()
+    assert "stopped_by_monitor_at_step" not in json.loads((agree / "status.json").read_text())["summary"]
+
+
 def test_config_errors(tmp_path):
     from palate.recipes.grpo import GRPOConfig, check
 

@@ -11,3 +11,8 @@ def nan_after_start(prompt: str, response: str) -> float:
 
 
 not_callable = 3
+
+
+def fewer_the(prompt: str, response: str) -> float:
+    """A gold signal at odds with the_count: what the monitor must catch when the_count is optimised."""
+    return -the_count(prompt, response)

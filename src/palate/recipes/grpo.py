@@ -26,6 +26,7 @@ import torch
 
 from palate.config import ConfigError, LogConfig, LoraConfig, ModelConfig, TrainConfig
 from palate.data.readers import read_prompts
+from palate.eval.monitor import MonitorConfig
 from palate.infra import session
 from palate.infra.run import RunDir
 from palate.losses.policy import (
@@ -41,6 +42,7 @@ from palate.recipes.sft import split_heldout
 from palate.rollout.experience import (
     Experience,
     Reference,
+    Watch,
     drive,
     finish_rl,
     RolloutConfig,
@@ -90,6 +92,8 @@ class GRPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-6, max_steps=100, warmup_ratio=0.0,
                                                                     min_lr_ratio=1.0, eval_every=20, save_every=20))
     lora: LoraConfig = field(default_factory=LoraConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # reward-hacking checks (warn or stop)
+    gold: RewardConfig = field(default_factory=RewardConfig)  # optional held-out gold reward for the monitor
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -157,9 +161,10 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
              g.advantage, g.prompts_per_step, rc.n, g.beta, g.kl_in, cfg.reward.model or cfg.reward.function,
              len(held))
     loop = session.Loop(run, policy, cfg.train, env, stream)
+    watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
     drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, g.sample_every,
-          cfg.train.eval_every, lambda step, exp: update(policy, loop, exp, advantages(exp, g, rc.n), g, rc, step))
-    return finish_rl(loop, run, tok, cfg.lora.merge)
+          cfg.train.eval_every, lambda step, exp: update(policy, loop, exp, advantages(exp, g, rc.n), g, rc, step), watch)
+    return finish_rl(loop, run, tok, cfg.lora.merge, watch)
 
 
 def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: RolloutConfig,

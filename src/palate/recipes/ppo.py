@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from palate.config import ConfigError, LogConfig, LoraConfig, ModelConfig, TrainConfig
+from palate.eval.monitor import MonitorConfig
 from palate.infra import session
 from palate.infra.run import RunDir
 from palate.losses.policy import (
@@ -40,6 +41,7 @@ from palate.recipes.grpo import PromptsConfig, prompt_stream
 from palate.rollout.experience import (
     Experience,
     Reference,
+    Watch,
     RolloutConfig,
     drive,
     finish_rl,
@@ -86,6 +88,8 @@ class PPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, max_steps=100, warmup_ratio=0.0,
                                                                     min_lr_ratio=1.0, eval_every=20, save_every=20))
     lora: LoraConfig = field(default_factory=LoraConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # reward-hacking checks (warn or stop)
+    gold: RewardConfig = field(default_factory=RewardConfig)  # optional held-out gold reward for the monitor
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -140,9 +144,10 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
     log.info("ppo: %d prompts x %d per step, %d epochs x %d minibatches, critic %s, β=%g (%s), reward from %s",
              p.prompts_per_step, rc.n, p.ppo_epochs, p.minibatches, p.critic, p.kl_coef, p.kl_controller,
              cfg.reward.model or cfg.reward.function)
+    watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
     drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, p.sample_every,
-          cfg.train.eval_every, lambda step, exp: update(ac, loop, exp, ctl, p, rc, step))
-    return finish_rl(loop, run, tok, cfg.lora.merge, model=policy)
+          cfg.train.eval_every, lambda step, exp: update(ac, loop, exp, ctl, p, rc, step), watch)
+    return finish_rl(loop, run, tok, cfg.lora.merge, watch, model=policy)
 
 
 def update(ac: ActorCritic, loop, exp: Experience, ctl, p: PPOSpec, rc: RolloutConfig, step: int) -> dict:

@@ -9,6 +9,7 @@ and the diagnostics every step reports: reward, KL to the reference, lengths, tr
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from palate.losses.policy import kl_penalty, masked_mean
 from palate.models.logprobs import response_hidden, response_logprobs
 from palate.models.lora import adapter_disabled, is_peft
 from palate.rollout.generate import Rollout, rollout
-from palate.rollout.rewards import NonFiniteError, Rewarder, Rewards
+from palate.rollout.rewards import NonFiniteError, RewardConfig, Rewarder, Rewards
 
 log = logging.getLogger("palate.rl")
 
@@ -175,11 +176,20 @@ def record_eval(run, step: int, exp: Experience) -> None:
                        exp.rewards.total.tolist(), kl.sum(-1).tolist() if kl is not None else None)
 
 
-def finish_rl(loop, run, tok, merge: bool, **kw):
+def finish_rl(loop, run, tok, merge: bool, watch: Watch | None = None, **kw):
     """Write the run's RL report (held-out reward before vs after with a CI, reward/KL charts), print it,
-    and save the final model with the improvement in the run summary."""
+    and save the final model with the improvement in the run summary. When the monitor stopped the run,
+    ``final/`` is the best policy by the gold score (the policy at the stop is kept in ``final_at_stop/``)."""
+    import shutil
+
     from palate.eval.rl import format_rl_report, rl_report
 
+    if watch is not None:
+        run.write_json("monitor.json", watch.monitor.summary())
+        if watch.monitor.best_gold_step is not None:
+            kw.update(best_gold_step=watch.monitor.best_gold_step, best_gold=watch.monitor.best_gold)
+        if watch.stopped_at is not None:
+            kw["stopped_by_monitor_at_step"] = watch.stopped_at
     summary = rl_report(run.path)
     text = format_rl_report(summary)
     if text:
@@ -187,7 +197,15 @@ def finish_rl(loop, run, tok, merge: bool, **kw):
     imp = summary.get("improvement", {})
     extra = {"heldout_reward_before": imp.get("before"), "heldout_reward_after": imp.get("after"),
              "heldout_reward_delta_ci": imp.get("delta_ci"), "final_kl": summary.get("final_kl")} if imp else {}
-    return loop.finish(tok, merge=merge, **extra, **kw)
+    final = loop.finish(tok, merge=merge, **extra, **kw)
+    best = run.path / "best_gold"
+    if watch is not None and watch.stopped_at is not None and best.exists():
+        shutil.rmtree(run.path / "final_at_stop", ignore_errors=True)
+        final.rename(run.path / "final_at_stop")
+        shutil.copytree(best, final)
+        log.info("final/ is the best policy by the gold score (step %d); the policy at the stop is in %s",
+                 watch.monitor.best_gold_step, run.path / "final_at_stop")
+    return final
 
 
 def minibatches(n_prompts: int, n: int, count: int, generator: torch.Generator | None):
@@ -210,8 +228,62 @@ def policy_forward(model, r: Rollout, pidx: torch.Tensor, rows: torch.Tensor, te
     return hidden, logp, ent
 
 
+class Watch:
+    """The reward-hacking monitor of an RL run (:class:`palate.eval.monitor.Monitor`) fed every step, with an
+    optional gold signal (``gold``: a reward model or function the policy never optimises) scored on the
+    held-out answers at each evaluation. Alerts go to the log and ``monitor.jsonl``; each new best gold
+    score saves the policy to ``best_gold/``; with ``action=stop`` an alert ends the run."""
+
+    def __init__(self, run, policy, tok, cfg, gold_cfg: RewardConfig | None, start_step: int):
+        from palate.eval.monitor import Monitor, monitor_metrics
+
+        self.run, self.policy, self.tok = run, policy, tok
+        self.gold = Rewarder(gold_cfg) if gold_cfg is not None and (gold_cfg.model or gold_cfg.function) else None
+        self.monitor = Monitor(cfg)
+        self.stopped_at: int | None = None
+        if start_step:  # a resumed run: replay the logged scalar signals so windows and the best gold carry on
+            logged = [m for m in run.read_metrics() if m.get("step", 0) <= start_step]
+            self.monitor = monitor_metrics(logged, cfg) if logged else self.monitor
+
+    def gold_score(self, exp: Experience) -> float | None:
+        if self.gold is None:
+            return None
+        r = exp.rollout
+        prompt_of = [exp.prompts[b // r.n] for b in range(len(r.texts))]
+        return float(self.gold(prompt_of, r.texts, r.lengths, r.finished).score.mean())
+
+    def update(self, step: int, **signals):
+        """Feed the monitor; a new best gold score saves the policy to ``best_gold/``."""
+        before = self.monitor.best_gold_step
+        alerts = self.monitor.update(step, **signals)
+        if self.monitor.best_gold_step == step and before != step:
+            from palate.models.lora import save_model
+
+            # merge=False: merging a LoRA adapter is in place and would end training (the adapter is saved)
+            save_model(self.policy, self.tok, self.run.path / "best_gold", merge=False,
+                       extra_json={"palate_best_gold.json": {"step": step, "gold": self.monitor.best_gold}})
+        return alerts
+
+    def observe(self, step: int, exp: Experience, metrics: dict) -> None:
+        from palate.eval.text import repeated_ngram_fraction
+
+        r = exp.rollout
+        repetition = sum(repeated_ngram_fraction(t) for t in r.texts) / max(len(r.texts), 1)
+        metrics["repetition"] = repetition
+        alerts = self.update(step, proxy=metrics["reward"], reward=exp.rewards.score.tolist(),
+                             length=r.lengths.tolist(), repetition=repetition, kl=metrics.get("kl"),
+                             ensemble_std=metrics.get("ensemble_std"), gold=metrics.get("eval_gold"))
+        for a in alerts:
+            log.warning("monitor (step %d, %s): %s", step, a.check, a.message)
+            with open(self.run.path / "monitor.jsonl", "a") as f:
+                f.write(json.dumps(a.as_dict()) + "\n")
+        metrics["monitor_alerts"] = len(self.monitor.alerts)
+        if self.monitor.should_stop and alerts:
+            self.stopped_at = step
+
+
 def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
-          seed: int, sample_every: int, eval_every: int, update) -> None:
+          seed: int, sample_every: int, eval_every: int, update, watch: Watch | None = None) -> None:
     """The online-RL step loop shared by PPO and GRPO: for each step collect experience, call
     ``update(step, exp) -> metrics`` (the algorithm), then log diagnostics, samples and held-out reward.
 
@@ -221,6 +293,10 @@ def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewar
     eval_seed = seed * 7919 + 1
     if held and loop.start_step == 0:
         metrics, exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+        gold = watch.gold_score(exp) if watch else None
+        if gold is not None:
+            metrics["eval_gold"] = gold
+            watch.update(0, gold=gold)
         record_eval(run, 0, exp)
         run.log(0, metrics)
         log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -243,4 +319,14 @@ def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewar
             ev, held_exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
             record_eval(run, step, held_exp)
             metrics.update(ev)
+            gold = watch.gold_score(held_exp) if watch else None
+            if gold is not None:
+                metrics["eval_gold"] = gold
+        if watch is not None:
+            watch.observe(step, exp, metrics)
         loop.log(step, metrics)
+        if watch is not None and watch.stopped_at is not None:
+            loop.checkpoint()
+            log.error("step %d: the reward-hacking monitor stopped the run (monitor.action=stop); see monitor.jsonl",
+                      step)
+            break
