@@ -67,8 +67,13 @@ def main() -> None:
         "agreement_first_order_only": stats.agreement(first_only, human),
         "position_bias": summary["position_bias"], "inconsistency": summary["inconsistency"],
         "length_bias": summary["length_bias"], "malformed": summary["malformed"],
+        "length_bias_swap_weight": stats.length_bias(by_mode["weight"], [len(c.a) for c in cands],
+                                                     [len(c.b) for c in cands]),
         "mean_first_slot_probability": sum(v.p_a for v in verdicts if v.p_a is not None) / max(1, sum(v.p_a is not None for v in verdicts)),
     }
+    result["per_pair"] = [{"row": c.meta.get("row"), "human": c.human, "len_a": len(c.a), "len_b": len(c.b),
+                           "p_a_order_ab": verdicts[i].p_a, "p_a_order_ba": verdicts[n + i].p_a}
+                          for i, c in enumerate(cands)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     a, b, f = result["agreement_swap_tie"], result["agreement_swap_weight"], result["agreement_first_order_only"]
@@ -77,7 +82,8 @@ def main() -> None:
     print(f"  swap, inconsistent -> weight: accuracy {b['accuracy']}, kappa {b['kappa']:.3f}, coverage {b['coverage']:.2f}")
     print(f"  first order only (no swap):   accuracy {f['accuracy']}, kappa {f['kappa']:.3f}")
     print(f"  position bias {result['position_bias']}, mean p(first slot) {result['mean_first_slot_probability']:.3f}")
-    print(f"  inconsistency {result['inconsistency']}, length bias {result['length_bias']}")
+    print(f"  inconsistency {result['inconsistency']}, length bias {result['length_bias']} "
+          f"(weight mode: {result['length_bias_swap_weight']})")
     print(f"  {result['seconds_per_judgment']:.3f} s/judgment ({seconds:.1f} s; model load {load_s:.1f} s) -> {args.out}")
 
 
