@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from palate.data.readers import read_preferences
 from palate.judges import stats
 from palate.judges.debias import combine, winner
-from palate.judges.label import Candidate, read_candidates, summarize
+from palate.judges.label import read_candidates, summarize
 from palate.judges.local import LocalJudge
 
 

@@ -77,7 +77,7 @@ def parse_grade(text: str, scale: tuple[int, int] = (1, 10)) -> Score:
     found = {float(g) for g in GRADE.findall(text or "")}
     lo, hi = scale
     if not found:
-        return Score(None, None, scale, rationale=f"no [[grade]] in the judge's output", raw=text)
+        return Score(None, None, scale, rationale="no [[grade]] in the judge's output", raw=text)
     if len(found) > 1:
         return Score(None, None, scale, rationale=f"conflicting grades {sorted(found)}", raw=text)
     g = found.pop()
