@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from palate.cli import app
 from palate.eval.report import render, write_report
+from palate.eval.plots import scatter_svg
 from palate.eval.rl import rl_report, write_eval_samples
 from palate.eval.stats import accuracy_ci, calibration, grouped_accuracy
 from palate.eval.winrate import compare, write_winrates
@@ -23,7 +24,8 @@ def make_run(path: Path) -> Path:
     """A GRPO-like run dir with every input the report reads, all synthetic (no training)."""
     path.mkdir(parents=True)
     (path / "status.json").write_text(json.dumps({"state": "finished", "running_at": "2026-12-01T10:00:00",
-                                                  "finished_at": "2026-12-01T10:30:00", "final_kl": 3.2}))
+                                                  "finished_at": "2026-12-01T10:30:00",
+                                                  "summary": {"steps": 30, "final_kl": 3.2}}))
     (path / "data_report.json").write_text(json.dumps({"n_train": 20, "skipped": 1, "truncated": 0, "skipped_by_reason":
                                                        {"empty completion": 1}, "skips": [{"source": "d.jsonl", "row": 7,
                                                        "field": "response", "reason": f"empty {XSS}"}]}))
@@ -58,6 +60,12 @@ def make_run(path: Path) -> Path:
                                  "reward_chosen": -1.0, "reward_rejected": 2.0}]}
     (path / "eval").mkdir()
     (path / "eval" / "rm_eval.json").write_text(json.dumps(rm_eval))
+    (path / "eval" / "reward_vs_length.svg").write_text(scatter_svg(
+        {"chosen": [(float(i), float(np.sin(i))) for i in range(40)]}, title="Reward against response length"))
+    # a tampered plot file: embedded as an image (data URI), where SVG scripts never run
+    (path / "eval" / "reward_distribution.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="200" height="100"><script>alert(1)</script>'
+        '<rect width="200" height="100" fill="#0072B2"/></svg>')
     judgments = (rng.random(100) < 0.65).astype(float)
     res = compare(judgments, rng.integers(40, 90, 100), rng.integers(30, 80, 100),
                   ["code" if i % 3 else "chat" for i in range(100)], policy="grpo", n_resamples=100)
@@ -94,6 +102,8 @@ def test_report_has_every_section_and_escapes_text(run_dir):
     assert "best gold score 1 at step 15" in html
     assert "rejected (reward 2):\nbad &lt;script&gt;" in html  # the reward model's largest error
     assert "+0.650 [" in html  # held-out reward 0.1 -> 0.75 on every prompt
+    assert html.count('<img src="data:image/svg+xml;base64,') == 2 and "alert(1)" not in html
+    assert "<td>summary.final_kl</td><td>3.2</td>" in html  # nested status summary flattened
     assert "grpo raw" in html and "length-controlled" in html
     assert "Win rate of grpo by group" in html and "crowd &lt;script&gt;" in html
     assert "# palate report: run" in md and "win rate" in md and "alert" in md
@@ -169,6 +179,8 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
             page.wait_for_load_state("load")
             sizes = page.eval_on_selector_all(
                 "svg", "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; })")
+            images = page.eval_on_selector_all(
+                "img", "els => els.map(e => [e.naturalWidth && e.getBoundingClientRect().width, e.naturalHeight])")
             series = page.eval_on_selector_all("svg polyline, svg circle, svg rect", "els => els.length")
             dialogs = page.evaluate("() => document.querySelectorAll('script').length")
             page.screenshot(path=str(shot), full_page=True)
@@ -180,6 +192,7 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
     assert requests == [page_path.as_uri()]  # nothing fetched besides the file itself
     assert dialogs == 0
     assert len(sizes) >= 9 and all(w > 100 and h > 50 for w, h in sizes)
+    assert len(images) == 2 and all(w > 100 and h > 50 for w, h in images)  # the data-URI plots decoded
     assert series > 50
     assert shot.stat().st_size > 20_000
 

@@ -20,6 +20,7 @@ Every piece of text that came from a user, a dataset or a model is HTML-escaped.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from html import escape
@@ -51,7 +52,8 @@ body{font-family:Helvetica,Arial,sans-serif;max-width:1200px;margin:24px auto;pa
 h1{margin-bottom:4px} h2{border-bottom:2px solid #0072B2;padding-bottom:4px;margin-top:36px}
 table{border-collapse:collapse;margin:8px 0 16px} td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
 th{background:#f0f4f8} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.charts{display:flex;flex-wrap:wrap;gap:12px} .charts svg{max-width:100%;height:auto;border:1px solid #ddd}
+.charts{display:flex;flex-wrap:wrap;gap:12px}
+.charts svg,.charts img{max-width:100%;height:auto;border:1px solid #ddd}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:10px;margin:10px 0 18px}
 .pair pre,.prompt{white-space:pre-wrap;word-wrap:break-word;background:#f7f7f7;border:1px solid #ddd;
 padding:8px;margin:0;font-size:13px;max-height:320px;overflow:auto}
@@ -74,6 +76,12 @@ def _pct(v: float | None) -> str:
 
 def _ci(ci: Any) -> str:
     return f"[{_pct(ci[0])}, {_pct(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "n/a"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return _num(v)
+    return escape(json.dumps(v) if isinstance(v, (list, dict)) else str(v))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -104,8 +112,10 @@ def _summary(r: _Report) -> None:
     cfg_path = r.run / "config.yaml"
     if not status and not cfg_path.exists():
         return
-    rows = [[escape(str(k)), escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))]
-            for k, v in status.items()]
+    flat = {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in status.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+    rows = [[escape(str(k)), _cell(v)]
+            for k, v in flat.items()]
     html = _table(["field", "value"], rows) if rows else ""
     md = [f"- state: {status.get('state', 'unknown')}"]
     if cfg_path.exists():
@@ -214,6 +224,13 @@ def _rl(r: _Report) -> None:
         r.add("rl", "Online RL", html, *md)
 
 
+def _svg_image(path: Path) -> str:
+    """An SVG file of the run (e.g. per-pair plots that the JSON does not hold) as an ``<img>`` with a
+    data URI: still one self-contained file, and an image context never runs scripts inside the SVG."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/svg+xml;base64,{data}" alt="{escape(path.name)}" width="560">'
+
+
 def _rm_evals(run: Path) -> list[tuple[Path, dict]]:
     return [(p, json.loads(p.read_text())) for p in sorted(run.glob("eval*/rm_eval.json"))]
 
@@ -236,9 +253,13 @@ def _rm(r: _Report) -> None:
         html += (f"<p>calibration: ECE {_num(cal.get('ece'), 3)}, Brier {_num(cal.get('brier'), 3)}; "
                  f"reward~length Spearman {_num(lb.get('spearman_reward_length'), 3)}, "
                  f"Pearson {_num(lb.get('pearson_reward_length'), 3)}</p>")
+        charts = []
         if cal.get("bins"):
-            title = f"Calibration (ECE {_num(cal.get('ece'), 3)})"
-            html += f'<div class="charts">{reliability_svg(cal["bins"], title=title)}</div>'
+            charts.append(reliability_svg(cal["bins"], title=f"Calibration (ECE {_num(cal.get('ece'), 3)})"))
+        charts += [_svg_image(path.parent / name) for name in ("reward_distribution.svg", "reward_vs_length.svg")
+                   if (path.parent / name).exists()]
+        if charts:
+            html += f'<div class="charts">{"".join(charts)}</div>'
         errors = rep.get("worst_errors") or []
         if errors:
             html += "<h3>Largest errors (rejected scored above chosen)</h3>"
