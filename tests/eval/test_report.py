@@ -29,7 +29,8 @@ def make_run(path: Path) -> Path:
     (path / "data_report.json").write_text(json.dumps({"n_train": 20, "skipped": 1, "truncated": 0, "skipped_by_reason":
                                                        {"empty completion": 1}, "skips": [{"source": "d.jsonl", "row": 7,
                                                        "field": "response", "reason": f"empty {XSS}"}]}))
-    (path / "config.yaml").write_text("model:\n  name: tiny\ngrpo:\n  beta: 0.04\nnote: \"<b>bold</b>\"\n")
+    (path / "config.yaml").write_text("model:\n  name: tiny\ngrpo:\n  beta: 0.04\nmonitor:\n  kl_budget: 2.5\n"
+                                         "note: \"<b>bold</b>\"\n")
     with open(path / "metrics.jsonl", "w") as f:
         for step in range(0, 31):
             row = {"step": step, "loss": 1.0 / (1 + step), "reward": 0.05 * step, "kl": 0.1 * step,
@@ -100,6 +101,8 @@ def test_report_has_every_section_and_escapes_text(run_dir):
     assert "step 0" in html and "step 30" in html  # first vs last held-out evaluation
     assert "proxy_gold" in html  # gold peaks at step 15 while the proxy keeps rising
     assert "best gold score 1 at step 15" in html
+    assert "KL to the reference 2.6 above the budget 2.5" in html  # the run's monitor.kl_budget, at step 26
+    assert "with the run's monitor thresholds" in html
     assert "rejected (reward 2):\nbad &lt;script&gt;" in html  # the reward model's largest error
     assert "+0.650 [" in html  # held-out reward 0.1 -> 0.75 on every prompt
     assert html.count('<img src="data:image/svg+xml;base64,') == 2 and "alert(1)" not in html
@@ -129,6 +132,15 @@ def test_dpo_samples_json_before_after(tmp_path):
     html, _ = render(run)
     assert _section_ids(html) == ["lengths", "samples"]
     assert "before training" in html and "after training" in html and "reward 1.25" in html
+
+
+def test_monitor_alerts_written_by_the_run_are_shown(run_dir):
+    alert = {"step": 7, "check": "length", "message": "reward follows length <script>x</script>", "severity": "warning"}
+    (run_dir / "monitor.jsonl").write_text(json.dumps(alert) + "\n")
+    (run_dir / "best_gold").mkdir()
+    html, md = render(run_dir)
+    assert "monitor.jsonl (written by the run" in html and "length &lt;script&gt;x&lt;/script&gt;" in html
+    assert "1 alert(s)" in html and "best_gold/" in html and "step 7 length" in md
 
 
 def test_training_samples_jsonl_first_vs_last(tmp_path):

@@ -6,7 +6,8 @@ Each section is drawn only when its input is there:
     Run             status.json (state, times, summary) and config.yaml
     Data            data_report.json: rows used, skipped and truncated, by reason, first examples
     Training curves metrics.jsonl: loss, reward, KL, accuracy, response length
-    Reward-hacking  the offline :mod:`palate.eval.monitor` over metrics.jsonl (when a monitored signal exists)
+    Reward-hacking  the run's monitor.jsonl alerts, else :mod:`palate.eval.monitor` replayed over metrics.jsonl
+                    (thresholds from the config's ``monitor:`` section when there is one)
     Online RL       report/rl_report.json: paired held-out reward change with CI, reward/KL trade-off
     Reward model    eval*/rm_eval.json: accuracy CI, calibration, length bias, worst errors
     Win rates       eval/winrates.json (:mod:`palate.eval.winrate`): raw and length-controlled with CIs
@@ -21,6 +22,7 @@ Every piece of text that came from a user, a dataset or a model is HTML-escaped.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 from html import escape
@@ -29,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from palate.eval.monitor import monitor_metrics, present_signals, read_metrics
+from palate.eval.monitor import MonitorConfig, monitor_metrics, present_signals, read_metrics
 from palate.eval.plots import histogram_svg, interval_svg, line_svg, reliability_svg
 from palate.eval.rl import read_eval_samples
 from palate.eval.text import text_stats, words
@@ -172,22 +174,49 @@ def _curves(r: _Report, metrics: list[dict]) -> None:
           f'<div class="charts">{"".join(charts)}</div>', f"- {last} steps; last values: {', '.join(finals)}")
 
 
+def _run_monitor_config(run: Path) -> MonitorConfig | None:
+    """The ``monitor:`` section of the run's config.yaml (PPO/GRPO), or None."""
+    try:
+        section = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("monitor")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(section, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(MonitorConfig)}
+    try:
+        return MonitorConfig(**{k: v for k, v in section.items() if k in known})
+    except (TypeError, ValueError):
+        return None
+
+
 def _monitor(r: _Report, metrics: list[dict]) -> None:
+    """The alerts the run's own monitor wrote (``monitor.jsonl``, from per-sample signals) when present, else
+    the monitor replayed over metrics.jsonl with the run's thresholds (or the defaults)."""
     signals = present_signals(metrics)
-    if not signals:
+    online = r.run / "monitor.jsonl"
+    if not signals and not online.exists():
         return
-    mon = monitor_metrics(metrics)
-    checked = ", ".join(sorted(signals))
-    if mon.alerts:
-        rows = [[str(a.step), escape(a.check), escape(a.message)] for a in mon.alerts]
-        html = f'<p class="alert">{len(mon.alerts)} alert(s)</p>' + _table(["step", "check", "message"], rows)
-        md = [f"- **{len(mon.alerts)} alert(s)**: " + "; ".join(f"step {a.step} {a.check}" for a in mon.alerts)]
+    cfg = _run_monitor_config(r.run)
+    mon = monitor_metrics(metrics, cfg)
+    if online.exists():
+        alerts = [json.loads(line) for line in online.read_text().splitlines() if line.strip()]
+        source = "monitor.jsonl (written by the run's monitor during training)"
+    else:
+        alerts = [a.as_dict() for a in mon.alerts]
+        source = (f"replayed over metrics.jsonl ({escape(', '.join(sorted(signals)))}) with "
+                  + ("the run's monitor thresholds" if cfg else "default thresholds"))
+    if alerts:
+        rows = [[escape(str(a.get(k))) for k in ("step", "check", "message")] for a in alerts]
+        html = f'<p class="alert">{len(alerts)} alert(s)</p>' + _table(["step", "check", "message"], rows)
+        md = [f"- **{len(alerts)} alert(s)**: " + "; ".join(f"step {a.get('step')} {a.get('check')}" for a in alerts)]
     else:
         html, md = '<p class="ok">no alert</p>', ["- no alert"]
-    html += f'<p class="muted">signals monitored from metrics.jsonl: {escape(checked)} (default thresholds)</p>'
+    html += f'<p class="muted">alerts {source}</p>'
     if mon.best_gold_step is not None:
         html += f"<p>best gold score {_num(mon.best_gold)} at step {mon.best_gold_step}</p>"
         md.append(f"- best gold score at step {mon.best_gold_step}")
+    if (r.run / "best_gold").is_dir():
+        html += "<p>the best-gold policy is saved in <code>best_gold/</code></p>"
     r.add("monitor", "Reward-hacking monitor", html, *md)
 
 
