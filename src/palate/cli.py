@@ -255,6 +255,7 @@ def judge(
     concurrency: int = typer.Option(4, help="HTTP requests in flight"),
     rate_limit: float = typer.Option(None, help="HTTP requests per second at most"),
     max_retries: int = typer.Option(5, help="HTTP retries (exponential backoff) before giving up"),
+    max_tokens: int = typer.Option(512, help="HTTP judge: longest answer (explanation + verdict) to ask for"),
     batch_size: int = typer.Option(8, help="local judge: prompts per forward"),
     min_mass: float = typer.Option(0.0, help="local judge: verdict tokens' probability below this is malformed"),
     judge_name: str = typer.Option(None, help="name matched against model_a/model_b for the self-preference rate"),
@@ -271,7 +272,7 @@ def judge(
         _fail(ValueError(f"--mode must be tie or weight, got {mode!r}"))
     if judge_.startswith(("http://", "https://")):
         kw = dict(model=model, api_key_env=api_key_env, template=template, concurrency=concurrency,
-                  rate_limit=rate_limit, max_retries=max_retries, name=judge_name,
+                  rate_limit=rate_limit, max_retries=max_retries, name=judge_name, max_tokens=max_tokens,
                   cache_dir=cache_dir or str(Path(out).resolve().parent / ".judge-cache"))
     else:
         kw = dict(template=template, batch_size=batch_size, min_mass=min_mass)

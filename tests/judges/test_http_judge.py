@@ -2,6 +2,7 @@
 cache (a rerun sends zero requests, counted on both sides), retries across a server restart mid-run, a
 clear error when nothing answers, and no retries on a 401."""
 
+import json
 import threading
 import time
 
@@ -97,3 +98,50 @@ def test_client_errors_are_not_retried(tmp_path, monkeypatch):
         monkeypatch.setenv("JUDGE_KEY", "right-key")
         ok = make(srv.url, tmp_path, api_key_env="JUDGE_KEY")
         assert ok.compare("q", "a", "b").malformed and ok.requests_made == 1
+
+
+@pytest.fixture(scope="module")
+def always_a_app(tmp_path_factory):
+    """A real judge with a known bias: the tiny model fine-tuned (palate sft, 60 steps) to answer
+    'A is better. [[A]]' to any pairwise judge prompt — the position bias the swap must catch."""
+    from palate.config import load_config
+    from palate.judges.templates import load_template, render
+    from palate.models.load import load_model, load_tokenizer
+    from palate.recipes.sft import SFTConfig, train
+    from tests.conftest import write_jsonl
+
+    root = tmp_path_factory.mktemp("always-a")
+    t = load_template("pairwise")
+    rows = [{"prompt": render(t, question=f"Question {i}?", answer_a=f"answer {i}", answer_b=f"other {i * 7}"),
+             "response": "A is better. [[A]]"} for i in range(16)]
+    data = write_jsonl(root / "data.jsonl", rows)
+    final = train(load_config(SFTConfig, None, [f"run_dir={root / 'run'}", f"data.path={data}", "model.name=tiny",
+                                                "train.lr=1e-2", "train.batch_size=4", "train.max_steps=60",
+                                                "data.eval_fraction=0", "train.warmup_ratio=0", "log.progress=false"]))
+    tok = load_tokenizer(str(final))
+    return create_app(load_model(str(final), tokenizer=tok), tok, model_name="always-a", max_tokens_limit=64)
+
+
+def test_cli_judge_over_http_parses_verdicts_and_reports_the_position_bias(always_a_app, tmp_path):
+    from typer.testing import CliRunner
+
+    from palate.cli import app as cli
+    from palate.data.readers import read_preferences
+    from tests.conftest import write_jsonl
+
+    src = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": c.prompt, "chosen": c.a, "rejected": c.b} for c in CANDS])
+    with running(always_a_app) as srv:
+        args = ["judge", str(src), "--out", str(tmp_path / "out.jsonl"), "--judge", f"{srv.url}/v1",
+                "--model", "always-a", "--concurrency", "2", "--max-tokens", "16"]
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, r.output
+        summary = json.loads((tmp_path / "out.summary.json").read_text())
+        assert summary["malformed"] == 0 and summary["position_bias"] == {"first_slot_rate": 1.0, "n": 6}
+        assert summary["inconsistency"] == {"inconsistent": 3, "n": 3, "rate": 1.0} and summary["ties"] == 3
+        assert "first slot preferred in 100.0% of 6" in r.output
+        prefs = read_preferences(str(tmp_path / "out.jsonl"))
+        assert len(prefs) == 3 and all(p.tie for p in prefs)
+        served = health(srv.url)["requests"]
+        r = CliRunner().invoke(cli, args)  # rerun: every answer from the cache next to OUT
+        assert r.exit_code == 0 and health(srv.url)["requests"] == served
+        assert list((tmp_path / ".judge-cache").rglob("*.json"))
