@@ -39,7 +39,7 @@ from palate.eval.winrate import WINRATES, read_winrates
 
 CURVES = (  # chart title, y label, metric keys in the order drawn
     ("Loss", "loss", ("loss", "eval_loss", "policy_loss", "value_loss")),
-    ("Reward", "reward", ("reward", "score", "eval_reward", "eval_score", "gold_reward")),
+    ("Reward", "reward", ("reward", "score", "eval_reward", "eval_score", "eval_gold", "gold_reward")),
     ("Reward margin (chosen − rejected)", "reward difference",
      ("reward_gap", "eval_reward_gap", "reward_margin", "eval_reward_margin")),
     ("Implicit rewards β·log(π/π_ref)", "reward",
