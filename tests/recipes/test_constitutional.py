@@ -4,7 +4,6 @@ its SFT and preference files then trained on by ``palate sft`` and ``palate dpo`
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from palate.cli import app
@@ -12,15 +11,6 @@ from palate.config import load_config
 from palate.data.readers import read_demonstrations, read_preferences
 from palate.recipes.constitutional import ConstitutionalConfig, train
 from tests.conftest import write_jsonl
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, spinning OpenMP threads made generation ~6x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def config(run_dir, prompts, *more):

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from palate.data.errors import DataError
+from palate.data.readers import _jsonl_rows
 from palate.feedback.db import TASK_TYPES, Item, Project
 
 MAX_TEXT = 50_000  # characters per prompt or response
@@ -53,20 +54,10 @@ class PromptGroup:
 
 
 def _rows(path: Path):
-    label = str(path)
+    """(label, line, row) of a JSONL file; a missing file, bad JSON or a non-object row names file and line."""
     if not path.is_file():
-        raise DataError(label, None, None, "file not found")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(label, n, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(label, n, None, f"expected a JSON object, got {type(row).__name__}")
-            yield label, n, row
+        raise DataError(str(path), None, None, "file not found")
+    return _jsonl_rows(path, str(path))
 
 
 def _prompt(value: Any, src: str, n: int, name: str) -> Any:
