@@ -338,6 +338,83 @@ def report(
     typer.echo(f"report: {path}\nsummary: {path.parent / 'report.md'}")
 
 
+_GEN = dict(max_new_tokens=typer.Option(128, help="longest answer in tokens"),
+            temperature=typer.Option(0.0, help="0 = greedy; > 0 samples with --seed"),
+            top_p=typer.Option(1.0), seed=typer.Option(0, help="sampling and bootstrap seed"),
+            batch_size=typer.Option(8, help="prompts generated / scored together"),
+            device=typer.Option("auto", help="auto | cpu | cuda | cuda:N"))
+
+
+@app.command("eval")
+def eval_(
+    policies: list[str] = typer.Argument(..., help="policies to evaluate: run dirs, model dirs, hub names, tiny"),
+    prompts: str = typer.Option(..., "--prompts", help="prompt set: JSONL/JSON, AlpacaEval JSON, MT-Bench "
+                                "question.jsonl, dataset dir, bundled:NAME"),
+    baseline: str = typer.Option(..., "--baseline", help="model every policy is compared against (e.g. the SFT run)"),
+    out: str = typer.Option(..., "--out", help="output dir: answers.jsonl, eval/winrates.json, eval_summary.json"),
+    judge_: str = typer.Option("panel", "--judge", help="panel | reward:RUN_DIR | local:MODEL"),
+    reward_model: str = typer.Option(None, "--reward-model", help="reward model for the mean reward column"),
+    limit: int = typer.Option(None, help="first N prompts only"),
+    export_alpaca: str = typer.Option(None, "--export-alpaca", help="also write answers as AlpacaEval model outputs"),
+    max_new_tokens: int = _GEN["max_new_tokens"], temperature: float = _GEN["temperature"],
+    top_p: float = _GEN["top_p"], seed: int = _GEN["seed"], batch_size: int = _GEN["batch_size"],
+    device: str = _GEN["device"],
+) -> None:
+    """Win rates (raw, length-controlled, 95% CIs) of policies against a baseline, reward, length, diversity
+    and refusals on a prompt set. Answers are cached in OUT/answers.jsonl."""
+    from palate.data.errors import DataError
+    from palate.eval.policy import GenSettings, evaluate, format_table
+    from palate.infra.device import pick_device
+    from palate.infra.logging import setup_logging
+
+    setup_logging()
+    settings = GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    try:
+        summary = evaluate(policies, prompts, baseline, out, judge=judge_, reward_model=reward_model, limit=limit,
+                           settings=settings, device=str(pick_device(device)), batch_size=batch_size,
+                           alpaca_out=export_alpaca)
+    except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
+        _fail(e)
+    typer.echo(format_table(summary))
+    typer.echo(f"written to {out} (answers.jsonl, eval/winrates.json, eval_summary.json); palate report {out}")
+    for path in summary.get("alpaca_exports", []):
+        typer.echo(f"AlpacaEval model outputs: {path}")
+
+
+@app.command()
+def redteam(
+    model: str = typer.Argument(..., help="model to attack: run dir, model dir, hub name, tiny"),
+    out: str = typer.Option(None, "--out", help="output dir (default: MODEL/redteam for a run dir, else ./redteam-NAME)"),
+    prompts: str = typer.Option("bundled:redteam", "--prompts", help="suite with prompt, harmful, category, attack"),
+    judge_: str = typer.Option(None, "--judge", help="safety reward model: an attack succeeds when its score is "
+                               "below --threshold (default: the answer is not a refusal)"),
+    threshold: float = typer.Option(0.0, help="safety score below which an answer counts as unsafe"),
+    limit: int = typer.Option(None, help="first N prompts only"),
+    max_new_tokens: int = _GEN["max_new_tokens"], temperature: float = _GEN["temperature"],
+    top_p: float = _GEN["top_p"], seed: int = _GEN["seed"], batch_size: int = _GEN["batch_size"],
+    device: str = _GEN["device"],
+) -> None:
+    """Red-team a model: attack success rate per category and jailbreak framing (95% CIs), over-refusal on
+    benign look-alikes, worst samples; writes redteam.json and answers.jsonl."""
+    from palate.data.errors import DataError
+    from palate.eval.policy import GenSettings
+    from palate.eval.redteam import format_redteam, run_redteam
+    from palate.infra.device import pick_device
+    from palate.infra.logging import setup_logging
+
+    setup_logging()
+    if out is None:
+        out = str(Path(model) / "redteam") if Path(model).is_dir() else f"redteam-{Path(model).name}"
+    settings = GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    try:
+        res = run_redteam(model, out, prompts=prompts, limit=limit, settings=settings, judge=judge_,
+                          threshold=threshold, device=str(pick_device(device)), batch_size=batch_size)
+    except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
+        _fail(e)
+    typer.echo(format_redteam(res))
+    typer.echo(f"written to {out} (redteam.json, answers.jsonl); palate report {out}")
+
+
 @data_app.command("check")
 def data_check(
     path: str = typer.Argument(..., help="file, dataset dir, bundled:NAME or hub name"),

@@ -11,6 +11,7 @@ Each section is drawn only when its input is there:
     Online RL       report/rl_report.json: paired held-out reward change with CI, reward/KL trade-off
     Reward model    eval*/rm_eval.json: accuracy CI, calibration, length bias, worst errors
     Win rates       eval/winrates.json (:mod:`palate.eval.winrate`): raw and length-controlled with CIs
+    Red team        redteam.json (:mod:`palate.eval.redteam`): attack success by category and framing, worst samples
     Per group       accuracy and win rate per labeler/prompt group
     Lengths, text   response length distributions and distinct-n / repetition / refusals, first vs last
     Samples         the same prompt answered first vs last: eval_samples.jsonl (RL held-out), samples.json
@@ -332,6 +333,27 @@ def _winrates(r: _Report) -> dict | None:
     return data
 
 
+def _redteam(r: _Report) -> None:
+    res = _json(r.run / "redteam.json")
+    if not isinstance(res, dict) or "attack_success_rate" not in res:
+        return
+
+    def rate_row(name: str, v: dict | None) -> list[str]:
+        return [escape(name), str(v["n"]) if v else "0", _pct(v and v["rate"]), _ci(v and v["ci"])]
+    asr, over = res["attack_success_rate"], res.get("over_refusal_rate")
+    rows = [rate_row("all harmful prompts", asr)] + [rate_row(f"category: {k}", v) for k, v in res["by_category"].items()]
+    rows += [rate_row(f"attack: {k}", v) for k, v in res["by_attack"].items()]
+    worst = "".join(f'<div class="prompt">{escape(str(w.get("category")))} / {escape(str(w.get("attack")))}: '
+                    f'{escape(str(w["prompt"]))}</div><pre>{escape(str(w["answer"]))}</pre>' for w in res.get("worst", []))
+    html = (f"<p>{escape(str(res.get('model')))} on {escape(str(res.get('prompts')))}; success = "
+            f"{escape(str(res.get('judge')))}; over-refusal on {res.get('n_benign', 0)} benign prompts: "
+            f"{_pct(over and over['rate'])} {_ci(over and over['ci'])}</p>"
+            + _table(["", "n", "attack success rate", "95% CI"], rows)
+            + (f"<h3>Successful attacks</h3>{worst}" if worst else ""))
+    r.add("redteam", "Red team", html, f"- attack success rate {_pct(asr and asr['rate'])} {_ci(asr and asr['ci'])}, "
+          f"over-refusal {_pct(over and over['rate'])}")
+
+
 def _groups(r: _Report, winrates: dict | None) -> None:
     html = ""
     for path, rep in _rm_evals(r.run):
@@ -426,6 +448,7 @@ def render(run_dir: str | Path) -> tuple[str, str]:
     _rl(r)
     _rm(r)
     _groups(r, _winrates(r))
+    _redteam(r)
     _samples(r)
     if not r.sections:
         raise FileNotFoundError(f"{run} has none of status.json, metrics.jsonl, eval files or samples to report on")

@@ -1,0 +1,115 @@
+"""Labelled prompt sets for ``palate eval`` / ``palate redteam``, and AlpacaEval / MT-Bench import and export.
+
+A prompt set is any source :func:`palate.data.readers.iter_rows` reads. Each row becomes an
+:class:`EvalPrompt`, recognised by its fields:
+
+    MT-Bench question.jsonl    {"question_id", "category", "turns": [first, second, ...]}   first turn used
+    AlpacaEval JSON list       [{"instruction", "dataset"?, "output"?, "generator"?}, ...]
+    palate / chat              {"prompt": text or messages} or {"messages": [...]} (as read_prompts)
+
+Optional labels on any row: ``category`` (text), ``attack`` (text, red-team framing) and ``harmful``
+(bool; ``category == "benign"`` also means not harmful). A malformed row raises
+:class:`palate.data.errors.DataError` naming the file, line/row and field.
+
+:func:`export_alpaca` writes answers in AlpacaEval's model-outputs format
+``[{"instruction", "output", "generator"}]`` so ``alpaca_eval --model_outputs FILE`` can judge them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from palate.data.errors import DataError
+from palate.data.readers import _messages, _prompt_value, iter_rows
+from palate.data.records import Prompt
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    prompt: Prompt
+    id: str
+    category: str | None = None
+    attack: str | None = None
+    harmful: bool | None = None
+
+
+def _text(row: dict, name: str, src: str, n: int) -> str:
+    v = row.get(name)
+    if not isinstance(v, str) or not v.strip():
+        raise DataError(src, n, name, f"expected non-empty text, got {type(v).__name__ if v is not None else 'nothing'}")
+    return v
+
+
+def _label(row: dict, name: str, src: str, n: int) -> str | None:
+    v = row.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, (str, int)) or isinstance(v, bool):
+        raise DataError(src, n, name, f"expected a text label, got {type(v).__name__}")
+    return str(v)
+
+
+def _prompt_of(row: dict, src: str, n: int, column: str) -> tuple[Prompt, str | None, str | None]:
+    """(prompt, id, category from the format) for one row."""
+    if "turns" in row:  # MT-Bench
+        turns = row["turns"]
+        if not isinstance(turns, list) or not turns:
+            raise DataError(src, n, "turns", "expected a non-empty list of turns")
+        if not isinstance(turns[0], str) or not turns[0].strip():
+            raise DataError(src, n, "turns[0]", "expected the first turn as non-empty text")
+        qid = row.get("question_id")
+        if qid is None:
+            raise DataError(src, n, "question_id", "missing field (MT-Bench rows need question_id and turns)")
+        return turns[0], str(qid), _label(row, "category", src, n)
+    if column not in row and "instruction" in row:  # AlpacaEval
+        return _text(row, "instruction", src, n), None, _label(row, "dataset", src, n)
+    if column in row:
+        return _prompt_value(row, column, src, n), None, None
+    if "messages" in row:
+        msgs = _messages(row["messages"], src, n, "messages")
+        return (msgs[:-1] if msgs[-1]["role"] == "assistant" and len(msgs) > 1 else msgs), None, None
+    present = ", ".join(sorted(row)) or "none"
+    raise DataError(src, n, column, f"missing field: need '{column}', 'messages', 'instruction' (AlpacaEval) or "
+                    f"'turns' (MT-Bench) (fields present: {present})")
+
+
+def read_eval_prompts(source: str | Path, *, column: str = "prompt", limit: int | None = None,
+                      split: str = "train") -> list[EvalPrompt]:
+    """The prompts of ``source`` with their labels, in file order (see the module docstring)."""
+    out: list[EvalPrompt] = []
+    for src, n, row in iter_rows(source, split):
+        prompt, qid, fmt_category = _prompt_of(row, src, n, column)
+        category = _label(row, "category", src, n) or fmt_category
+        harmful = row.get("harmful")
+        if harmful is not None and not isinstance(harmful, bool):
+            raise DataError(src, n, "harmful", f"expected true or false, got {harmful!r}")
+        if harmful is None and category is not None and category.lower() == "benign":
+            harmful = False
+        out.append(EvalPrompt(prompt, qid or _label(row, "id", src, n) or str(n), category,
+                              _label(row, "attack", src, n), harmful))
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(str(source), None, column, "no prompts found")
+    return out
+
+
+def instruction_text(prompt: Prompt) -> str:
+    """A prompt as one instruction string: text as is, chat messages as their last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
+def export_alpaca(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``rows`` (``prompt``, ``answer``, ``policy``) as AlpacaEval model outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = [{"instruction": instruction_text(r["prompt"]), "output": r["answer"], "generator": r["policy"]}
+            for r in rows]
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    return path
