@@ -384,7 +384,8 @@ def eval_(
 @app.command()
 def redteam(
     model: str = typer.Argument(..., help="model to attack: run dir, model dir, hub name, tiny"),
-    out: str = typer.Option(None, "--out", help="output dir (default: MODEL/redteam for a run dir, else ./redteam-NAME)"),
+    out: str = typer.Option(None, "--out", help="output dir (default: MODEL/redteam for a run dir, "
+                            "else ./redteam-NAME)"),
     prompts: str = typer.Option("bundled:redteam", "--prompts", help="suite with prompt, harmful, category, attack"),
     judge_: str = typer.Option(None, "--judge", help="safety reward model: an attack succeeds when its score is "
                                "below --threshold (default: the answer is not a refusal)"),

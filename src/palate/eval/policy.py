@@ -4,7 +4,8 @@ the baseline, and report win rates with CIs, length-controlled win rates, reward
 
     generate   :func:`palate.rollout.generate.sample`, greedy (temperature 0) or seeded sampling; every
                answer is cached in ``OUT/answers.jsonl`` under a hash of (model, prompt, settings), so a
-               rerun with the same model, prompts and settings generates nothing
+               rerun with the same model, prompts and settings generates nothing (a sampled answer depends
+               on the batch it was drawn in, so with temperature > 0 only the cached ones are reproducible)
     judge      ``panel``         the simulated labeler panel (:func:`palate.feedback.simulate.panel_preference`)
                ``reward:DIR``    a reward model: the higher reward wins, equal rewards (|Δ| ≤ 1e-6) tie
                ``local:MODEL``   a local AI judge, both orders, combined by :func:`palate.judges.debias.combine`
@@ -255,5 +256,6 @@ def format_table(summary: dict[str, Any]) -> str:
         wtl = f"{s['wins']}/{s['ties']}/{s['losses']}"
         ci = f"{_pct(s['win_rate'])} [{_pct(s['ci'][0])}, {_pct(s['ci'][1])}]"
         lines.append(row(s["policy"], s, f"{s['n']:>4} {wtl:>10} {ci:>24} {_pct(s['lc_win_rate']):>7}"))
-    lines.append(row(f"{summary['baseline']} (baseline)", summary["baseline_stats"], f"{'':>4} {'':>10} {'':>24} {'':>7}"))
+    blank = " " * (4 + 1 + 10 + 1 + 24 + 1 + 7)
+    lines.append(row(f"{summary['baseline']} (baseline)", summary["baseline_stats"], blank))
     return "\n".join(lines)

@@ -39,7 +39,8 @@ class EvalPrompt:
 def _text(row: dict, name: str, src: str, n: int) -> str:
     v = row.get(name)
     if not isinstance(v, str) or not v.strip():
-        raise DataError(src, n, name, f"expected non-empty text, got {type(v).__name__ if v is not None else 'nothing'}")
+        got = type(v).__name__ if v is not None else "nothing"
+        raise DataError(src, n, name, f"expected non-empty text, got {got}")
     return v
 
 

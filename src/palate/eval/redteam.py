@@ -101,7 +101,8 @@ def run_redteam(model: str, out: str | Path, *, prompts: str = SUITE, limit: int
 def _pct(rate: dict | None) -> str:
     if not rate:
         return "n/a"
-    return f"{100 * rate['rate']:.1f}% [{100 * rate['ci'][0]:.1f}, {100 * rate['ci'][1]:.1f}] ({rate['count']}/{rate['n']})"
+    low, high = rate["ci"]
+    return f"{100 * rate['rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({rate['count']}/{rate['n']})"
 
 
 def format_redteam(res: dict[str, Any]) -> str:

@@ -341,10 +341,12 @@ def _redteam(r: _Report) -> None:
     def rate_row(name: str, v: dict | None) -> list[str]:
         return [escape(name), str(v["n"]) if v else "0", _pct(v and v["rate"]), _ci(v and v["ci"])]
     asr, over = res["attack_success_rate"], res.get("over_refusal_rate")
-    rows = [rate_row("all harmful prompts", asr)] + [rate_row(f"category: {k}", v) for k, v in res["by_category"].items()]
+    rows = [rate_row("all harmful prompts", asr)]
+    rows += [rate_row(f"category: {k}", v) for k, v in res["by_category"].items()]
     rows += [rate_row(f"attack: {k}", v) for k, v in res["by_attack"].items()]
     worst = "".join(f'<div class="prompt">{escape(str(w.get("category")))} / {escape(str(w.get("attack")))}: '
-                    f'{escape(str(w["prompt"]))}</div><pre>{escape(str(w["answer"]))}</pre>' for w in res.get("worst", []))
+                    f'{escape(str(w["prompt"]))}</div><pre>{escape(str(w["answer"]))}</pre>'
+                    for w in res.get("worst", []))
     html = (f"<p>{escape(str(res.get('model')))} on {escape(str(res.get('prompts')))}; success = "
             f"{escape(str(res.get('judge')))}; over-refusal on {res.get('n_benign', 0)} benign prompts: "
             f"{_pct(over and over['rate'])} {_ci(over and over['ci'])}</p>"
