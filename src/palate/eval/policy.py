@@ -181,15 +181,15 @@ def evaluate(policies: list[str], prompts: str, baseline: str, out: str | Path, 
     for p in policies:
         lab = label_of(p)
         labels.append(lab if lab not in labels and lab != base_label else f"{lab}-{len(labels) + 1}")
-    pair_judge, rm = make_pair_judge(judge, device=device, batch_size=batch_size)  # a bad spec fails first
-    gen = dict(cache=cache, settings=settings, device=device, batch_size=batch_size)
-    base_answers = generate_answers(baseline, ps, label=base_label, **gen)
-    answers = {lab: generate_answers(p, ps, label=lab, **gen) for lab, p in zip(labels, policies)}
-    cache.save()
+    pair_judge, rm = make_pair_judge(judge, device=device, batch_size=batch_size)  # bad specs fail before generating
     if reward_model and not (judge.startswith("reward:") and judge[len("reward:"):] == reward_model):
         from palate.models.heads import RewardModel
 
         rm = RewardModel.load(reward_model, device=device)
+    gen = dict(cache=cache, settings=settings, device=device, batch_size=batch_size)
+    base_answers = generate_answers(baseline, ps, label=base_label, **gen)
+    answers = {lab: generate_answers(p, ps, label=lab, **gen) for lab, p in zip(labels, policies)}
+    cache.save()
 
     def mean_reward(ans: list[str]) -> float | None:
         return float(rm.score(ps, ans, batch_size=batch_size).mean.mean()) if rm is not None else None
