@@ -150,10 +150,11 @@ class BatchStream:
 class Loop:
     """The optimizer-step loop: resume, lr schedule, clipping, logging, checkpoints, final save."""
 
-    def __init__(self, run: RunDir, model: torch.nn.Module, train: TrainConfig, env: Env, stream: BatchStream):
+    def __init__(self, run: RunDir, model: torch.nn.Module, train: TrainConfig, env: Env, stream: BatchStream,
+                 lr_scale: dict[str, float] | None = None):
         self.run, self.model, self.cfg, self.env, self.stream = run, model, train, env, stream
         self.total = train.max_steps or stream.steps_for_epochs(train.epochs)
-        self.optimizer = adamw(model, train.lr, train.weight_decay, train.adam_betas)
+        self.optimizer = adamw(model, train.lr, train.weight_decay, train.adam_betas, lr_scale)
         self.scheduler = scheduler(self.optimizer, round(train.warmup_ratio * self.total), self.total, train.min_lr_ratio)
         self.start_step = 0
         self.resumed: dict[str, Any] = {}  # the checkpoint's progress record (its ``extra`` keys included)

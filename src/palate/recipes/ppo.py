@@ -71,6 +71,7 @@ class PPOSpec:
     clip_eps: float = 0.2
     clip_value: float | None = 0.2
     vf_coef: float = 0.1
+    value_lr_scale: float = 10.0  # the value head (and a separate critic) learn at lr × this: it starts at zero
     ent_coef: float = 0.0
     max_approx_kl: float | None = None  # stop an update's remaining minibatches when approx-KL exceeds this
     reference_device: str = "same"
@@ -137,7 +138,8 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
     reference = Reference(policy, p.reference_device)
     ctl = kl_controller(p.kl_controller, p.kl_coef, p.target_kl if p.kl_controller == "adaptive" else None,
                         p.kl_horizon)
-    loop = session.Loop(run, ac, cfg.train, env, stream)
+    loop = session.Loop(run, ac, cfg.train, env, stream,
+                        lr_scale={"value_head.": p.value_lr_scale, "critic.": p.value_lr_scale})
     if "kl_controller" in loop.resumed:
         ctl.load_state_dict(loop.resumed["kl_controller"])
     loop.extra_state = lambda: {"kl_controller": ctl.state_dict()}
