@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from palate.config import ConfigError  # a ValueError: the CLI reports it as a config error
 from palate.eval.stats import pearson
 
 SIGNALS = ("proxy", "gold", "length", "reward", "repetition", "ensemble_std", "kl")
@@ -67,9 +68,9 @@ class MonitorConfig:
 
     def __post_init__(self):
         if self.action not in ("warn", "stop"):
-            raise ValueError(f"monitor action must be warn or stop, got {self.action!r}")
+            raise ConfigError(f"monitor.action must be warn or stop, got {self.action!r}")
         if self.window < 2:
-            raise ValueError(f"monitor window must be >= 2, got {self.window}")
+            raise ConfigError(f"monitor.window must be >= 2, got {self.window}")
 
 
 @dataclass(frozen=True)
