@@ -29,7 +29,7 @@ def metrics(run_dir):
 
 
 def test_learns_marker_preference_to_95_percent_held_out(tmp_path, marker_jsonl):
-    train(config(tmp_path / "r", marker_jsonl, "train.epochs=3", "train.eval_every=10"))
+    final = train(config(tmp_path / "r", marker_jsonl, "train.epochs=3", "train.eval_every=10"))
     report = json.loads((tmp_path / "r" / "eval" / "rm_eval.json").read_text())
     assert report["n_pairs"] == 60
     assert report["accuracy"]["accuracy"] > 0.95, report["accuracy"]

@@ -97,19 +97,19 @@ def test_labeler_reads_guidelines_and_labels_pairwise_with_keyboard_and_mouse(br
         texts = {p: page.inner_text(f"#cand-{p} .text") for p in "AB"}
         if "window.__pwned" in texts["A"] + texts["B"]:
             shot(page, "04-pairwise-xss")
-        if how == "key-1":
-            page.keyboard.press("1"); expected.append(("A", texts))
-        elif how == "click-B":
-            page.click("button[value=B]"); expected.append(("B", texts))
-        elif how == "key-space":
-            page.keyboard.press(" "); expected.append(("tie", texts))
-        elif how == "reason-bothbad":
-            page.click("textarea[name=reason]")
-            page.keyboard.type("Both ignore the question 1 2")  # digits typed in the box are not shortcuts
-            page.click("button[value=both_bad]"); expected.append(("both_bad", texts))
-        else:
-            page.keyboard.press("2"); expected.append(("B", texts))
-        page.wait_for_load_state("load")
+        with page.expect_navigation():  # each answer submits the form: wait for the next page, not this one
+            if how == "key-1":
+                page.keyboard.press("1"); expected.append(("A", texts))
+            elif how == "click-B":
+                page.click("button[value=B]"); expected.append(("B", texts))
+            elif how == "key-space":
+                page.keyboard.press(" "); expected.append(("tie", texts))
+            elif how == "reason-bothbad":
+                page.click("textarea[name=reason]")
+                page.keyboard.type("Both ignore the question 1 2")  # digits typed in the box are not shortcuts
+                page.click("button[value=both_bad]"); expected.append(("both_bad", texts))
+            else:
+                page.keyboard.press("2"); expected.append(("B", texts))
     page.wait_for_selector("text=All done")
     assert page.evaluate("window.__pwned") is None and not errors
     with site.sessions() as s:
@@ -143,12 +143,12 @@ def test_xss_in_model_output_is_shown_as_text(browser, site):
             assert page.query_selector("main img") is None and page.query_selector("main b") is None
             shot(page, "05-xss-as-text")
             break
-        page.keyboard.press(" ")
-        page.wait_for_load_state("load")
+        with page.expect_navigation():  # the key submits the form: wait for that page, not the current one
+            page.keyboard.press(" ")
     assert seen_xss
     assert page.evaluate("window.__pwned") is None
-    page.keyboard.press("2")
-    page.wait_for_load_state("load")
+    with page.expect_navigation():
+        page.keyboard.press("2")
     page.goto(f"{site.url}/admin/projects/ab")  # ann's and boss's labels side by side
     assert "alpha_nominal" in page.inner_text("#agreement") and "nice" in page.inner_text("#wins")
     shot(page, "12-admin-agreement")
@@ -168,7 +168,8 @@ def test_ranking_by_clicks_and_keys(browser, site):
     page.click(".rankable[data-pos='0']")
     assert page.inner_text(".rankable[data-pos='1'] .badge") == "3"
     shot(page, "06-ranking-clicked")
-    page.click("#submit-rank")
+    with page.expect_navigation():  # a form post: read item 2 from the next page, not this one
+        page.click("#submit-rank")
     page.wait_for_selector(".rankable")
     # item 2 by keyboard: 2, 3 (1 implied), undo once, then 2 again, Enter
     texts2 = [page.inner_text(f".rankable[data-pos='{p}'] .text") for p in range(3)]
@@ -196,7 +197,8 @@ def test_likert_rating_on_a_phone_with_keyboard_and_taps(browser, site):
     page.keyboard.press("4")  # helpfulness (highlighted first) ...
     page.keyboard.press("2")  # ... then honesty
     shot(page, "07-likert-phone")
-    page.keyboard.press("Enter")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
     page.wait_for_selector(".likert")
     page.tap("fieldset[data-criterion=helpfulness] label:has-text('5')")
     page.tap("fieldset[data-criterion=honesty] label:has-text('1')")
@@ -259,8 +261,8 @@ def test_admin_creates_a_project_by_upload_adds_a_labeler_and_exports(browser, s
     cat.click("#start")
     for key in ("1", "2", "1"):
         cat.wait_for_selector("#cand-A")
-        cat.keyboard.press(key)
-        cat.wait_for_load_state("load")
+        with cat.expect_navigation():
+            cat.keyboard.press(key)
     cat.wait_for_selector("text=All done")
     page.reload()
     assert page.inner_text("#progress") == "100%" and page.inner_text("#complete") == "3 / 3"
