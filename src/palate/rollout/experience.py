@@ -79,6 +79,11 @@ class Experience:
         return kl_penalty(self.rollout.logprobs, self.ref_logprobs, kind) * self.mask
 
 
+def score_rollout(rewarder: Rewarder, prompts: list, r: Rollout) -> Rewards:
+    """Score every sampled response of ``r`` (row b answers prompt b // n)."""
+    return rewarder([prompts[b // r.n] for b in range(len(r.texts))], r.texts, r.lengths, r.finished)
+
+
 def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
             seed: int) -> Experience:
     t0 = time.perf_counter()
@@ -88,8 +93,7 @@ def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, 
                 top_p=cfg.top_p, top_k=cfg.top_k, stop=tuple(cfg.stop), seed=seed)
     policy.train(was_training)
     t1 = time.perf_counter()
-    prompt_of = [prompts[b // cfg.n] for b in range(len(r.texts))]
-    rewards = rewarder(prompt_of, r.texts, r.lengths, r.finished)
+    rewards = score_rollout(rewarder, prompts, r)
     t2 = time.perf_counter()
     ref = reference.logprobs(r, cfg.temperature) if reference is not None else None
     t3 = time.perf_counter()
@@ -248,9 +252,7 @@ class Watch:
     def gold_score(self, exp: Experience) -> float | None:
         if self.gold is None:
             return None
-        r = exp.rollout
-        prompt_of = [exp.prompts[b // r.n] for b in range(len(r.texts))]
-        return float(self.gold(prompt_of, r.texts, r.lengths, r.finished).score.mean())
+        return float(score_rollout(self.gold, exp.prompts, exp.rollout).score.mean())
 
     def update(self, step: int, **signals):
         """Feed the monitor; a new best gold score saves the policy to ``best_gold/``."""
