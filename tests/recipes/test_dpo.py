@@ -150,3 +150,41 @@ def test_before_after_samples_scored_by_an_independent_reward_model(tmp_path, ma
     assert all(isinstance(s["reward_before"], float) and isinstance(s["reward_after"], float) for s in samples)
     summary = json.loads((tmp_path / "d" / "status.json").read_text())["summary"]
     assert summary["sample_reward_before"] == pytest.approx(sum(s["reward_before"] for s in samples) / 2)
+
+
+def more_sunshine(prompt, response):
+    return float(response.split().count("sunshine"))
+
+
+def less_sunshine(prompt, response):
+    return -more_sunshine(prompt, response)
+
+
+def test_held_out_watch_logs_gold_and_stops_when_the_margin_rises_while_gold_falls(tmp_path, marker_jsonl):
+    """DPO learns to say the marker; a gold signal that penalises it must stop the run (proxy: the held-out
+    implicit margin, rising) and final/ must be the best-gold policy; a gold signal that agrees never alerts."""
+    common = ("train.epochs=3", "train.eval_every=3", "dpo.watch_prompts=6", "dpo.watch_max_new_tokens=8",
+              "monitor.window=3", "monitor.gold_tolerance=0.1", "monitor.length_corr=1.0", "monitor.repetition=1.0")
+    stop = tmp_path / "stop"
+    train(config(stop, marker_jsonl, *common, "monitor.action=stop", f"dpo.gold={__name__}:less_sunshine"))
+    rows = metrics(stop)
+    golds = [(m["step"], m["eval_gold"]) for m in rows if "eval_gold" in m]
+    assert golds[0][0] == 0 and len(golds) >= 3
+    alerts = [json.loads(x) for x in (stop / "monitor.jsonl").read_text().splitlines()]
+    assert alerts[0]["check"] == "proxy_gold" and alerts[0]["severity"] == "stop"
+    assert rows[-1]["step"] == alerts[0]["step"]  # nothing ran after the stop
+    summary = json.loads((stop / "status.json").read_text())["summary"]
+    best = max(golds, key=lambda sg: sg[1])[0]
+    assert summary["best_gold_step"] == best
+    assert json.loads((stop / "final" / "palate_best_gold.json").read_text())["step"] == best
+    assert (stop / "final_at_stop").is_dir()
+    samples = [json.loads(x) for x in (stop / "eval_samples.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in samples} == {s for s, _ in golds} and all("response" in r for r in samples)
+
+    agree = tmp_path / "agree"
+    # (30 steps: later the tiny model's greedy answers collapse to one word, which a count of the marker
+    # rightly sees as a fall)
+    train(config(agree, marker_jsonl, *common, "train.max_steps=30", "monitor.action=stop",
+                 f"dpo.gold={__name__}:more_sunshine"))
+    assert not (agree / "monitor.jsonl").exists()
+    assert max(m["step"] for m in metrics(agree)) == json.loads((agree / "status.json").read_text())["summary"]["steps"]

@@ -141,6 +141,21 @@ def panel_preference(prompt, a: str, b: str, panel: list[SimLabeler] | None = No
     return Verdict(p, "tie" if abs(p - 0.5) <= tie_band else ("a" if p > 0.5 else "b"))
 
 
+def group_panel(panel: list[SimLabeler], group: str) -> list[SimLabeler]:
+    """The labelers of ``panel`` in ``group`` (a clear error when there are none)."""
+    members = [lab for lab in panel if lab.group == group]
+    if not members:
+        raise ValueError(f"no simulated labeler in group {group!r}; groups: {sorted({lab.group for lab in panel})}")
+    return members
+
+
+def panel_score(prompt, response: str, panel: list[SimLabeler] | None = None) -> float:
+    """The panel's mean rubric score of one response: a deterministic scalar gold signal whose differences
+    order responses as :func:`panel_preference` does for a single labeler (usable as ``gold.function``)."""
+    panel = panel if panel is not None else default_panel()
+    return sum(rubric_score(prompt, response, lab.weights) for lab in panel) / len(panel)
+
+
 # ----------------------------------------------------------------------------- over HTTP
 
 

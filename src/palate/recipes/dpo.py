@@ -28,6 +28,7 @@ from palate.data.errors import SkipLog
 from palate.data.readers import read_preferences, read_ratings
 from palate.data.records import Preference, Rating
 from palate.data.tokenize import Example, encode_groups, encode_responses, uses_chat_template
+from palate.eval.monitor import MonitorConfig
 from palate.infra import session
 from palate.infra.run import RunDir
 from palate.losses.preference import PREFERENCE_LOSSES, kto_loss, kto_reference_point, requires_reference
@@ -55,6 +56,14 @@ class DPOSpec:
     samples: int = 4  # held-out prompts answered before and after training (0: none)
     sample_max_new_tokens: int = 96
     reward_model: str | None = None  # optional: a palate reward model that scores the before/after samples
+    # Held-out answers at every evaluation (the reward-hacking monitor): the first ``watch_prompts`` held-out
+    # prompts answered greedily, scored by ``reward_model`` (the proxy, logged as eval_reward) and by ``gold``
+    # (``panel``: the simulated labeler panel's mean rubric score, or a ``module:function`` / ``file.py:function``
+    # reward; never optimised; logged as eval_gold). Without a reward model the monitor's proxy is the held-out
+    # implicit reward margin. 0 prompts or neither scorer: off.
+    gold: str | None = None
+    watch_prompts: int = 0
+    watch_max_new_tokens: int = 64
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class DPOConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dpo: DPOSpec = field(default_factory=DPOSpec)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 def check(spec: DPOSpec) -> None:
@@ -303,6 +313,9 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
     samples_before = held_out_samples(model, tok, eval_recs, spec) if spec.samples else []
 
     loop = session.Loop(run, model, cfg.train, env, stream)
+    watch = HeldOutWatch(run, model, tok, eval_recs, spec, cfg.monitor, loop.start_step) if watching(spec) else None
+    if watch is not None and loop.start_step == 0:
+        loop.run.log(0, watch.measure(0))
     for step, micro in loop:
         n_examples = sum(len(b[0].indices) if kto else len(b.indices) for b in micro)
         sums: dict[str, float] = {}
@@ -320,7 +333,12 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
         metrics = loop.optimizer_step(loss=loss_sum, tokens=tokens, **averaged(sums, n_examples))
         if eval_batches and loop.due(cfg.train.eval_every):
             metrics.update(evaluate(model, eval_batches, eval_recs, ref_eval, live_ref, spec, env))
+            if watch is not None:
+                metrics.update(watch.measure(step, metrics.get("eval_reward_margin")))
         loop.log(step, metrics)
+        if watch is not None and watch.stop:
+            log.warning("monitor: stopping at step %d (monitor.action=stop); final/ is the best-gold policy", step)
+            break
 
     summary = {}
     if samples_before:
@@ -331,7 +349,12 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
             summary.update(score_samples(spec.reward_model, rows, [b["prompt_record"] for b in samples_before]))
         run.write_json("samples.json", rows)
         summary["samples"] = "samples.json"
-    return loop.finish(tok, merge=cfg.lora.merge, **summary)
+    if watch is not None:
+        summary.update(watch.summary())
+    final = loop.finish(tok, merge=cfg.lora.merge, **summary)
+    if watch is not None and watch.stop:
+        watch.keep_best_gold(final)
+    return final
 
 
 def precomputed_references(run, model, tok, cfg, groups, eval_groups, env, batches_of_epoch, n_train, n_eval):
@@ -479,3 +502,93 @@ def held_out_samples(model, tok, eval_recs: list, spec: DPOSpec) -> list[dict]:
             break
     model.train(was_training)
     return out
+
+
+# ----------------------------------------------------------------------------- held-out watch (monitor)
+
+
+def watching(spec: DPOSpec) -> bool:
+    return spec.watch_prompts > 0 and bool(spec.gold or spec.reward_model)
+
+
+def gold_scorer(spec: str):
+    """``panel`` → the simulated panel's mean rubric score; else a ``module:function`` reward."""
+    if spec == "panel":
+        from palate.feedback.simulate import panel_score
+
+        return panel_score
+    from palate.rollout.rewards import load_function
+
+    return load_function(spec)
+
+
+class HeldOutWatch:
+    """At each evaluation: greedy answers to the first held-out prompts, scored by the proxy reward model
+    and the gold signal; rows go to ``eval_samples.jsonl`` and the signals to the reward-hacking monitor
+    (:class:`palate.rollout.experience.Watch`: alerts to the log and ``monitor.jsonl``, each new best gold
+    saves ``best_gold/``; with ``monitor.action=stop`` an alert ends the run and ``final/`` becomes the
+    best-gold policy, the last one kept in ``final_at_stop/``)."""
+
+    def __init__(self, run, model, tok, eval_recs: list, spec: DPOSpec, monitor_cfg: MonitorConfig, start_step: int):
+        from palate.models.heads import RewardModel
+        from palate.rollout.experience import Watch
+
+        self.model, self.tok, self.spec, self.run = model, tok, spec, run
+        seen, self.prompts = set(), []
+        for rec in eval_recs:
+            key = json.dumps(rec.prompt, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                self.prompts.append(rec.prompt)
+            if len(self.prompts) >= spec.watch_prompts:
+                break
+        self.rm = RewardModel.load(spec.reward_model) if spec.reward_model else None
+        self.gold = gold_scorer(spec.gold) if spec.gold else None
+        self.watch = Watch(run, model, tok, monitor_cfg, None, start_step)
+
+    @property
+    def stop(self) -> bool:
+        return self.watch.stopped_at is not None
+
+    def measure(self, step: int, margin: float | None = None) -> dict[str, float]:
+        """Answer, score, feed the monitor. The proxy is the reward model's mean score when there is one,
+        else ``margin``: DPO's own held-out implicit reward margin (what the loss pushes up)."""
+        from palate.data.records import prompt_text
+        from palate.eval.rl import write_eval_samples
+        from palate.eval.text import repeated_ngram_fraction
+        from palate.rollout.generate import sample
+
+        was_training = self.model.training
+        self.model.eval()
+        answers = [s[0].text for s in sample(self.model, self.tok, self.prompts, n=1, temperature=0.0,
+                                             max_new_tokens=self.spec.watch_max_new_tokens, repetition_penalty=1.1,
+                                             batch_size=16)]
+        self.model.train(was_training)
+        proxy = self.rm.score(self.prompts, answers).mean.tolist() if self.rm is not None else None
+        gold = [float(self.gold(prompt_text(p), a)) for p, a in zip(self.prompts, answers)] if self.gold else None
+        lengths = [len(a.split()) for a in answers]
+        out = {"eval_response_length": sum(lengths) / len(lengths),
+               "repetition": sum(repeated_ngram_fraction(a) for a in answers) / len(answers)}
+        if proxy is not None:
+            out["eval_reward"] = sum(proxy) / len(proxy)
+        if gold is not None:
+            out["eval_gold"] = sum(gold) / len(gold)
+        rows = [{"step": step, "i": i, "gold": g} for i, g in enumerate(gold or [])]
+        write_eval_samples(self.run.path, step, [prompt_text(p) for p in self.prompts], answers,
+                           proxy if proxy is not None else gold, None)
+        if rows:
+            with open(self.run.path / "eval_gold.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        self.watch.update(step, proxy=out.get("eval_reward", margin), gold=out.get("eval_gold"), reward=proxy,
+                          length=lengths if proxy is not None else None, repetition=out["repetition"])
+        out["monitor_alerts"] = len(self.watch.monitor.alerts)
+        log.info("held-out answers (step %d): %s", step, ", ".join(f"{k} {v:.4g}" for k, v in out.items()))
+        return out
+
+    def summary(self) -> dict:
+        m = self.watch.monitor
+        self.run.write_json("monitor.json", m.summary())
+        return {"monitor_alerts": len(m.alerts), "best_gold": m.best_gold, "best_gold_step": m.best_gold_step}
+
+    def keep_best_gold(self, final: Path) -> None:
+        self.watch.keep_best_gold(final)

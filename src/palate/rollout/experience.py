@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -184,8 +185,6 @@ def finish_rl(loop, run, tok, merge: bool, watch: Watch | None = None, **kw):
     """Write the run's RL report (held-out reward before vs after with a CI, reward/KL charts), print it,
     and save the final model with the improvement in the run summary. When the monitor stopped the run,
     ``final/`` is the best policy by the gold score (the policy at the stop is kept in ``final_at_stop/``)."""
-    import shutil
-
     from palate.eval.rl import format_rl_report, rl_report
 
     if watch is not None:
@@ -202,13 +201,8 @@ def finish_rl(loop, run, tok, merge: bool, watch: Watch | None = None, **kw):
     extra = {"heldout_reward_before": imp.get("before"), "heldout_reward_after": imp.get("after"),
              "heldout_reward_delta_ci": imp.get("delta_ci"), "final_kl": summary.get("final_kl")} if imp else {}
     final = loop.finish(tok, merge=merge, **extra, **kw)
-    best = run.path / "best_gold"
-    if watch is not None and watch.stopped_at is not None and best.exists():
-        shutil.rmtree(run.path / "final_at_stop", ignore_errors=True)
-        final.rename(run.path / "final_at_stop")
-        shutil.copytree(best, final)
-        log.info("final/ is the best policy by the gold score (step %d); the policy at the stop is in %s",
-                 watch.monitor.best_gold_step, run.path / "final_at_stop")
+    if watch is not None and watch.stopped_at is not None:
+        watch.keep_best_gold(final)
     return final
 
 
@@ -264,6 +258,12 @@ class Watch:
             # merge=False: merging a LoRA adapter is in place and would end training (the adapter is saved)
             save_model(self.policy, self.tok, self.run.path / "best_gold", merge=False,
                        extra_json={"palate_best_gold.json": {"step": step, "gold": self.monitor.best_gold}})
+        for a in alerts:
+            log.warning("monitor (step %d, %s): %s", step, a.check, a.message)
+            with open(self.run.path / "monitor.jsonl", "a") as f:
+                f.write(json.dumps(a.as_dict()) + "\n")
+        if self.monitor.should_stop and alerts:
+            self.stopped_at = step
         return alerts
 
     def observe(self, step: int, exp: Experience, metrics: dict) -> None:
@@ -272,16 +272,24 @@ class Watch:
         r = exp.rollout
         repetition = sum(repeated_ngram_fraction(t) for t in r.texts) / max(len(r.texts), 1)
         metrics["repetition"] = repetition
-        alerts = self.update(step, proxy=metrics["reward"], reward=exp.rewards.score.tolist(),
-                             length=r.lengths.tolist(), repetition=repetition, kl=metrics.get("kl"),
-                             ensemble_std=metrics.get("ensemble_std"), gold=metrics.get("eval_gold"))
-        for a in alerts:
-            log.warning("monitor (step %d, %s): %s", step, a.check, a.message)
-            with open(self.run.path / "monitor.jsonl", "a") as f:
-                f.write(json.dumps(a.as_dict()) + "\n")
+        self.update(step, proxy=metrics["reward"], reward=exp.rewards.score.tolist(), length=r.lengths.tolist(),
+                    repetition=repetition, kl=metrics.get("kl"), ensemble_std=metrics.get("ensemble_std"),
+                    gold=metrics.get("eval_gold"))
         metrics["monitor_alerts"] = len(self.monitor.alerts)
-        if self.monitor.should_stop and alerts:
-            self.stopped_at = step
+
+    def keep_best_gold(self, final: Path) -> None:
+        """After a monitor stop: ``final/`` becomes the best-gold policy, the policy at the stop moves to
+        ``final_at_stop/`` (nothing changes when no best-gold policy was saved)."""
+        import shutil
+
+        best, keep = self.run.path / "best_gold", self.run.path / "final_at_stop"
+        if not best.exists():
+            return
+        shutil.rmtree(keep, ignore_errors=True)
+        final.rename(keep)
+        shutil.copytree(best, final)
+        log.info("final/ is the best policy by the gold score (step %d); the policy at the stop is in %s",
+                 self.monitor.best_gold_step, keep)
 
 
 def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
