@@ -450,6 +450,35 @@ def data_check(
     typer.echo(skips.summary())
 
 
+@app.command("run", context_settings={"allow_extra_args": False})
+def run_cmd(args: list[str] = typer.Argument(None, help="PIPELINE.yaml and key=value overrides, e.g. rounds=2"),
+            print_config: bool = _PRINT_CONFIG) -> None:
+    """The whole pipeline: SFT -> sample -> judge -> reward model -> DPO/GRPO/PPO -> eval -> report. Stages are
+    cached by a hash of their config and inputs: a rerun redoes only what changed."""
+    from palate.config import ConfigError, dump_yaml
+    from palate.data.errors import DataError
+    from palate.pipeline import format_summary, load_pipeline, run_pipeline
+
+    config, overrides = _config_and_overrides(args)
+    try:
+        cfg = load_pipeline(config, overrides)
+        if print_config:
+            typer.echo(dump_yaml(cfg), nl=False)
+            return
+        summary = run_pipeline(cfg)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(format_summary(summary))
+
+
+@app.command("demo", context_settings={"allow_extra_args": False})
+def demo(args: list[str] = typer.Argument(None, help="key=value overrides of examples/demo_pipeline.yaml")) -> None:
+    """The demo: the whole pipeline on the bundled model, prompts and a simulated two-group labeler panel."""
+    from palate.pipeline import DEMO_PIPELINE
+
+    run_cmd([str(DEMO_PIPELINE), *(args or [])], False)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

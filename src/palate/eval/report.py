@@ -436,22 +436,87 @@ def _samples(r: _Report) -> None:
           f"words, distinct-2 {sa['distinct_2']:.3f} -> {sb['distinct_2']:.3f}")
 
 
-def render(run_dir: str | Path) -> tuple[str, str]:
-    """The report of a run dir as ``(html, markdown)``."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run} is not a run directory")
+def _overoptimisation(r: _Report, metrics: list[dict]) -> None:
+    """Gold score against proxy reward at each held-out evaluation: the proxy-vs-gold (overoptimisation)
+    curve. Gold rising with the proxy is alignment; gold turning down while the proxy climbs is hacking."""
+    points = [(float(m["eval_reward"]), float(m["eval_gold"]), m["step"]) for m in metrics
+              if isinstance(m.get("eval_reward"), (int, float)) and isinstance(m.get("eval_gold"), (int, float))]
+    proxy_key = "eval_reward"
+    if not points:  # DPO without a reward model: its implicit held-out margin is the proxy
+        margin = {m["step"]: m["eval_reward_margin"] for m in metrics if "eval_reward_margin" in m}
+        points = [(float(margin[m["step"]]), float(m["eval_gold"]), m["step"]) for m in metrics
+                  if isinstance(m.get("eval_gold"), (int, float)) and m["step"] in margin]
+        proxy_key = "eval_reward_margin"
+    if len(points) < 2:
+        return
+    chart = line_svg({"gold vs proxy": [(x, y) for x, y, _ in points]}, title="Proxy reward vs gold score",
+                     xlabel=f"proxy ({proxy_key})", ylabel="gold (eval_gold)", markers=True)
+    rows = [[str(s), _num(x), _num(y)] for x, y, s in points]
+    r.add("overoptimisation", "Overoptimisation: proxy vs gold",
+          f'<p class="muted">one point per held-out evaluation</p><div class="charts">{chart}</div>'
+          + _table(["step", proxy_key, "eval_gold"], rows),
+          f"- proxy {proxy_key} {points[0][0]:.4g} -> {points[-1][0]:.4g}, gold {points[0][1]:.4g} -> "
+          f"{points[-1][1]:.4g} (best {max(y for _, y, _ in points):.4g})")
+
+
+def _pipeline(r: _Report) -> list[Path]:
+    """The pipeline's stages (ran or cached, seconds) and every round's win rates over SFT; returns the
+    dirs whose own sections follow (the last round's policy and eval)."""
+    data = _json(r.run / "pipeline.json")
+    if not data:
+        return []
+    stage_rows = [[escape(s["name"]), "ran" if s["ran"] else "cached", _num(s["seconds"], 3), escape(s["key"])]
+                  for s in data["stages"]]
+    res_rows, md = [], [f"- {len(data['stages'])} stages, {sum(s['ran'] for s in data['stages'])} ran, "
+                        f"{data['seconds']:.0f} s"]
+    for x in data.get("results", []):
+        groups = "; ".join(f"{escape(g)} {_pct(v['win_rate'])} {_ci(v['ci'])}"
+                           for g, v in x.get("by_labeler_group", {}).items())
+        res_rows.append([str(x["round"]), escape(x["policy"]), str(x["n"]), f"{_pct(x['win_rate'])} {_ci(x['ci'])}",
+                         f"{_pct(x.get('lc_win_rate'))} {_ci(x.get('lc_ci'))}", groups or "n/a"])
+        md.append(f"- round {x['round']} {x['policy']} vs SFT: win rate {_pct(x['win_rate'])} {_ci(x['ci'])}"
+                  + (f"; by labeler group: {groups}" if groups else ""))
+    html = ("<h3>Win rate over the SFT policy (gold judge; 95% bootstrap CI)</h3>"
+            + _table(["round", "policy", "held-out prompts", "win rate", "length-controlled", "by labeler group"],
+                     res_rows)
+            + f"<h3>Stages ({data['seconds']:.0f} s in all)</h3>" + _table(["stage", "", "seconds", "key"], stage_rows))
+    r.add("pipeline", "Pipeline", html, *md)
+    last = data["rounds"][-1] if data.get("rounds") else None
+    return [Path(last["policy"]).parent, Path(last["eval"])] if last else []
+
+
+def _run_sections(r: _Report) -> None:
+    run = r.run
     metrics = read_metrics(run / "metrics.jsonl", allow_partial_last=True) if (run / "metrics.jsonl").exists() else []
-    r = _Report(run)
     _summary(r)
     _data(r)
     _curves(r, metrics)
+    _overoptimisation(r, metrics)
     _monitor(r, metrics)
     _rl(r)
     _rm(r)
     _groups(r, _winrates(r))
     _redteam(r)
     _samples(r)
+
+
+def render(run_dir: str | Path) -> tuple[str, str]:
+    """The report of a run dir (or of a pipeline dir: its summary, then its last round's policy and eval)
+    as ``(html, markdown)``."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run} is not a run directory")
+    r = _Report(run)
+    subs = _pipeline(r)
+    if subs:
+        for sub in subs:
+            s = _Report(sub)
+            _run_sections(s)
+            label = f"{sub.parent.name}/{sub.name}"
+            r.sections += [(f"{sub.name}-{sid}", f"{title} ({label})", h) for sid, title, h in s.sections]
+            r.md += [line.replace("## ", f"## {label}: ", 1) if line.startswith("## ") else line for line in s.md]
+    else:
+        _run_sections(r)
     if not r.sections:
         raise FileNotFoundError(f"{run} has none of status.json, metrics.jsonl, eval files or samples to report on")
     title = f"palate report: {run.resolve().name}"
