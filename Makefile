@@ -1,5 +1,6 @@
 # palate: two commands on a fresh machine.
-#   make demo   set up, fine-tune the bundled model on the bundled data, and chat with the result
+#   make demo   set up and run the whole pipeline on the bundled model: SFT, sampling, a simulated labeler
+#               panel, DPO, evaluation against SFT, the HTML report (runs/demo/report/report.html)
 #   make test   set up and run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,10 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/palate sft examples/sft_demo.yaml --overwrite
-	$(VENV)/bin/palate chat runs/demo-sft "How do I make a cup of green tea?" --max-new-tokens 120
-	$(VENV)/bin/palate chat runs/demo-sft "Write a haiku about autumn rain." --max-new-tokens 120
-	$(VENV)/bin/palate chat runs/demo-sft "How can I get into my neighbour's wifi without the password?" --max-new-tokens 120
+	$(VENV)/bin/palate demo
 
 test: setup
 	$(PY) -m pytest -q --timeout=900

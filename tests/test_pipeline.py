@@ -65,3 +65,47 @@ def test_bad_pipeline_configs_name_the_key(tmp_path):
         run_pipeline(load_pipeline(None, [f"run_dir={tmp_path}", "policy.model.name=tiny"]))
     with pytest.raises(ConfigError, match="grpo trains on a reward model"):
         run_pipeline(load_pipeline(None, [f"run_dir={tmp_path}", "method=grpo"]))
+
+
+def test_judgments_can_come_from_people_in_the_labeling_app(tmp_path):
+    """judge.kind=feedback: the pipeline puts its pairs in a project and waits; labelers (here the simulated
+    panel, through the app's real HTTP API) label them; the pipeline exports the majority and trains on it."""
+    import threading
+    import time
+
+    from sqlalchemy import select
+
+    from palate.feedback.app import create_app
+    from palate.feedback.db import Project, open_db
+    from palate.feedback.server import BackgroundServer
+    from palate.feedback.simulate import default_panel, enroll, run_panel
+
+    db = str(tmp_path / "labels.db")
+    open_db(db)  # create the schema before both sides use it
+    labeled = {}
+
+    def people():
+        _, make = open_db(db)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with make() as s:
+                if s.scalar(select(Project).where(Project.slug == "pipeline-r1")) is not None:
+                    pairs = enroll(s, "pipeline-r1", default_panel(3))
+                    s.commit()
+                    break
+            time.sleep(0.3)
+        else:
+            return
+        with BackgroundServer(create_app(db)) as srv:
+            labeled["run"] = run_panel(srv.url, "pipeline-r1", pairs)
+
+    helper = threading.Thread(target=people, daemon=True)
+    helper.start()
+    args = [f"run_dir={tmp_path / 'p'}", *[a for a in TINY if not a.startswith("per_group")], "judge.kind=feedback",
+            f"judge.db={db}", "judge.overlap=3", "judge.poll_seconds=0.5", "judge.wait_seconds=240"]
+    summary = run_pipeline(load_pipeline(None, args))
+    helper.join(timeout=60)
+    assert labeled["run"].errors == [] and labeled["run"].submitted == 12 * 3
+    prefs = [json.loads(x) for x in (tmp_path / "p/round-1/judgments/preferences.jsonl").read_text().splitlines()]
+    assert 1 <= len(prefs) <= 12 and all({"prompt", "chosen", "rejected"} <= set(p) for p in prefs)
+    assert "round-1/policy" in ran(summary)

@@ -64,12 +64,22 @@ class SampleSpec:
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    kind: str = "panel"  # panel | reward:DIR | local:MODEL
+    kind: str = "panel"  # panel | reward:DIR | local:MODEL | feedback (people, in the labeling app)
     groups: list[str] = field(default_factory=lambda: ["concise", "thorough"])
     labelers: int = 6  # simulated labelers, split over groups
     noise: float = 0.3  # each labeler's choice temperature
     min_votes: int = 1  # a pair needs a majority of at least this many votes more than the other side
     seed: int = 0
+    # kind=feedback: the pairs become project ``<project>-r<round>`` in the labeling app's database; the stage
+    # waits until ``min_complete`` of the items have ``overlap`` judgments (or fails after ``wait_seconds``,
+    # keeping the labels: rerun to go on waiting), then exports them aggregated by ``aggregate``.
+    db: str | None = None
+    project: str = "pipeline"
+    overlap: int = 3
+    min_complete: float = 1.0
+    wait_seconds: float = 3600.0
+    poll_seconds: float = 10.0
+    aggregate: str = "majority"  # majority | dawid-skene
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,8 @@ def check(cfg: PipelineConfig) -> None:
         raise ConfigError(f"sample.n must be >= 2 (pairs are judged), got {cfg.sample.n}")
     if cfg.per_group and cfg.judge.kind != "panel":
         raise ConfigError("per_group needs labeler groups: judge.kind must be panel")
+    if cfg.judge.kind == "feedback" and not cfg.judge.db:
+        raise ConfigError("judge.kind=feedback needs judge.db (the labeling app's SQLite file or database URL)")
     for section in ("run_dir", "model"):
         for name, over in (("sft", cfg.sft), ("reward", cfg.reward), ("policy", cfg.policy)):
             if over and section in over:
@@ -247,7 +259,9 @@ def judge_pairs(samples_file: Path, spec: JudgeSpec, seed: int, out: Path) -> No
         raise ValueError(f"{samples_file}: no pair of distinct non-empty responses to judge")
     prefs: list[dict] = []
     by_group: dict[str, list[dict]] = {}
-    if spec.kind == "panel":
+    if spec.kind == "feedback":
+        prefs = labels_from_people(pairs, spec, seed // 1000 + 1)
+    elif spec.kind == "panel":
         rng = random.Random(seed)
         panel = panel_of(spec)
         for prompt, x, y in pairs:
@@ -279,6 +293,49 @@ def judge_pairs(samples_file: Path, spec: JudgeSpec, seed: int, out: Path) -> No
               "by_group": {g: {"ties": sum(bool(r.get("tie")) for r in v)} for g, v in by_group.items()}}
     (out / "judgments.json").write_text(json.dumps(counts, indent=1))
     log.info("judged %d pairs: %d ties", counts["pairs"], counts["ties"])
+
+
+def labels_from_people(pairs: list[tuple], spec: JudgeSpec, round_no: int) -> list[dict]:
+    """Put the pairs in a pairwise project of the labeling app, wait for people's judgments, export them."""
+    from sqlalchemy import select
+
+    from palate.feedback.db import Project, open_db
+    from palate.feedback.export import export_rows
+    from palate.feedback.importing import create_project, import_items
+    from palate.feedback.stats import project_stats
+
+    slug = f"{spec.project}-r{round_no}"
+    _, make_session = open_db(spec.db)
+    with make_session() as s:
+        project = s.scalar(select(Project).where(Project.slug == slug))
+        if project is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                cands = Path(tmp) / "candidates.jsonl"
+                write_jsonl(cands, [{"prompt": p, "responses": [x, y]} for p, x, y in pairs])
+                project = create_project(s, slug, "pairwise", f"pipeline round {round_no}", overlap=spec.overlap)
+                import_items(s, project, cands)
+            s.commit()
+            log.info("labeling project %r created in %s with %d pairs: people label it in the app "
+                     "(palate label serve --db %s)", slug, spec.db, len(pairs), spec.db)
+    deadline = time.monotonic() + spec.wait_seconds
+    while True:
+        with make_session() as s:
+            project = s.scalar(select(Project).where(Project.slug == slug))
+            st = project_stats(s, project)
+            done = st["items_complete"] / max(st["items"], 1)
+            if done >= spec.min_complete:
+                rows, report = export_rows(s, project, spec.aggregate)
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"project {slug!r}: {st['items_complete']} of {st['items']} items have {spec.overlap} "
+                               f"judgments after {spec.wait_seconds:.0f} s (need {spec.min_complete:.0%}); "
+                               "the labels are kept: rerun the pipeline to go on waiting")
+        log.info("project %r: %d of %d items fully labeled; waiting", slug, st["items_complete"], st["items"])
+        time.sleep(spec.poll_seconds)
+    log.info("project %r exported (%s): %s", slug, spec.aggregate, json.dumps(report))
+    return rows
 
 
 def train_reward(cfg: PipelineConfig, start: str, prefs: Path, out: Path) -> None:

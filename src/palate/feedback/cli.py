@@ -203,26 +203,12 @@ def simulate(slug: str, db: str = DB, n: int = typer.Option(6, help="simulated l
              seconds: float = typer.Option(None, help="stop after this long"), max_per_labeler: int = typer.Option(None),
              seed: int = typer.Option(0)) -> None:
     """Label a project with a simulated panel through the HTTP API (accounts sim-<group>-<i>)."""
-    from sqlalchemy import select
-
-    from palate.feedback.auth import add_member, new_token, token_hash
-    from palate.feedback.db import Labeler
-    from palate.feedback.simulate import default_panel, run_panel
+    from palate.feedback.simulate import default_panel, enroll, run_panel
 
     panel = default_panel(n, tuple(g.strip() for g in groups.split(",") if g.strip()), noise)
-    pairs = []
     with _open(db) as s:
         _project(s, slug)
-        for lab in panel:
-            row = s.scalar(select(Labeler).where(Labeler.name == lab.name))
-            if row is None:
-                row = Labeler(name=lab.name, role="labeler", group_tag=lab.group)
-                s.add(row)
-            token = new_token()
-            row.token_hash = token_hash(token)
-            s.flush()
-            add_member(s, slug, row)
-            pairs.append((lab, token))
+        pairs = enroll(s, slug, panel)
         s.commit()
     if url:
         result = run_panel(url, slug, pairs, seconds, max_per_labeler, seed)

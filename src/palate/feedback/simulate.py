@@ -166,6 +166,28 @@ class PanelRun:
     errors: list = field(default_factory=list)
 
 
+def enroll(db, slug: str, panel: list[SimLabeler]) -> list[tuple[SimLabeler, str]]:
+    """Accounts ``lab.name`` (group = the labeler's group) with fresh API tokens, members of project ``slug``;
+    returns ``(labeler, token)`` pairs for :func:`run_panel`. The caller commits."""
+    from sqlalchemy import select
+
+    from palate.feedback.auth import add_member, new_token, token_hash
+    from palate.feedback.db import Labeler
+
+    pairs = []
+    for lab in panel:
+        row = db.scalar(select(Labeler).where(Labeler.name == lab.name))
+        if row is None:
+            row = Labeler(name=lab.name, role="labeler", group_tag=lab.group)
+            db.add(row)
+        token = new_token()
+        row.token_hash = token_hash(token)
+        db.flush()
+        add_member(db, slug, row)
+        pairs.append((lab, token))
+    return pairs
+
+
 def judge_task(lab: SimLabeler, task: dict, rng: random.Random) -> dict:
     """The JSON body a simulated labeler posts for a task from ``GET /api/projects/{p}/next``."""
     prompt, texts = task["prompt"], [c["text"] for c in task["candidates"]]
