@@ -109,3 +109,14 @@ def test_judgments_can_come_from_people_in_the_labeling_app(tmp_path):
     prefs = [json.loads(x) for x in (tmp_path / "p/round-1/judgments/preferences.jsonl").read_text().splitlines()]
     assert 1 <= len(prefs) <= 12 and all({"prompt", "chosen", "rejected"} <= set(p) for p in prefs)
     assert "round-1/policy" in ran(summary)
+
+
+def test_best_vs_worst_keeps_the_extreme_pair_by_its_own_verdict():
+    from palate.pipeline import best_vs_worst, preference_row
+
+    # responses x, y, z of one prompt: x beats y and z, y beats z -> wins x 2, y 1, z 0: keep (x, z)
+    rows = [preference_row("p", "x", "y", "a"), preference_row("p", "x", "z", "a"), preference_row("p", "y", "z", "a"),
+            # a cycle on q (each wins once): nothing to keep
+            preference_row("q", "u", "v", "a"), preference_row("q", "v", "w", "a"), preference_row("q", "u", "w", "b")]
+    kept = best_vs_worst(rows)
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in kept] == [("p", "x", "z")]

@@ -69,6 +69,8 @@ class JudgeSpec:
     labelers: int = 6  # simulated labelers, split over groups
     noise: float = 0.3  # each labeler's choice temperature
     min_votes: int = 1  # a pair needs a majority of at least this many votes more than the other side
+    pairs: str = "all"  # all: every judged pair is kept | best_worst: per prompt, only the pair of the response
+    #                     that won most of its pairs against the one that won fewest (ties: skipped)
     seed: int = 0
     # kind=feedback: the pairs become project ``<project>-r<round>`` in the labeling app's database; the stage
     # waits until ``min_complete`` of the items have ``overlap`` judgments (or fails after ``wait_seconds``,
@@ -120,6 +122,8 @@ def check(cfg: PipelineConfig) -> None:
         raise ConfigError(f"sample.n must be >= 2 (pairs are judged), got {cfg.sample.n}")
     if cfg.per_group and cfg.judge.kind != "panel":
         raise ConfigError("per_group needs labeler groups: judge.kind must be panel")
+    if cfg.judge.pairs not in ("all", "best_worst"):
+        raise ConfigError(f"judge.pairs must be all or best_worst, got {cfg.judge.pairs!r}")
     if cfg.judge.kind == "feedback" and not cfg.judge.db:
         raise ConfigError("judge.kind=feedback needs judge.db (the labeling app's SQLite file or database URL)")
     for section in ("run_dir", "model"):
@@ -286,6 +290,9 @@ def judge_pairs(samples_file: Path, spec: JudgeSpec, seed: int, out: Path) -> No
         to = {"win": "a", "loss": "b", "tie": "tie"}
         prefs = [preference_row(p, x, y, to[v], judge=spec.kind) for (p, x, y), v in zip(pairs, verdicts)
                  if v is not None]
+    if spec.pairs == "best_worst":
+        prefs = best_vs_worst(prefs)
+        by_group = {g: best_vs_worst(v) for g, v in by_group.items()}
     write_jsonl(out / "preferences.jsonl", prefs)
     for g, rows_g in by_group.items():
         write_jsonl(out / f"preferences.{g}.jsonl", rows_g)
@@ -293,6 +300,32 @@ def judge_pairs(samples_file: Path, spec: JudgeSpec, seed: int, out: Path) -> No
               "by_group": {g: {"ties": sum(bool(r.get("tie")) for r in v)} for g, v in by_group.items()}}
     (out / "judgments.json").write_text(json.dumps(counts, indent=1))
     log.info("judged %d pairs: %d ties", counts["pairs"], counts["ties"])
+
+
+def best_vs_worst(rows: list[dict]) -> list[dict]:
+    """Per prompt, the judged pair (most pairs won, fewest pairs won) by its own verdict; a prompt whose
+    responses all won equally, or whose extreme pair tied, gives nothing."""
+    by_prompt: dict[str, list[dict]] = {}
+    for r in rows:
+        by_prompt.setdefault(json.dumps(r["prompt"], sort_keys=True), []).append(r)
+    out = []
+    for group in by_prompt.values():
+        wins: dict[str, float] = {}
+        for r in group:
+            for t in (r["chosen"], r["rejected"]):
+                wins.setdefault(t, 0.0)
+            if r.get("tie"):
+                wins[r["chosen"]] += 0.5
+                wins[r["rejected"]] += 0.5
+            else:
+                wins[r["chosen"]] += 1.0
+        best, worst = max(wins, key=wins.get), min(wins, key=wins.get)
+        if wins[best] == wins[worst]:
+            continue
+        pair = next(r for r in group if {r["chosen"], r["rejected"]} == {best, worst})
+        if not pair.get("tie"):
+            out.append(pair)
+    return out
 
 
 def labels_from_people(pairs: list[tuple], spec: JudgeSpec, round_no: int) -> list[dict]:
