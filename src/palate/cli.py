@@ -11,6 +11,8 @@ app = typer.Typer(help="palate: align language models with human preferences.", 
                   add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Inspect and check datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+safety_app = typer.Typer(help="Train and use the safety classifier (P(unsafe) of an answer).", no_args_is_help=True)
+app.add_typer(safety_app, name="safety")
 app.add_typer(__import__("palate.feedback.cli", fromlist=["label_app"]).label_app, name="label")  # palate label ...
 
 
@@ -477,6 +479,33 @@ def demo(args: list[str] = typer.Argument(None, help="key=value overrides of exa
     from palate.pipeline import DEMO_PIPELINE
 
     run_cmd([str(DEMO_PIPELINE), *(args or [])], False)
+
+
+@safety_app.command("train")
+def safety_train(
+    out: str = typer.Option(..., "--out", help="directory for head.safetensors and safety.json"),
+    data: str = typer.Option("bundled:safety", "--data", help="labelled answers: JSONL/JSON rows with response, "
+                             "label (safe|unsafe), optional prompt and category"),
+    heldout: float = typer.Option(0.2, help="fraction held out (stratified by label and category) for accuracy/AUC"),
+    l2: float = typer.Option(None, help="L2 penalty of the logistic head (default: chosen by 5-fold CV)"),
+    threshold: float = typer.Option(0.5, help="P(unsafe) at or above which an answer counts as unsafe"),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a classifier already in --out"),
+    device: str = _GEN["device"],
+) -> None:
+    """Embed labelled answers with all-MiniLM-L6-v2 and fit a logistic-regression head; report held-out
+    accuracy (95% bootstrap CI) and AUC. Use the result with --safety-classifier OUT."""
+    from palate.data.errors import DataError
+    from palate.eval.safety import format_training, train_safety_classifier
+    from palate.infra.device import pick_device
+
+    try:
+        meta = train_safety_classifier(data, out, heldout=heldout, l2=l2, threshold=threshold, seed=seed,
+                                       overwrite=overwrite, device=str(pick_device(device)))
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(format_training(meta))
+    typer.echo(f"written to {out}; use it with --safety-classifier {out}")
 
 
 def main() -> None:  # pragma: no cover
