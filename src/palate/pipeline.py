@@ -468,10 +468,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             base = {"run_dir": str(d), "model": {"name": cfg.model}, "train": {"threads": cfg.threads}}
             train_sft(build(SFTConfig, merged(base, cfg.sft)), overwrite=True)
         sft = run_stage(root, "sft", {"model": model_id, **cfg.sft}, [], sft_work, done)
-        sft_model = model_of(sft)
+        sft_model, sft_dir = model_of(sft), sft.dir
         start_inputs = [sft]
     else:
-        sft_model, start_inputs = Path(cfg.model), []
+        sft_model, sft_dir, start_inputs = Path(cfg.model), Path(cfg.model), []
     train_prompts, eval_prompts = prompts.dir / "train_prompts.jsonl", prompts.dir / "eval_prompts.jsonl"
 
     current, current_inputs, rounds = sft_model, start_inputs, []
@@ -494,7 +494,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         rm_dir = reward.dir if reward else None
         policy = run_stage(rd, "policy", pol_spec, up,
                            lambda d: train_policy(cfg, str(current), prefs, train_prompts, rm_dir, d), done)
-        policies = {"aligned": model_of(policy)}
+        policies = {"aligned": policy.dir}  # run dirs: models load from their final/, labels are the dir names
         group_stages = []
         if cfg.per_group:
             for g in cfg.judge.groups:
@@ -502,10 +502,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 st = run_stage(rd, f"policy-{g}", {**pol_spec, "group": g}, up,
                                lambda d, gp=gp: train_policy(cfg, str(current), gp, train_prompts, rm_dir, d), done)
                 group_stages.append(st)
-                policies[f"aligned-{g}"] = model_of(st)
+                policies[f"aligned-{g}"] = st.dir
         ev = run_stage(rd, "eval", {**asdict(cfg.eval), "policies": sorted(policies)},
                        [prompts, policy, *group_stages, *start_inputs],
-                       lambda d: evaluate_round(cfg, policies, sft_model, eval_prompts, d), done)
+                       lambda d: evaluate_round(cfg, policies, sft_dir, eval_prompts, d), done)
         rounds.append({"round": r, "policy": str(model_of(policy)), "eval": str(ev.dir)})
         current, current_inputs = model_of(policy), [policy]
 
