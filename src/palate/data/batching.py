@@ -30,6 +30,8 @@ class Batch:
     indices: list[int]  # record indices of the examples inside
     n_tokens: int  # real (non-padding) tokens
     group_sizes: list[int] | None = None  # comparison batches: rows come in groups sharing a prompt
+    row_sizes: list[int] | None = None  # packed rows: how many examples (entries of ``indices``) each row holds
+    row_tokens: list[int] | None = None  # packed rows: real tokens per row
 
     @property
     def n_targets(self) -> int:
@@ -97,7 +99,8 @@ def collate_packed(rows: list[list[Example]], pad_id: int, width: int) -> Batch:
             indices.append(ex.index)
             n_tokens += n
         pos[r, at:] = torch.arange(width - at)
-    return Batch(ids, None, labels, pos, indices, n_tokens)
+    return Batch(ids, None, labels, pos, indices, n_tokens,
+                 row_sizes=[len(row) for row in rows], row_tokens=[sum(map(len, row)) for row in rows])
 
 
 def plan_batches(
@@ -179,6 +182,47 @@ def group_batches(
         batch.indices = [groups[i][0].index for i in b]
         out.append(batch)
     return out
+
+
+def shard(batch: Batch, rank: int, world: int) -> Batch | None:
+    """Process ``rank``'s slice of a global batch for data-parallel training (``world`` processes).
+
+    The batch's units (rows; whole comparison groups for group batches, so a pair never straddles two
+    processes) are split into ``world`` contiguous slices whose sizes differ by at most one; the slices
+    are disjoint and cover the batch, so the processes together see exactly the one-process batch.
+    Right-padding beyond the slice's longest row is trimmed (it never changes a real position's
+    output). Returns None when the batch has fewer units than processes and this one gets none.
+    """
+    if world == 1:
+        return batch
+    groups = batch.group_sizes or [1] * batch.input_ids.shape[0]
+    base, extra = divmod(len(groups), world)
+    g0 = rank * base + min(rank, extra)
+    g1 = g0 + base + (1 if rank < extra else 0)
+    if g0 == g1:
+        return None
+    r0, r1 = sum(groups[:g0]), sum(groups[:g1])
+    rows = slice(r0, r1)
+    if batch.group_sizes is not None:  # one index per group
+        indices, n_tokens = batch.indices[g0:g1], None
+    elif batch.row_sizes is not None:  # packed: several indices per row
+        first = sum(batch.row_sizes[:r0])
+        indices = batch.indices[first : first + sum(batch.row_sizes[rows])]
+        n_tokens = sum(batch.row_tokens[rows])
+    else:
+        indices, n_tokens = batch.indices[rows], None
+    width = batch.input_ids.shape[1]
+    mask = batch.attention_mask[rows] if batch.attention_mask is not None else None
+    if mask is not None:
+        width = int(mask.sum(dim=1).max())
+        n_tokens = int(mask.sum())
+    cut = lambda t: t[rows, :width] if t is not None else None  # noqa: E731
+    return Batch(
+        cut(batch.input_ids), cut(batch.attention_mask), cut(batch.labels), cut(batch.position_ids), indices,
+        n_tokens, group_sizes=groups[g0:g1] if batch.group_sizes is not None else None,
+        row_sizes=batch.row_sizes[rows] if batch.row_sizes is not None else None,
+        row_tokens=batch.row_tokens[rows] if batch.row_tokens is not None else None,
+    )
 
 
 def padding_stats(batches: list[Batch]) -> dict[str, float]:

@@ -61,15 +61,20 @@ def save_checkpoint(
     data_state: dict[str, Any],
     extra: dict[str, Any] | None = None,
     keep_last: int = 2,
+    rng: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``root/step-{step}`` atomically, then delete all but the newest ``keep_last``."""
+    """Write ``root/step-{step}`` atomically, then delete all but the newest ``keep_last``.
+
+    ``rng``: the RNG states of every process of a multi-process run, in rank order (each process
+    resumes its own); default: this process's."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             **({"rng": rng_state()} if rng is None else {"rng": rng[0], "rng_per_rank": rng})},
             tmp / "state.pt",
         )
         (tmp / "progress.json").write_text(json.dumps({"step": step, "data": data_state, **(extra or {})}))
@@ -97,9 +102,10 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def load_checkpoint(
-    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0
 ) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG; return the progress record (step, data position)."""
+    """Restore weights, optimizer, scheduler and RNG (process ``rank``'s, when the checkpoint holds one per
+    process); return the progress record (step, data position)."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -111,5 +117,6 @@ def load_checkpoint(
     state = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    per_rank = state.get("rng_per_rank")
+    set_rng_state(per_rank[rank] if per_rank and rank < len(per_rank) else state["rng"])
     return json.loads((path / "progress.json").read_text())

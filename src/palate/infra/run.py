@@ -12,6 +12,9 @@
 
 Rerunning the same command resumes from the newest checkpoint. A finished run is never overwritten
 unless ``overwrite=True``.
+
+In a multi-process run only the main process writes here; the others open the directory after it
+has and read from it (checkpoints to resume), their writes being no-ops.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import yaml
 
 from palate.config import to_dict
+from palate.infra import distributed
 from palate.infra.checkpoint import list_checkpoints
 
 log = logging.getLogger("palate.run")
@@ -42,12 +46,30 @@ class RunDir:
         self.final = self.path / "final"
         self.metrics_path = self.path / "metrics.jsonl"
         self._sinks: list[Any] = []
+        self.writes = distributed.is_main()  # False on the other processes of a multi-process run
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
     def open(cls, path: str | Path, config: Any, *, overwrite: bool = False) -> "RunDir":
-        """Create the run directory, or reopen it to resume with the identical config."""
+        """Create the run directory, or reopen it to resume with the identical config.
+
+        Multi-process: the main process does it and every process gets its outcome (the same error, if any)."""
+        if distributed.world_size() == 1:
+            return cls._open(path, config, overwrite)
+        error = None
+        if distributed.is_main():
+            try:
+                cls._open(path, config, overwrite)
+            except RunExistsError as e:
+                error = str(e)
+        error = distributed.broadcast(error)
+        if error is not None:
+            raise RunExistsError(error)
+        return cls(Path(path))
+
+    @classmethod
+    def _open(cls, path: str | Path, config: Any, overwrite: bool) -> "RunDir":
         run = cls(Path(path))
         cfg = to_dict(config)
         if run.path.exists() and any(run.path.iterdir()):
@@ -78,6 +100,8 @@ class RunDir:
         return json.loads(p.read_text()) if p.exists() else {}
 
     def _write_status(self, state: str, **extra: Any) -> None:
+        if not self.writes:
+            return
         status = {**self.status(), "state": state, f"{state}_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
         tmp = self.path / ".status.json.tmp"
         tmp.write_text(json.dumps(status, indent=1))
@@ -97,7 +121,7 @@ class RunDir:
 
     def rewind_metrics(self, step: int) -> None:
         """Drop metric lines logged after ``step`` (they belong to work the resumed run will redo)."""
-        if not self.metrics_path.exists():
+        if not self.writes or not self.metrics_path.exists():
             return
         kept = [
             line for line in self.metrics_path.read_text().splitlines()
@@ -106,6 +130,8 @@ class RunDir:
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         record = {"step": step, **metrics}
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -119,7 +145,8 @@ class RunDir:
 
     def write_json(self, name: str, data: Any) -> Path:
         p = self.path / name
-        p.write_text(json.dumps(data, indent=1))
+        if self.writes:
+            p.write_text(json.dumps(data, indent=1))
         return p
 
     def close(self) -> None:

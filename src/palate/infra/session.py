@@ -3,6 +3,17 @@
 A recipe calls these functions; nothing here knows which loss it trains. :class:`Loop` yields
 ``(step, micro_batches)`` from where the run left off, owns the optimizer and schedule, and writes a
 checkpoint whenever one is due, so a recipe's body is only its forward, loss and backward.
+
+Launched on several processes (``torchrun`` / ``accelerate launch``, see :mod:`palate.infra.distributed`)
+the same recipe trains data-parallel: each process gets its slice of every micro-batch, and a recipe
+written against four calls runs unchanged on one process or many::
+
+    for step, micro in loop:                              # this process's slices of the step's micro-batches
+        n = loop.all_sum(sum(b.n_targets for b in micro))   # normalisers are global counts
+        for b in loop.accumulate(micro):                  # no_sync on all but the last
+            loss = loop.forward(batch_loss, b, n)         # batch_loss(model, b, n), inside DDP's forward
+            loop.backward(loss)
+        loop.optimizer_step(**loop.all_sum({"loss": ...}))  # metrics summed over processes
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import random
 import resource
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +33,10 @@ import numpy as np
 import torch
 
 from palate.config import LogConfig, LoraConfig, ModelConfig, TrainConfig, to_dict
-from palate.data.batching import Batch
+from palate.data.batching import Batch, shard
 from palate.data.errors import SkipLog
-from palate.infra.checkpoint import load_checkpoint, save_checkpoint
+from palate.infra import distributed
+from palate.infra.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from palate.infra.device import (
     autocast,
     keep_freed_memory,
@@ -57,17 +70,23 @@ def peak_rss_gib() -> float:
 def start(train: TrainConfig, model: ModelConfig, run: RunDir, log_cfg: LogConfig, full_config: Any) -> Env:
     """Logging, threads, seeds, allocator and device choices for a run, each choice logged."""
     setup_logging()
+    if not distributed.is_main():  # one process speaks for a multi-process run
+        logging.getLogger("palate").setLevel(logging.WARNING)
     if train.threads:
         torch.set_num_threads(train.threads)
-    random.seed(train.seed)
-    np.random.seed(train.seed)
-    torch.manual_seed(train.seed)
+    seed = train.seed + distributed.rank()  # each process its own dropout noise (weights: broadcast from rank 0)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     kept = keep_freed_memory()
     device = pick_device(model.device)
     env = Env(
         device, pick_precision(train.precision, device),
         pick_gradient_checkpointing(train.gradient_checkpointing, device), progress=log_cfg.progress,
     )
+    if distributed.launched():
+        log.info("distributed: %d processes (%s), this is rank %d", distributed.world_size(),
+                 distributed.state().distributed_type, distributed.rank())
     log.info(
         "run %s | device %s, %d threads | precision %s%s | gradient checkpointing %s%s | allocator keeps freed memory: %s",
         run.path, device, torch.get_num_threads(), env.precision,
@@ -76,7 +95,8 @@ def start(train: TrainConfig, model: ModelConfig, run: RunDir, log_cfg: LogConfi
         " (auto)" if train.gradient_checkpointing is None else "",
         "yes" if kept else "no",
     )
-    attach_sinks(run, log_cfg, to_dict(full_config))
+    if run.writes:
+        attach_sinks(run, log_cfg, to_dict(full_config))
     return env
 
 
@@ -148,7 +168,10 @@ class BatchStream:
 
 
 class Loop:
-    """The optimizer-step loop: resume, lr schedule, clipping, logging, checkpoints, final save."""
+    """The optimizer-step loop: resume, lr schedule, clipping, logging, checkpoints, final save.
+
+    Multi-process: ``model`` is prepared by accelerate (``self.engine``: DDP, FSDP or DeepSpeed; ``self.model``
+    stays the plain model, whose parameter names the checkpoints keep)."""
 
     def __init__(self, run: RunDir, model: torch.nn.Module, train: TrainConfig, env: Env, stream: BatchStream,
                  lr_scale: dict[str, float] | None = None):
@@ -156,18 +179,35 @@ class Loop:
         self.total = train.max_steps or stream.steps_for_epochs(train.epochs)
         self.optimizer = adamw(model, train.lr, train.weight_decay, train.adam_betas, lr_scale)
         self.scheduler = scheduler(self.optimizer, round(train.warmup_ratio * self.total), self.total, train.min_lr_ratio)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.accelerator, self.engine = None, model
+        self._backwards = 0  # multi-process: backward passes through :meth:`backward` since the last update
+        if distributed.launched():
+            from accelerate import Accelerator
+
+            engine = distributed.check_supported()
+            if engine != "ddp":
+                log.warning("%s: untested with palate (no DeepSpeed where its tests run); each checkpoint holds "
+                            "rank 0's optimizer partition only, so a resume is not exact", engine)
+            # DeepSpeed owns accumulation (its engine steps once per grad_accum backward calls); for DDP
+            # palate accumulates itself and accelerate's count stays 1.
+            ds = engine.startswith("deepspeed")
+            self.accelerator = Accelerator(cpu=env.device.type == "cpu",
+                                           gradient_accumulation_steps=train.grad_accum if ds else 1)
+            self.engine, self.optimizer = self.accelerator.prepare(distributed.Forward(model), self.optimizer)
         self.start_step = 0
         self.resumed: dict[str, Any] = {}  # the checkpoint's progress record (its ``extra`` keys included)
         self.extra_state: Callable[[], dict[str, Any]] | None = None  # recipe state saved with each checkpoint
         ckpt = run.latest_checkpoint()
         if ckpt is not None:
-            progress = load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler)
+            progress = load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                       rank=self.rank)
             self.resumed = progress
             self.start_step = progress["step"]
             log.info("resuming from %s (step %d of %d)", ckpt.name, self.start_step, self.total)
         run.rewind_metrics(self.start_step)
         self.step = self.start_step
-        self.progress = Progress(self.total, self.start_step, enabled=env.progress)
+        self.progress = Progress(self.total, self.start_step, enabled=env.progress and run.writes)
         self._t_step = time.perf_counter()
         self._t_start = time.perf_counter()
         self._tokens = 0
@@ -175,9 +215,58 @@ class Loop:
     def __iter__(self) -> Iterator[tuple[int, list[Batch]]]:
         for step in range(self.start_step + 1, self.total + 1):
             self.step = step
-            yield step, self.stream.micro_batches(step)
+            yield step, self.shards(self.stream.micro_batches(step))
             if self.due(self.cfg.save_every) and step < self.total:
                 self.checkpoint()
+
+    def shards(self, micro: list) -> list:
+        """This process's slices of the step's micro-batches (all of them on one process); a KTO micro-batch is
+        a pair of batches sliced alike. Slices that come out empty (fewer rows than processes) are left out."""
+        if self.world == 1:
+            return micro
+        out = []
+        for b in micro:
+            part = tuple(shard(x, self.rank, self.world) for x in b) if isinstance(b, tuple) else shard(b, self.rank, self.world)
+            if part is not None and not (isinstance(part, tuple) and part[0] is None):
+                out.append(part)
+        return out
+
+    def all_sum(self, values):
+        """A number, or a dict of numbers, summed over processes (unchanged on one process)."""
+        return distributed.all_sum(values)
+
+    def accumulate(self, micro: list) -> Iterator:
+        """Iterate a step's micro-batches for forward + backward; gradients synchronise only on the last.
+
+        Multi-process, every micro-step but the last runs under ``no_sync``. A process left without any
+        slice this step (a batch smaller than the number of processes) still takes part in the
+        synchronising backward, with a zero loss that touches every trainable parameter."""
+        if self.accelerator is None:
+            yield from micro
+            return
+        if not micro:
+            zero = self.forward(lambda m: sum(p.sum() for p in m.parameters() if p.requires_grad) * 0.0)
+            self.backward(zero)
+            return
+        for i, b in enumerate(micro):
+            with self.accelerator.no_sync(self.engine) if i < len(micro) - 1 else nullcontext():
+                yield b
+
+    def forward(self, fn: Callable[..., Any], *args, **kwargs):
+        """``fn(model, *args, **kwargs)``; multi-process, run inside the prepared (DDP/FSDP/DeepSpeed) module."""
+        if self.accelerator is None:
+            return fn(self.model, *args, **kwargs)
+        return self.engine(fn, *args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of this process's share of a loss normalised by global counts. DDP averages gradients
+        over processes, so the share is scaled by their number (the sum is the one-process gradient)."""
+        if self.accelerator is None:
+            loss.backward()
+            return
+        scale = self.world * (self.accelerator.gradient_accumulation_steps)  # accelerate divides by the latter
+        self.accelerator.backward(loss * scale)
+        self._backwards += 1
 
     def due(self, every: int) -> bool:
         """True on every ``every``-th step and on the last step (``every=0``: only the last)."""
@@ -193,7 +282,15 @@ class Loop:
 
         RL recipes make several updates per step (PPO epochs over minibatches), then call :meth:`end_step`."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        if self.accelerator is not None and self._backwards == 0:
+            raise RuntimeError("this recipe does not train on several processes yet (its gradients would not be "
+                               "synchronised); run it on one process")
+        self._backwards = 0
+        if self.accelerator is None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        else:  # FSDP / DeepSpeed compute the norm over their shards
+            grad_norm = self.accelerator.clip_grad_norm_(params, self.cfg.max_grad_norm)
+            grad_norm = float("nan") if grad_norm is None else grad_norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
@@ -221,11 +318,19 @@ class Loop:
         self.progress.update(step, int(metrics.get("tokens", 0)), **shown)
 
     def checkpoint(self) -> Path:
-        return save_checkpoint(
-            self.run.checkpoints, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            data_state={"micro_batches_consumed": self.step * self.stream.grad_accum},
-            extra=self.extra_state() if self.extra_state else None, keep_last=self.cfg.keep_last,
-        )
+        """Save a checkpoint (multi-process: the main process writes it, holding every process's RNG state;
+        the others wait until it is complete)."""
+        path = self.run.checkpoints / f"step-{self.step:08d}"
+        rng = distributed.gather(rng_state()) if self.world > 1 else None
+        distributed.barrier()
+        if self.run.writes:
+            path = save_checkpoint(
+                self.run.checkpoints, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                data_state={"micro_batches_consumed": self.step * self.stream.grad_accum},
+                extra=self.extra_state() if self.extra_state else None, keep_last=self.cfg.keep_last, rng=rng,
+            )
+        distributed.barrier()
+        return path
 
     def finish(self, tokenizer, merge: bool = True, extra_json: dict[str, Any] | None = None,
                model: torch.nn.Module | None = None, **summary: Any) -> Path:
@@ -234,6 +339,10 @@ class Loop:
         (e.g. a policy with its value head: only the policy is saved)."""
         self.progress.close()
         wall = time.perf_counter() - self._t_start
+        distributed.barrier()
+        if not self.run.writes:  # the main process saves; the others wait for final/ to exist
+            distributed.barrier()
+            return self.run.final
         save_model(model if model is not None else self.model, tokenizer, self.run.final, merge=merge,
                    extra_json=extra_json)
         summary = {
@@ -251,6 +360,7 @@ class Loop:
                 summary[f"final_{key}"] = values[-1]
         self.run.mark_finished(summary=summary)
         self.run.close()
+        distributed.barrier()
         log.info("finished: %s", ", ".join(f"{k}={v}" for k, v in summary.items()))
         log.info("model saved to %s", self.run.final)
         return self.run.final

@@ -211,9 +211,10 @@ def cached_reference(run: RunDir, key: str, compute) -> torch.Tensor:
             return saved["values"]
         log.info("reference log-probs: cache out of date (data or model changed); recomputing")
     values = compute()
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "values": values}, tmp)
-    tmp.replace(path)
+    if run.writes:  # multi-process: every process computes the same values, the main one saves them
+        tmp = path.with_suffix(".tmp")
+        torch.save({"key": key, "values": values}, tmp)
+        tmp.replace(path)
     return values
 
 
@@ -317,19 +318,21 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
     if watch is not None and loop.start_step == 0:
         loop.run.log(0, watch.measure(0))
     for step, micro in loop:
-        n_examples = sum(len(b[0].indices) if kto else len(b.indices) for b in micro)
+        n_examples = loop.all_sum(sum(len(b[0].indices) if kto else len(b.indices) for b in micro))
         sums: dict[str, float] = {}
         loss_sum = 0.0
-        for b in micro:
+        for b in loop.accumulate(micro):
             if kto:
-                loss, m = kto_step(model, b, train_recs, ref_train, live_ref, spec, env, n_examples)
+                loss, m = loop.forward(kto_step, b, train_recs, ref_train, live_ref, spec, env, n_examples)
             else:
-                loss, m = pair_step(model, b, train_recs, ref_train, live_ref, spec, env, n_examples)
-            loss.backward()
+                loss, m = loop.forward(pair_step, b, train_recs, ref_train, live_ref, spec, env, n_examples)
+            loop.backward(loss)
             loss_sum += float(loss.detach())
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         tokens = sum((b[0].n_tokens + b[1].n_tokens) if kto else b.n_tokens for b in micro)
+        sums = loop.all_sum({**sums, "loss": loss_sum, "tokens": tokens})  # over every process's slice
+        loss_sum, tokens = sums.pop("loss"), sums.pop("tokens")
         metrics = loop.optimizer_step(loss=loss_sum, tokens=tokens, **averaged(sums, n_examples))
         if eval_batches and loop.due(cfg.train.eval_every):
             metrics.update(evaluate(model, eval_batches, eval_recs, ref_eval, live_ref, spec, env))

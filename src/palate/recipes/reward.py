@@ -183,22 +183,24 @@ def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
 
     loop = session.Loop(run, model, cfg.train, env, stream)
     for step, micro in loop:
-        total_w = sum(float(example_weights(train_recs, b.indices, boot, spec.heads).sum()) for b in micro)
+        total_w = loop.all_sum(sum(float(example_weights(train_recs, b.indices, boot, spec.heads).sum()) for b in micro))
         loss_sum, correct, n_groups, gap = 0.0, 0, 0, 0.0
-        for b in micro:
+        for b in loop.accumulate(micro):
             with session.autocast(env.precision, env.device):
-                scores = reward_scores(model, b)
+                scores = loop.forward(reward_scores, b)
             losses = comparison_loss(scores, b, train_recs, spec)
             w = example_weights(train_recs, b.indices, boot, spec.heads).to(losses.device)
             loss = (w * losses).sum() / max(total_w, 1e-12)
-            loss.backward()
+            loop.backward(loss)
             loss_sum += float(loss.detach())
             grouped, _ = group_rewards(scores.detach().mean(-1, keepdim=True), b)
             correct += int((grouped[:, 0, 0] > grouped[:, 1, 0]).sum())
             gap += float((grouped[:, 0, 0] - grouped[:, 1, 0]).sum())
             n_groups += len(b.group_sizes)
-        metrics = loop.optimizer_step(loss=loss_sum, accuracy=correct / n_groups, reward_gap=gap / n_groups,
-                                      tokens=sum(b.n_tokens for b in micro))
+        m = loop.all_sum({"loss": loss_sum, "correct": correct, "groups": n_groups, "gap": gap,
+                          "tokens": sum(b.n_tokens for b in micro)})
+        metrics = loop.optimizer_step(loss=m["loss"], accuracy=m["correct"] / m["groups"],
+                                      reward_gap=m["gap"] / m["groups"], tokens=m["tokens"])
         if eval_recs and loop.due(cfg.train.eval_every) and step < loop.total:
             metrics.update(quick_eval(model, tok, eval_recs, cfg))
         loop.log(step, metrics)
@@ -208,7 +210,7 @@ def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
     rm = RewardModel(model, tok, meta, env.device)
     meta.update(normalisation_stats(rm, train_recs, spec.normalize_samples, cfg.train.seed))
     summary = {}
-    if eval_recs:
+    if eval_recs and run.writes:  # the main process evaluates and writes eval/
         from palate.eval.reward import evaluate_reward_model, format_report
 
         pairs = [p for r in eval_recs for p in (ranking_pairs(r) if isinstance(r, Ranking) else [r])]

@@ -104,14 +104,15 @@ def train(cfg: SFTConfig, *, overwrite: bool = False) -> Path:
 
     loop = session.Loop(run, model, cfg.train, env, stream)
     for step, micro in loop:
-        n_targets = sum(b.n_targets for b in micro)
+        n_targets = loop.all_sum(sum(b.n_targets for b in micro))  # over every process's slice of the step
         loss_sum = 0.0
-        for b in micro:
+        for b in loop.accumulate(micro):
             with session.autocast(env.precision, env.device):
-                loss = batch_loss(model, b, normalizer=n_targets)
-            loss.backward()
+                loss = loop.forward(batch_loss, b, normalizer=n_targets)
+            loop.backward(loss)
             loss_sum += float(loss.detach())
-        metrics = loop.optimizer_step(loss=loss_sum, tokens=sum(b.n_tokens for b in micro), targets=n_targets)
+        measured = loop.all_sum({"loss": loss_sum, "tokens": sum(b.n_tokens for b in micro)})
+        metrics = loop.optimizer_step(**measured, targets=n_targets)
         if eval_batches and loop.due(cfg.train.eval_every):
             metrics["eval_loss"] = evaluate(model, eval_batches, env.precision, env.device)
         loop.log(step, metrics)
