@@ -418,6 +418,39 @@ def redteam(
     typer.echo(f"written to {out} (redteam.json, answers.jsonl); palate report {out}")
 
 
+@app.command()
+def plan(
+    model: str = typer.Argument(None, help="model dir, run dir, 'bundled' or hub name (reads config.json)"),
+    params: str = typer.Option(None, "--params", help="a parameter count instead of a model, e.g. 7B (shape assumed)"),
+    method: str = typer.Option("sft", help="sft | rm | dpo | ppo | grpo"),
+    lora: bool = typer.Option(False, "--lora/--full", help="LoRA on all linear layers, or full fine-tuning"),
+    lora_r: int = typer.Option(16, help="LoRA rank"),
+    dtype: str = typer.Option("bf16", help="bf16 (mixed precision) | fp32"),
+    seq_len: int = typer.Option(2048, help="tokens per row"),
+    micro_batch: int = typer.Option(1, help="rows (pairs for rm/dpo) per device per forward"),
+    devices: int = typer.Option(1, help="data-parallel devices to shard over"),
+    reference: str = typer.Option("precompute", help="dpo: precompute (no reference model resident) | live"),
+    gpu_memory: float = typer.Option(None, help="GiB per device: mark which configurations fit"),
+    as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
+) -> None:
+    """Estimate per-device memory (GiB) of a training run for every sharding strategy, with and without
+    gradient checkpointing: weights, gradients, AdamW states, resident frozen models, activations, logits."""
+    import json as _json
+
+    from palate.infra.memory import Setup, format_table, load_shape, parse_params, plan as make_plan, shape_from_params
+
+    try:
+        if (model is None) == (params is None):
+            raise ValueError("give a MODEL or --params (one of them)")
+        shape = shape_from_params(parse_params(params)) if params else load_shape(model)
+        base = Setup(method=method, lora=lora, lora_r=lora_r, dtype=dtype, seq_len=seq_len, micro_batch=micro_batch,
+                     devices=devices, reference=reference)
+        rows = make_plan(shape, base, gpu_memory)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    typer.echo(_json.dumps(rows, indent=1) if as_json else format_table(shape, base, rows, gpu_memory))
+
+
 @data_app.command("check")
 def data_check(
     path: str = typer.Argument(..., help="file, dataset dir, bundled:NAME or hub name"),
