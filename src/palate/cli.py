@@ -347,6 +347,10 @@ _GEN = dict(max_new_tokens=typer.Option(128, help="longest answer in tokens"),
             device=typer.Option("auto", help="auto | cpu | cuda | cuda:N"))
 
 
+_SAFETY_HELP = ("safety classifier for P(unsafe) of each answer: bundled | a `palate safety train` dir | "
+                "a sequence-classification model dir or hub name (NAME#LABEL names its unsafe label)")
+
+
 @app.command("eval")
 def eval_(
     policies: list[str] = typer.Argument(..., help="policies to evaluate: run dirs, model dirs, hub names, tiny"),
@@ -356,6 +360,7 @@ def eval_(
     out: str = typer.Option(..., "--out", help="output dir: answers.jsonl, eval/winrates.json, eval_summary.json"),
     judge_: str = typer.Option("panel", "--judge", help="panel | reward:RUN_DIR | local:MODEL"),
     reward_model: str = typer.Option(None, "--reward-model", help="reward model for the mean reward column"),
+    safety_classifier: str = typer.Option(None, "--safety-classifier", help=_SAFETY_HELP),
     limit: int = typer.Option(None, help="first N prompts only"),
     export_alpaca: str = typer.Option(None, "--export-alpaca", help="also write answers as AlpacaEval model outputs"),
     max_new_tokens: int = _GEN["max_new_tokens"], temperature: float = _GEN["temperature"],
@@ -374,7 +379,7 @@ def eval_(
     try:
         summary = evaluate(policies, prompts, baseline, out, judge=judge_, reward_model=reward_model, limit=limit,
                            settings=settings, device=str(pick_device(device)), batch_size=batch_size,
-                           alpaca_out=export_alpaca)
+                           alpaca_out=export_alpaca, safety_classifier=safety_classifier)
     except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
         _fail(e)
     typer.echo(format_table(summary))
@@ -392,6 +397,8 @@ def redteam(
     judge_: str = typer.Option(None, "--judge", help="safety reward model: an attack succeeds when its score is "
                                "below --threshold (default: the answer is not a refusal)"),
     threshold: float = typer.Option(0.0, help="safety score below which an answer counts as unsafe"),
+    safety_classifier: str = typer.Option(None, "--safety-classifier", help=_SAFETY_HELP + "; an attack succeeds "
+                                          "when the answer is unsafe (instead of --judge)"),
     limit: int = typer.Option(None, help="first N prompts only"),
     max_new_tokens: int = _GEN["max_new_tokens"], temperature: float = _GEN["temperature"],
     top_p: float = _GEN["top_p"], seed: int = _GEN["seed"], batch_size: int = _GEN["batch_size"],
@@ -411,7 +418,8 @@ def redteam(
     settings = GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     try:
         res = run_redteam(model, out, prompts=prompts, limit=limit, settings=settings, judge=judge_,
-                          threshold=threshold, device=str(pick_device(device)), batch_size=batch_size)
+                          threshold=threshold, device=str(pick_device(device)), batch_size=batch_size,
+                          safety_classifier=safety_classifier)
     except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
         _fail(e)
     typer.echo(format_redteam(res))

@@ -97,3 +97,15 @@ def test_cli_redteam_end_to_end(tmp_path, tiny_dirs):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "no label"}])
     r = CliRunner().invoke(app, ["redteam", "tiny", "--prompts", str(bad), "--out", str(out)])
     assert r.exit_code == 2 and "no 'harmful' label" in r.output
+
+
+def test_attack_success_by_unsafe_probability():
+    r = score_redteam(rows(), unsafe_probs=[0.9, 0.2, 0.5, 0.7, 0.1, 0.99, 0.0], prob_threshold=0.5)
+    assert r["attack_success_rate"]["rate"] == pytest.approx(3 / 5)  # p0, p2 (0.5 counts), p3; benign rows never
+    assert r["judge"] == "P(unsafe) >= 0.5"
+    assert [w["prompt"] for w in r["worst"]] == ["p0", "p3", "p2"]  # most probably unsafe first
+    assert [w["unsafe_prob"] for w in r["worst"]] == [0.9, 0.7, 0.5]
+    with pytest.raises(ValueError, match="not both"):
+        score_redteam(rows(), unsafe_probs=[0.0] * 7, safety_scores=[0.0] * 7)
+    with pytest.raises(ValueError, match="7 rows but 2 unsafe probabilities"):
+        score_redteam(rows(), unsafe_probs=[0.1, 0.2])

@@ -13,6 +13,9 @@ the baseline, and report win rates with CIs, length-controlled win rates, reward
     report     :func:`palate.eval.winrate.compare` (ties ½, bootstrap CIs, length-controlled, per category)
                → ``OUT/eval/winrates.json`` (what ``palate report OUT`` shows); :func:`palate.eval.text.text_stats`
                and :func:`palate.eval.text.refusal_rates` → ``OUT/eval_summary.json``
+    safety     with ``safety_classifier`` (:func:`palate.eval.safety.load_safety_classifier`): per policy and
+               baseline the mean P(unsafe) of its answers and the unsafe rate (P ≥ the classifier's
+               threshold) with a 95% bootstrap CI
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ def answer_stats(answers: list[str], items: list[EvalPrompt]) -> dict[str, Any]:
 def evaluate(policies: list[str], prompts: str, baseline: str, out: str | Path, *, judge: str = "panel",
              reward_model: str | None = None, limit: int | None = None, settings: GenSettings = GenSettings(),
              device: str = "cpu", batch_size: int = 8, alpaca_out: str | Path | None = None,
-             n_resamples: int = 1000) -> dict[str, Any]:
+             n_resamples: int = 1000, safety_classifier: str | None = None) -> dict[str, Any]:
     """Run the evaluation (module docstring) and write answers.jsonl, eval/winrates.json, eval_summary.json."""
     out = Path(out)
     items = read_eval_prompts(prompts, limit=limit)
@@ -186,6 +189,11 @@ def evaluate(policies: list[str], prompts: str, baseline: str, out: str | Path, 
         from palate.models.heads import RewardModel
 
         rm = RewardModel.load(reward_model, device=device)
+    safety = None
+    if safety_classifier:
+        from palate.eval.safety import load_safety_classifier
+
+        safety = load_safety_classifier(safety_classifier, device=device)
     gen = dict(cache=cache, settings=settings, device=device, batch_size=batch_size)
     base_answers = generate_answers(baseline, ps, label=base_label, **gen)
     answers = {lab: generate_answers(p, ps, label=lab, **gen) for lab, p in zip(labels, policies)}
@@ -193,6 +201,13 @@ def evaluate(policies: list[str], prompts: str, baseline: str, out: str | Path, 
 
     def mean_reward(ans: list[str]) -> float | None:
         return float(rm.score(ps, ans, batch_size=batch_size).mean.mean()) if rm is not None else None
+
+    def safety_stats(ans: list[str]) -> dict[str, Any]:
+        if safety is None:
+            return {}
+        from palate.eval.safety import answer_unsafe_probs, safety_summary
+
+        return safety_summary(answer_unsafe_probs(safety, ps, ans), safety.threshold, seed=settings.seed)
 
     groups = [e.category or "none" for e in items] if any(e.category for e in items) else None
     results, summaries, judged = [], [], []
@@ -209,7 +224,7 @@ def evaluate(policies: list[str], prompts: str, baseline: str, out: str | Path, 
         summaries.append({**{k: res[k] for k in ("policy", "n", "wins", "ties", "losses", "win_rate", "ci")},
                           "lc_win_rate": res.get("lc_win_rate"), "lc_ci": res.get("lc_ci"),
                           "n_malformed": res["n_malformed"], "mean_reward": mean_reward(answers[lab]),
-                          **answer_stats(answers[lab], items)})
+                          **answer_stats(answers[lab], items), **safety_stats(answers[lab])})
         judged += [{"policy": lab, "prompt": ps[i], "response_a": answers[lab][i], "response_b": base_answers[i],
                     "judgment": js[i], "group": groups[i] if groups else None} for i in range(len(ps))]
     write_winrates(out / "eval", results, baseline=base_label, judge=judge)
@@ -217,8 +232,11 @@ def evaluate(policies: list[str], prompts: str, baseline: str, out: str | Path, 
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in judged)
     summary = {"prompts": str(prompts), "n_prompts": len(items), "baseline": base_label, "judge": judge,
                "reward_model": reward_model or (judge[len("reward:"):] if judge.startswith("reward:") else None),
+               "safety_classifier": safety_classifier,
+               "safety_threshold": safety.threshold if safety is not None else None,
                "generation": asdict(settings), "generated": cache.generated, "reused": cache.reused,
-               "baseline_stats": {"mean_reward": mean_reward(base_answers), **answer_stats(base_answers, items)},
+               "baseline_stats": {"mean_reward": mean_reward(base_answers), **answer_stats(base_answers, items),
+                                  **safety_stats(base_answers)},
                "policies": summaries}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     if alpaca_out:
@@ -240,18 +258,27 @@ def _pct(v: float | None) -> str:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The printed table: one row per policy, then the baseline's own statistics."""
+    safety = summary.get("safety_classifier")
     head = (f"{'policy':<24} {'n':>4} {'W/T/L':>10} {'win rate [95% CI]':>24} {'LC win':>7} {'reward':>8} "
-            f"{'length':>7} {'dist-1':>6} {'dist-2':>6} {'refusal':>8} {'over-ref':>8}")
+            f"{'length':>7} {'dist-1':>6} {'dist-2':>6} {'refusal':>8} {'over-ref':>8}"
+            + (f" {'P(unsafe)':>9} {'unsafe [95% CI]':>21}" if safety else ""))
     lines = [f"judge {summary['judge']} vs baseline {summary['baseline']} on {summary['n_prompts']} prompts "
-             f"({summary['generated']} answers generated, {summary['reused']} reused)", head]
+             f"({summary['generated']} answers generated, {summary['reused']} reused)"
+             + (f"; unsafe = P(unsafe) >= {summary['safety_threshold']:g} by {safety}" if safety else ""), head]
 
     def row(name: str, s: dict, wr: str) -> str:
         ref, over = s.get("refusal_rate"), s.get("over_refusal_rate")
         reward = "n/a" if s.get("mean_reward") is None else f"{s['mean_reward']:.3f}"
         length = s["length"]["mean"]
+        unsafe = ""
+        if safety:
+            u = s.get("unsafe_rate")
+            cell = f"{_pct(u['rate'])} [{_pct(u['ci'][0])}, {_pct(u['ci'][1])}]" if u else "n/a"
+            mean = s.get("mean_unsafe_prob")
+            unsafe = f" {'n/a' if mean is None else f'{mean:.3f}':>9} {cell:>21}"
         return (f"{name[:24]:<24} {wr} {reward:>8} {length if length is None else round(length, 1)!s:>7} "
                 f"{s['distinct_1']:>6.3f} {s['distinct_2']:>6.3f} {_pct(ref and ref['rate']):>8} "
-                f"{_pct(over and over['rate']):>8}")
+                f"{_pct(over and over['rate']):>8}{unsafe}")
     for s in summary["policies"]:
         wtl = f"{s['wins']}/{s['ties']}/{s['losses']}"
         ci = f"{_pct(s['win_rate'])} [{_pct(s['ci'][0])}, {_pct(s['ci'][1])}]"

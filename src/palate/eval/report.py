@@ -11,6 +11,8 @@ Each section is drawn only when its input is there:
     Online RL       report/rl_report.json: paired held-out reward change with CI, reward/KL trade-off
     Reward model    eval*/rm_eval.json: accuracy CI, calibration, length bias, worst errors
     Win rates       eval/winrates.json (:mod:`palate.eval.winrate`): raw and length-controlled with CIs
+    Safety          eval_summary.json with a safety classifier (:mod:`palate.eval.safety`): mean P(unsafe) and
+                    unsafe rate per policy
     Red team        redteam.json (:mod:`palate.eval.redteam`): attack success by category and framing, worst samples
     Per group       accuracy and win rate per labeler/prompt group
     Lengths, text   response length distributions and distinct-n / repetition / refusals, first vs last
@@ -333,6 +335,26 @@ def _winrates(r: _Report) -> dict | None:
     return data
 
 
+def _safety(r: _Report) -> None:
+    """Mean P(unsafe) and unsafe rate per policy from eval_summary.json (``palate eval --safety-classifier``)."""
+    s = _json(r.run / "eval_summary.json")
+    if not isinstance(s, dict) or not s.get("safety_classifier"):
+        return
+    named = [(str(p.get("policy")), p) for p in s.get("policies", [])]
+    named.append((f"{s.get('baseline')} (baseline)", s.get("baseline_stats") or {}))
+    rows, md = [], []
+    for name, p in named:
+        u = p.get("unsafe_rate")
+        rows.append([escape(name), str(u["n"]) if u else "0", _num(p.get("mean_unsafe_prob"), 3),
+                     _pct(u and u["rate"]), _ci(u and u["ci"])])
+        md.append(f"- {name}: unsafe {_pct(u and u['rate'])} {_ci(u and u['ci'])}, mean P(unsafe) "
+                  f"{_num(p.get('mean_unsafe_prob'), 3)}")
+    html = (f"<p>safety classifier <b>{escape(str(s['safety_classifier']))}</b>; unsafe = P(unsafe) &ge; "
+            f"{_num(s.get('safety_threshold'), 3)}; 95% bootstrap CIs</p>"
+            + _table(["policy", "answers", "mean P(unsafe)", "unsafe rate", "95% CI"], rows))
+    r.add("safety", "Safety", html, *md)
+
+
 def _redteam(r: _Report) -> None:
     res = _json(r.run / "redteam.json")
     if not isinstance(res, dict) or "attack_success_rate" not in res:
@@ -344,8 +366,9 @@ def _redteam(r: _Report) -> None:
     rows = [rate_row("all harmful prompts", asr)]
     rows += [rate_row(f"category: {k}", v) for k, v in res["by_category"].items()]
     rows += [rate_row(f"attack: {k}", v) for k, v in res["by_attack"].items()]
-    worst = "".join(f'<div class="prompt">{escape(str(w.get("category")))} / {escape(str(w.get("attack")))}: '
-                    f'{escape(str(w["prompt"]))}</div><pre>{escape(str(w["answer"]))}</pre>'
+    worst = "".join(f'<div class="prompt">{escape(str(w.get("category")))} / {escape(str(w.get("attack")))}'
+                    + (f' (P(unsafe) {_num(w["unsafe_prob"], 3)})' if w.get("unsafe_prob") is not None else "")
+                    + f': {escape(str(w["prompt"]))}</div><pre>{escape(str(w["answer"]))}</pre>'
                     for w in res.get("worst", []))
     html = (f"<p>{escape(str(res.get('model')))} on {escape(str(res.get('prompts')))}; success = "
             f"{escape(str(res.get('judge')))}; over-refusal on {res.get('n_benign', 0)} benign prompts: "
@@ -496,6 +519,7 @@ def _run_sections(r: _Report) -> None:
     _rl(r)
     _rm(r)
     _groups(r, _winrates(r))
+    _safety(r)
     _redteam(r)
     _samples(r)
 
