@@ -29,8 +29,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q --timeout=900
 
+# every benchmark writes bench/results/<name>.json; bench/table.py turns them into docs/benchmarks.md.
+# sft, reward, dpo and rl train the bundled 135M model with palate, TRL and a plain loop (slow on a CPU);
+# run one alone with python bench/NAME.py, then python bench/table.py.
+BENCHES := sft reward dpo rl feedback_startup judge_agreement serve_batching
+
 bench: setup
-	$(PY) bench/sft.py
+	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
+	$(PY) bench/table.py
 
 clean:
 	rm -rf runs bench/out

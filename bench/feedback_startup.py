@@ -21,6 +21,11 @@ def main(runs: int = 5) -> None:
             assert out[1] == "False", "palate.feedback imported torch"
     print(f"palate.feedback start-up (import + new database migrated), {runs} fresh processes: "
           f"median {statistics.median(seconds):.2f} s, min {min(seconds):.2f} s, max {max(seconds):.2f} s")
+    from record import write_result
+
+    write_result("feedback_startup", {"runs": runs, "seconds": seconds, "median_s": statistics.median(seconds)},
+                 metric="labeling app start-up (import + new database migrated), median", unit="s",
+                 palate=statistics.median(seconds), higher_is_better=False, note=f"{runs} fresh processes")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ inconsistency rate, length bias next to the humans' own, and seconds per judgmen
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -73,8 +72,12 @@ def main() -> None:
     result["per_pair"] = [{"row": c.meta.get("row"), "human": c.human, "len_a": len(c.a), "len_b": len(c.b),
                            "p_a_order_ab": verdicts[i].p_a, "p_a_order_ba": verdicts[n + i].p_a}
                           for i, c in enumerate(cands)]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from record import write_result
+
+    w = result["agreement_swap_weight"]
+    write_result("judge_agreement", result, path=args.out, metric="judge agreement with the human labels "
+                 "(both orders, inconsistent -> weight)", unit="accuracy", palate=w["accuracy"],
+                 note=f"kappa {w['kappa']:.3f}, coverage {w['coverage']:.2f}, {2 * n} judgments")
     a, b, f = result["agreement_swap_tie"], result["agreement_swap_weight"], result["agreement_first_order_only"]
     print(f"judge {args.judge} on {n} pairs of {args.data} (both orders, {2 * n} judgments)")
     print(f"  swap, inconsistent -> tie:    accuracy {a['accuracy']}, kappa {a['kappa']:.3f}, coverage {a['coverage']:.2f}")

@@ -160,9 +160,17 @@ def run_all(script: str, args, title: str, out: Path, checks_of) -> None:
     text = "\n".join(lines)
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "summary": med, "ratios": ratios, "checks": checks,
-                               "contended": noisy, "runs": runs, "table": text}, indent=2))
-    print(f"\nwritten {out}", file=sys.stderr)
+    payload = {"settings": vars(args), "summary": med, "ratios": ratios, "checks": checks, "contended": noisy,
+               "runs": runs, "table": text}
+    out.write_text(json.dumps(payload, indent=2))
+    from record import write_result
+
+    tps = {n: med.get(n, {}).get("tokens_per_s") for n in ("palate", "trl", "plain")}
+    res = write_result(out.stem, payload, metric=f"{title.split(' benchmark')[0]} training throughput",
+                       unit="real tokens/s", palate=tps["palate"], trl=tps["trl"], plain=tps["plain"],
+                       ratios={"palate_vs_trl": ratios.get("tps_vs_trl"), "palate_vs_plain": ratios.get("tps_vs_plain")},
+                       note="CONTENDED: " + ", ".join(noisy) if noisy else None)
+    print(f"\nwritten {out} and {res}", file=sys.stderr)
 
 
 def add_arguments(ap, workloads, data: str, lr: float) -> None:

@@ -111,7 +111,14 @@ def main(argv=None) -> None:
     print(text)
     out = HERE / "out" / "rl.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "results": res, "table": text}, indent=2))
+    payload = {"settings": vars(args), "results": res, "table": text}
+    out.write_text(json.dumps(payload, indent=2))
+    from record import write_result
+
+    gen = {n: res[n]["generated_tokens_per_s"] if n in res else None for n in ("palate", "trl")}
+    busy = [n for n, m in res.items() if m.get("contended")]
+    write_result("rl", payload, metric="GRPO rollout generation throughput", unit="generated tokens/s",
+                 palate=gen["palate"], trl=gen["trl"], note="CONTENDED: " + ", ".join(busy) if busy else None)
 
 
 if __name__ == "__main__":

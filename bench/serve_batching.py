@@ -89,8 +89,12 @@ def main() -> None:
                        "batches": after["batches"] - before["batches"], "batch_sizes_total": after["batch_sizes"]},
     }
     result["speedup_concurrent_vs_sequential"] = seq_wall / par_wall
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from record import write_result
+
+    write_result("serve_batching", result, path=args.out, metric="palate serve throughput, concurrent requests "
+                 "with batching", unit="tokens/s", palate=result["concurrent"]["tokens_per_s"],
+                 note=f"{result['speedup_concurrent_vs_sequential']:.2f}x the same {args.requests} requests "
+                 f"sent one at a time; no TRL or plain-loop counterpart")
     print(json.dumps(result, indent=2))
 
 

@@ -511,7 +511,7 @@ def main_parent(args) -> None:
     print(text)
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({
+    payload = {
         "settings": {"data": data, "batch_size": args.batch_size, "max_length": args.max_length,
                      "warmup": args.warmup, "steps": args.steps, "lr": args.lr, "threads": args.threads,
                      "repeats": args.repeats, "model": "bundled (SmolLM2-135M-Instruct) fp32", "params": params,
@@ -520,8 +520,16 @@ def main_parent(args) -> None:
         "passed": all(checks.values()) if checks else None, "same_batches_palate_plain": same,
         "contended_runs": noisy,
         "runs": runs, "table": text,
-    }, indent=2))
-    print(f"\nwritten {OUT}", file=sys.stderr)
+    }
+    OUT.write_text(json.dumps(payload, indent=2))
+    from record import write_result
+
+    res = write_result("sft", payload, metric="SFT training throughput", unit="real tokens/s",
+                       palate=med.get("palate", {}).get("tokens_per_s"), trl=med.get("trl", {}).get("tokens_per_s"),
+                       plain=med.get("plain", {}).get("tokens_per_s"),
+                       ratios={"palate_vs_trl": ratios.get("tps_vs_trl"), "palate_vs_plain": ratios.get("tps_vs_plain")},
+                       note="CONTENDED: " + ", ".join(noisy) if noisy else None)
+    print(f"\nwritten {OUT} and {res}", file=sys.stderr)
 
 
 def main(argv=None) -> None:
