@@ -354,10 +354,16 @@ _SAFETY_HELP = ("safety classifier for P(unsafe) of each answer: bundled | a `pa
 @app.command("eval")
 def eval_(
     policies: list[str] = typer.Argument(..., help="policies to evaluate: run dirs, model dirs, hub names, tiny"),
-    prompts: str = typer.Option(..., "--prompts", help="prompt set: JSONL/JSON, AlpacaEval JSON, MT-Bench "
+    prompts: str = typer.Option(None, "--prompts", help="prompt set: JSONL/JSON, AlpacaEval JSON, MT-Bench "
                                 "question.jsonl, dataset dir, bundled:NAME"),
-    baseline: str = typer.Option(..., "--baseline", help="model every policy is compared against (e.g. the SFT run)"),
+    baseline: str = typer.Option(None, "--baseline", help="model every policy is compared against (e.g. the SFT "
+                                 "run); --suite mtbench: the second model of the pairwise comparison"),
     out: str = typer.Option(..., "--out", help="output dir: answers.jsonl, eval/winrates.json, eval_summary.json"),
+    suite: str = typer.Option("winrate", "--suite", help="winrate (vs --baseline) | humaneval (sandboxed pass@k) | "
+                              "tasks (--tasks FILE: task success rate) | mtbench (--prompts question.jsonl)"),
+    tasks: str = typer.Option(None, "--tasks", help="--suite tasks: JSONL of id, prompt and a checker"),
+    n_samples: int = typer.Option(1, "--n-samples", help="--suite humaneval: completions per problem"),
+    k: list[int] = typer.Option([1], "--k", help="--suite humaneval: pass@k to report (repeatable)"),
     judge_: str = typer.Option("panel", "--judge", help="panel | reward:RUN_DIR | local:MODEL"),
     reward_model: str = typer.Option(None, "--reward-model", help="reward model for the mean reward column"),
     safety_classifier: str = typer.Option(None, "--safety-classifier", help=_SAFETY_HELP),
@@ -376,6 +382,18 @@ def eval_(
 
     setup_logging()
     settings = GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    if suite != "winrate":
+        from palate.eval.suites import run_suite
+
+        try:
+            typer.echo(run_suite(suite, policies, out, prompts=prompts, baseline=baseline, tasks=tasks, judge=judge_,
+                                 n_samples=n_samples, ks=tuple(k), limit=limit, settings=settings,
+                                 device=str(pick_device(device)), batch_size=batch_size))
+        except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
+            _fail(e)
+        return
+    if prompts is None or baseline is None:
+        _fail(ValueError("--suite winrate needs --prompts and --baseline"))
     try:
         summary = evaluate(policies, prompts, baseline, out, judge=judge_, reward_model=reward_model, limit=limit,
                            settings=settings, device=str(pick_device(device)), batch_size=batch_size,

@@ -1,0 +1,31 @@
+"""``palate eval --suite NAME``: the benchmark suites beside the win-rate evaluation (:mod:`palate.eval.policy`).
+
+    humaneval   :func:`palate.eval.humaneval.run_humaneval`   sandboxed pass@k, one run per policy
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from palate.eval.policy import GenSettings, label_of
+
+
+def _out_for(out: str | Path, policies: list[str], policy: str) -> Path:
+    return Path(out) if len(policies) == 1 else Path(out) / label_of(policy)
+
+
+def run_suite(suite: str, policies: list[str], out: str | Path, *, prompts: str | None = None,
+              baseline: str | None = None, tasks: str | None = None, judge: str = "panel", n_samples: int = 1,
+              ks: tuple[int, ...] = (1,), limit: int | None = None, settings: GenSettings | None = None,
+              device: str = "cpu", batch_size: int = 8) -> str:
+    """Run ``suite`` for each policy (each into OUT, or OUT/<label> for several); returns the printed summary."""
+    lines = []
+    if suite == "humaneval":
+        from palate.eval.humaneval import format_summary, run_humaneval
+
+        for p in policies:
+            s = run_humaneval(p, _out_for(out, policies, p), problems=prompts, n_samples=n_samples, ks=ks,
+                              limit=limit, settings=settings, device=device, batch_size=batch_size)
+            lines.append(format_summary(s))
+        return "\n".join(lines)
+    raise ValueError(f"--suite must be winrate or humaneval, got {suite!r}")
