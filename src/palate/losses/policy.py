@@ -283,6 +283,7 @@ def ppo_policy_loss(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     mode: str = "token-mean",
+    weights: torch.Tensor | None = None,  # [B, T] per-token loss weights, e.g. sampler_correction().weights
 ) -> PolicyLoss:
     """PPO clipped surrogate (Schulman, Wolski, Dhariwal, Radford, Klimov 2017, arXiv:1707.06347), per token:
 
@@ -294,7 +295,9 @@ def ppo_policy_loss(
     gradient. Metrics (detached): ``clip_fraction`` = masked fraction with −A·clip(ρ) > −A·ρ (ρ beyond
     the bound on the side the advantage pushes toward; TRL's ``clip_ratio/region_mean``);
     ``approx_kl`` = masked mean of (ρ − 1) − log ρ, the k3 estimator of KL(π_old‖π_θ) on tokens sampled
-    from π_old; ``ratio_mean`` = masked mean of ρ.
+    from π_old; ``ratio_mean`` = masked mean of ρ. ``weights`` (no gradient) multiply each token's ℓ before
+    the reduction: the truncated importance weights of :func:`sampler_correction` when the rollout engine
+    is not the trainer.
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
@@ -302,12 +305,64 @@ def ppo_policy_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
     per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights.detach()
     loss = aggregate(per_token, mask, mode)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).to(ratio.dtype), mask)
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
         ratio_mean = masked_mean(ratio, mask)
     return PolicyLoss(loss, clip_fraction, approx_kl, ratio_mean)
+
+
+@dataclass(frozen=True)
+class SamplerCorrection:
+    weights: torch.Tensor  # [B, T] detached truncated importance weights, 0 at padding
+    weight_mean: torch.Tensor  # scalar: masked mean of the weights
+    truncated_fraction: torch.Tensor  # scalar: masked fraction of tokens whose ratio exceeded the cap
+    mismatch_kl: torch.Tensor  # scalar: k3 estimate of KL(π_sampler ‖ π_trainer) on the sampled tokens
+
+
+def sampler_correction(
+    trainer_logp: torch.Tensor,  # [B, T] log π_trainer(y_t): the trainer's own log-probs of the sampled tokens
+    sampler_logp: torch.Tensor,  # [B, T] log π_sampler(y_t): what the rollout engine (vLLM) reported
+    mask: torch.Tensor,  # [B, T] bool or 0/1
+    cap: float = 2.0,
+    level: str = "token",
+) -> SamplerCorrection:
+    """Truncated importance sampling for a rollout engine whose numbers differ from the trainer's (different
+    kernels, precision, or weights a sync behind). Yao, Liu et al. 2025, "Your Efficient RL Framework
+    Secretly Brings You Off-Policy RL Training" (fengyao.notion.site/off-policy-rl); the truncation is
+    Ionides 2008. With ρ_t = π_trainer(y_t) / π_sampler(y_t):
+
+        token:    w_t = min(ρ_t, C)
+        sequence: w_t = min(Π_t ρ_t, C)  for every token of the row
+
+    The samples come from π_sampler but the policy gradient is taken for π_trainer (π_old of the PPO ratio
+    is the trainer's log-prob), so each token's loss is multiplied by ``w`` (detached; see ``weights`` of
+    :func:`ppo_policy_loss`). Truncating at ``C`` bounds the variance at the price of a small bias.
+    ``mismatch_kl`` = masked mean of (ρ − 1) − log ρ, the k3 estimator of KL(π_sampler ‖ π_trainer) from
+    sampler draws: 0 when the engines agree, the first number to watch when they do not.
+    """
+    if level not in ("token", "sequence"):
+        raise ValueError(f"level must be token or sequence, got {level!r}")
+    m = _as_bool(mask)
+    zero = torch.zeros((), device=trainer_logp.device)
+    with torch.no_grad():
+        log_ratio = torch.where(m, trainer_logp.float() - sampler_logp.float(), zero)
+        if level == "sequence":
+            log_ratio_w = log_ratio.sum(-1, keepdim=True).expand_as(log_ratio)
+        else:
+            log_ratio_w = log_ratio
+        ratio_w = torch.exp(log_ratio_w)
+        weights = torch.where(m, torch.clamp(ratio_w, max=cap), zero)
+        ratio = torch.exp(log_ratio)
+        return SamplerCorrection(
+            weights=weights,
+            weight_mean=masked_mean(weights, m),
+            truncated_fraction=masked_mean((ratio_w > cap).float(), m),
+            mismatch_kl=masked_mean((ratio - 1) - log_ratio, m),
+        )
 
 
 @dataclass(frozen=True)

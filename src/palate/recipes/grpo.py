@@ -179,8 +179,9 @@ def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: Ro
             _, logp, ent = policy_forward(policy, r, pidx, rows, rc.temperature)
             dev = logp.device
             mask = r.response_mask[rows].to(dev)
+            w = exp.correction.weights[rows].to(dev) if exp.correction is not None else None  # vllm backend
             pl = ppo_policy_loss(logp, r.logprobs[rows].to(dev), adv[rows].to(dev), mask, g.clip_eps,
-                                 g.clip_eps_high, mode=g.loss_agg)
+                                 g.clip_eps_high, mode=g.loss_agg, weights=w)
             loss = pl.loss
             parts = {"policy_loss": float(pl.loss.detach()), "clip_fraction": float(pl.clip_fraction),
                      "approx_kl": float(pl.approx_kl), "entropy": float(masked_mean(ent.detach(), mask))}

@@ -176,7 +176,8 @@ def update(ac: ActorCritic, loop, exp: Experience, ctl, p: PPOSpec, rc: RolloutC
             hidden, logp, ent = policy_forward(ac.policy, r, pidx, rows, rc.temperature)
             dev = logp.device
             m = mask[rows].to(dev)
-            pl = ppo_policy_loss(logp, r.logprobs[rows].to(dev), adv[rows].to(dev), m, p.clip_eps)
+            w = exp.correction.weights[rows].to(dev) if exp.correction is not None else None  # vllm backend
+            pl = ppo_policy_loss(logp, r.logprobs[rows].to(dev), adv[rows].to(dev), m, p.clip_eps, weights=w)
             vl = value_loss(ac.values(r, pidx, rows, hidden), old_values[rows].to(dev), returns[rows].to(dev), m,
                             p.clip_value)
             entropy = masked_mean(ent, m)

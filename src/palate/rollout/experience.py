@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from palate.losses.policy import kl_penalty, masked_mean
+from palate.losses.policy import SamplerCorrection, kl_penalty, masked_mean, sampler_correction
 from palate.models.logprobs import response_hidden, response_logprobs
 from palate.models.lora import adapter_disabled, is_peft
 from palate.rollout.generate import Rollout, rollout
@@ -35,6 +35,28 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
+    # hf: palate's sampler on the trainer's own model. vllm: a colocated vLLM engine, weights synced every step,
+    # each token's loss weighted by the truncated ratio π_trainer/π_sampler (UNTESTED: needs a GPU and
+    # pip install 'palate[vllm]'; see palate/rollout/vllm.py)
+    backend: str = "hf"
+    vllm_gpu_memory_utilization: float = 0.3
+    correction_cap: float = 2.0  # vllm: cap C of the truncated importance weights
+    correction_level: str = "token"  # vllm: token | sequence importance ratios
+
+    def __post_init__(self):
+        from palate.config import ConfigError
+
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"rollout.backend must be hf or vllm, got {self.backend!r}")
+        if self.correction_level not in ("token", "sequence"):
+            raise ConfigError(f"rollout.correction_level must be token or sequence, got {self.correction_level!r}")
+        if self.correction_cap <= 0:
+            raise ConfigError(f"rollout.correction_cap must be > 0, got {self.correction_cap}")
+        if self.backend == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError("rollout.backend=vllm needs vLLM on a CUDA machine: pip install 'palate[vllm]'")
 
 
 class Reference:
@@ -52,13 +74,20 @@ class Reference:
 
     @torch.no_grad()
     def logprobs(self, r: Rollout, temperature: float) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
         with adapter_disabled(self.model, self.adapter):
-            hidden = response_hidden(self.model, r.prompt_ids, r.prompt_mask, r.response_ids, r.n)
-            lp, _ = response_logprobs(self.model, hidden, r.response_ids, r.response_mask, temperature)
-        self.model.train(was_training)
-        return lp.float().cpu()
+            return sampled_logprobs(self.model, r, temperature)
+
+
+@torch.no_grad()
+def sampled_logprobs(model, r: Rollout, temperature: float) -> torch.Tensor:
+    """``model``'s log-probs of the rollout's sampled tokens under ``softmax(logits / temperature)``:
+    [B, T] float32 on the CPU, 0 at padding."""
+    was_training = model.training
+    model.eval()
+    hidden = response_hidden(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.n)
+    lp, _ = response_logprobs(model, hidden, r.response_ids, r.response_mask, temperature)
+    model.train(was_training)
+    return lp.float().cpu() * r.response_mask
 
 
 @dataclass
@@ -68,6 +97,7 @@ class Experience:
     rewards: Rewards
     ref_logprobs: torch.Tensor | None  # [B, T], None without a KL term
     seconds: dict[str, float]
+    correction: SamplerCorrection | None = None  # rollout.backend=vllm: per-token importance weights
 
     @property
     def mask(self) -> torch.Tensor:
@@ -85,20 +115,46 @@ def score_rollout(rewarder: Rewarder, prompts: list, r: Rollout) -> Rewards:
     return rewarder([prompts[b // r.n] for b in range(len(r.texts))], r.texts, r.lengths, r.finished)
 
 
+def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
+                   engine=None) -> tuple[Rollout, SamplerCorrection | None]:
+    """Sample with the configured backend. ``hf``: the trainer's own model, whose sampled log-probs are π_old.
+    ``vllm`` (or any ``engine`` with ``sync(policy)`` and ``rollout(prompts, **settings)``): the engine gets
+    the policy's current weights and samples; the trainer then recomputes the sampled tokens' log-probs
+    (π_old of the PPO ratio, in ``logprobs``; the engine's stay in ``sampler_logprobs``) and the truncated
+    importance weights correct the loss for the engine's mismatch (:func:`sampler_correction`)."""
+    settings = dict(n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                    top_k=cfg.top_k, stop=tuple(cfg.stop), seed=seed)
+    if engine is None and cfg.backend == "hf":
+        was_training = policy.training
+        policy.eval()
+        r = rollout(policy, tok, prompts, **settings)
+        policy.train(was_training)
+        return r, None
+    if engine is None:
+        if cfg.backend != "vllm":
+            raise ValueError(f"rollout.backend must be hf or vllm, got {cfg.backend!r}")
+        from palate.rollout.vllm import sampler_for
+
+        engine = sampler_for(policy, tok, cfg.vllm_gpu_memory_utilization, seed=0)
+    engine.sync(policy)
+    r = engine.rollout(prompts, **settings)
+    r.sampler_logprobs = r.logprobs * r.response_mask
+    r.logprobs = sampled_logprobs(policy, r, cfg.temperature)
+    return r, sampler_correction(r.logprobs, r.sampler_logprobs, r.response_mask, cfg.correction_cap,
+                                 cfg.correction_level)
+
+
 def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
             seed: int) -> Experience:
     t0 = time.perf_counter()
-    was_training = policy.training
-    policy.eval()
-    r = rollout(policy, tok, prompts, n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                top_p=cfg.top_p, top_k=cfg.top_k, stop=tuple(cfg.stop), seed=seed)
-    policy.train(was_training)
+    r, correction = sample_rollout(policy, tok, prompts, cfg, seed)
     t1 = time.perf_counter()
     rewards = score_rollout(rewarder, prompts, r)
     t2 = time.perf_counter()
     ref = reference.logprobs(r, cfg.temperature) if reference is not None else None
     t3 = time.perf_counter()
-    return Experience(prompts, r, rewards, ref, {"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2})
+    return Experience(prompts, r, rewards, ref, {"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
+                      correction)
 
 
 def experience_metrics(exp: Experience) -> dict[str, float]:
@@ -123,6 +179,10 @@ def experience_metrics(exp: Experience) -> dict[str, float]:
         m["kl"] = float(kl.sum(-1).mean())  # per sequence, nats
         m["kl_k3"] = float(exp.kl_tokens("k3").sum(-1).mean())
     m["sample_entropy_proxy"] = float(-masked_mean(r.logprobs, r.response_mask))  # −log p of sampled tokens
+    if exp.correction is not None:  # rollout engine != trainer: how far apart they are, and the weights used
+        c = exp.correction
+        m.update(sampler_mismatch_kl=float(c.mismatch_kl), sampler_weight_mean=float(c.weight_mean),
+                 sampler_truncated_fraction=float(c.truncated_fraction))
     return m
 
 

@@ -123,6 +123,9 @@ class Rollout:
     logprobs: torch.Tensor  # [B, T] float32
     stop_reason: list[str]  # per row: "eos" | "stop" (a stop string) | "length"
     texts: list[str]  # decoded responses, cut before a stop string, special tokens removed
+    # [B, T] the rollout engine's own log-probs when it is not the trainer (rollout.backend=vllm); ``logprobs``
+    # are then the trainer's recomputation (π_old), see palate.rollout.experience.sample_rollout
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def finished(self) -> torch.Tensor:  # [B] bool

@@ -1,0 +1,104 @@
+"""A rollout engine that is not the trainer (rollout.backend=vllm): the truncated importance-weight
+correction against hand-computed numbers, the weighted PPO loss, and the glue in sample_rollout (the
+trainer recomputes π_old, the engine's log-probs give the weights), driven by a test double in place of
+vLLM, which cannot run here (no GPU, not installed)."""
+
+import math
+
+import pytest
+import torch
+
+from palate.config import ConfigError
+from palate.losses.policy import ppo_policy_loss, sampler_correction
+from palate.rollout.experience import RolloutConfig, sample_rollout
+from palate.rollout.generate import rollout
+
+
+def test_token_level_weights_truncate_at_the_cap():
+    trainer = torch.log(torch.tensor([[0.5, 0.2, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.25, 0.4, 0.9]]))
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding
+    c = sampler_correction(trainer, sampler, mask, cap=1.5)
+    # ratios π_trainer/π_sampler: 0.5/0.25 = 2 -> capped at 1.5; 0.2/0.4 = 0.5; padding 0
+    assert torch.allclose(c.weights, torch.tensor([[1.5, 0.5, 0.0]]))
+    assert float(c.weight_mean) == pytest.approx(1.0)
+    assert float(c.truncated_fraction) == pytest.approx(0.5)
+    # k3 = (ρ − 1) − log ρ: (2 − 1) − ln 2 = 0.306853; (0.5 − 1) − ln 0.5 = 0.193147; mean 0.25
+    assert float(c.mismatch_kl) == pytest.approx(0.25, abs=1e-6)
+
+
+def test_sequence_level_weights_use_the_product_of_ratios():
+    trainer = torch.log(torch.tensor([[0.5, 0.2], [0.6, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.25, 0.4], [0.2, 0.3]]))
+    mask = torch.ones(2, 2)
+    c = sampler_correction(trainer, sampler, mask, cap=2.5, level="sequence")
+    # row 0: 2 × 0.5 = 1 for both tokens; row 1: 3 × 1 = 3 -> capped at 2.5
+    assert torch.allclose(c.weights, torch.tensor([[1.0, 1.0], [2.5, 2.5]]))
+    assert float(c.truncated_fraction) == pytest.approx(0.5)
+    same = sampler_correction(trainer, trainer, mask)
+    assert torch.equal(same.weights, torch.ones(2, 2)) and float(same.mismatch_kl) == 0.0
+    with pytest.raises(ValueError, match="level"):
+        sampler_correction(trainer, sampler, mask, level="batch")
+
+
+def test_weighted_ppo_loss_by_hand():
+    logp = torch.zeros(1, 2, requires_grad=True)
+    old = torch.zeros(1, 2)  # ρ = 1, inside the clip range
+    adv = torch.ones(1, 2)
+    w = torch.tensor([[1.5, 0.5]])
+    out = ppo_policy_loss(logp, old, adv, torch.ones(1, 2), weights=w)
+    assert float(out.loss.detach()) == pytest.approx(-1.0)  # token mean of −A·ρ·w = (−1.5 − 0.5) / 2
+    out.loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-0.75, -0.25]]))  # −A·ρ·w / N
+    plain = ppo_policy_loss(torch.zeros(1, 2), old, adv, torch.ones(1, 2))
+    ones = ppo_policy_loss(torch.zeros(1, 2), old, adv, torch.ones(1, 2), weights=torch.ones(1, 2))
+    assert float(ones.loss) == float(plain.loss) == pytest.approx(-1.0)
+    skewed = ppo_policy_loss(torch.zeros(1, 2), old, torch.tensor([[1.0, -1.0]]), torch.ones(1, 2), weights=w)
+    assert float(skewed.loss) == pytest.approx((-1.5 + 0.5) / 2)  # unweighted it would be 0
+
+
+class ShiftedEngine:
+    """Test double for the vLLM engine: samples with palate's own sampler, reports every log-prob 0.25
+    nats higher than the trainer computes (a systematic mismatch), and records the weight syncs."""
+
+    def __init__(self, tok, shift=0.25):
+        self.tok, self.shift, self.synced = tok, shift, []
+        self.model = None
+
+    def sync(self, policy):
+        self.synced.append(policy)
+        self.model = policy
+
+    def rollout(self, prompts, **settings):
+        r = rollout(self.model, self.tok, prompts, **settings)
+        r.logprobs = (r.logprobs + self.shift) * r.response_mask
+        return r
+
+
+def test_sample_rollout_recomputes_old_logprobs_and_weights_the_engines_mismatch(tok):
+    from palate.models.load import load_model
+
+    policy = load_model("tiny", tokenizer=tok)
+    cfg = RolloutConfig(n=2, max_new_tokens=8, temperature=0.7)
+    engine = ShiftedEngine(tok)
+    r, c = sample_rollout(policy, tok, ["hello there", "what is two plus two?"], cfg, seed=3, engine=engine)
+    assert engine.synced == [policy] and policy.training  # weights pushed once; train mode restored
+    own, none = sample_rollout(policy, tok, ["hello there", "what is two plus two?"], cfg, seed=3)
+    assert none is None and own.sampler_logprobs is None  # the built-in sampler needs no correction
+    assert torch.equal(r.response_ids, own.response_ids)
+    assert torch.allclose(r.logprobs, own.logprobs, atol=1e-5)  # π_old is the trainer's recomputation
+    assert torch.allclose(r.sampler_logprobs, (own.logprobs + 0.25) * own.response_mask, atol=1e-5)
+    m = r.response_mask
+    assert torch.allclose(c.weights[m], torch.full_like(c.weights[m], math.exp(-0.25)), atol=1e-5)
+    assert float(c.mismatch_kl) == pytest.approx(math.exp(-0.25) - 1 + 0.25, abs=1e-5)
+    assert float(c.truncated_fraction) == 0.0
+
+
+def test_backend_is_checked_when_the_config_is_built():
+    with pytest.raises(ConfigError, match="rollout.backend must be hf or vllm"):
+        RolloutConfig(backend="sglang")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"pip install 'palate\[vllm\]'"):
+            RolloutConfig(backend="vllm")
