@@ -1,6 +1,7 @@
 """``palate eval --suite NAME``: the benchmark suites beside the win-rate evaluation (:mod:`palate.eval.policy`).
 
     humaneval   :func:`palate.eval.humaneval.run_humaneval`   sandboxed pass@k, one run per policy
+    tasks       :func:`palate.eval.tasks.run_tasks`           task success rate, ROUGE-L, BLEU (--tasks FILE)
 """
 
 from __future__ import annotations
@@ -28,4 +29,14 @@ def run_suite(suite: str, policies: list[str], out: str | Path, *, prompts: str 
                               limit=limit, settings=settings, device=device, batch_size=batch_size)
             lines.append(format_summary(s))
         return "\n".join(lines)
-    raise ValueError(f"--suite must be winrate or humaneval, got {suite!r}")
+    if suite == "tasks":
+        from palate.eval.tasks import format_summary, run_tasks
+
+        if not tasks:
+            raise ValueError("--suite tasks needs --tasks FILE")
+        for p in policies:
+            s = run_tasks(p, tasks, _out_for(out, policies, p), settings=settings, limit=limit, device=device,
+                          batch_size=batch_size)
+            lines.append(format_summary(s))
+        return "\n".join(lines)
+    raise ValueError(f"--suite must be winrate, humaneval or tasks, got {suite!r}")
