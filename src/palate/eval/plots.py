@@ -233,3 +233,43 @@ def interval_svg(rows: Sequence[tuple[str, float, float, float]], title: str = "
     body.append(f'<text x="{(left + W - RIGHT) / 2}" y="{height - 12}" font-size="12" text-anchor="middle" {FONT}>'
                 f'{escape(xlabel)}</text>')
     return _svg(title, body, height=height)
+
+
+def radar_svg(series: dict[str, dict[str, float]], lo: float = 0.0, hi: float = 10.0,
+              title: str = "Score by category") -> str:
+    """A radar (spider) chart: one axis per category (in first-seen order), one polygon per series; values
+    are clipped to [lo, hi] and a missing category sits at the centre (lo)."""
+    axes: list[str] = []
+    for values in series.values():
+        axes += [c for c in values if c not in axes]
+    if not axes or hi <= lo:
+        return _no_data(title)
+    cx, cy, radius = W / 2 - (60 if len(series) > 1 else 0), TOP + (H - TOP) / 2, min(W, H - TOP) / 2 - 46
+    n = len(axes)
+
+    def point(i: int, v: float) -> tuple[float, float]:
+        frac = (min(max(v, lo), hi) - lo) / (hi - lo)
+        angle = -math.pi / 2 + 2 * math.pi * i / n
+        return cx + radius * frac * math.cos(angle), cy + radius * frac * math.sin(angle)
+
+    body = []
+    for level in range(1, 6):  # rings at 20% .. 100% of the range
+        v = lo + (hi - lo) * level / 5
+        ring = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(i, v) for i in range(n)))
+        body.append(f'<polygon class="ring" points="{ring}" fill="none" stroke="#ddd"/>')
+        x, y = point(0, v)
+        body.append(f'<text x="{x + 3:.1f}" y="{y + 3:.1f}" font-size="9" fill="#888" {FONT}>{_fmt(v)}</text>')
+    for i, name in enumerate(axes):
+        x, y = point(i, hi)
+        body.append(f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{x:.1f}" y2="{y:.1f}" stroke="#ccc"/>')
+        angle = -math.pi / 2 + 2 * math.pi * i / n
+        lx, ly = cx + (radius + 14) * math.cos(angle), cy + (radius + 14) * math.sin(angle)
+        anchor = "middle" if abs(math.cos(angle)) < 0.3 else "start" if math.cos(angle) > 0 else "end"
+        body.append(f'<text class="axis-label" x="{lx:.1f}" y="{ly + 4:.1f}" font-size="11" text-anchor="{anchor}" '
+                    f'{FONT}>{escape(name)}</text>')
+    for k, (label, values) in enumerate(series.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(i, values.get(c, lo)) for i, c in enumerate(axes)))
+        body.append(f'<polygon class="series" points="{pts}" fill="{colour}" fill-opacity="0.15" stroke="{colour}" '
+                    f'stroke-width="2"><title>{escape(label)}</title></polygon>')
+    return _svg(title, body, legend=list(series))

@@ -11,6 +11,9 @@ Optional labels on any row: ``category`` (text), ``attack`` (text, red-team fram
 (bool; ``category == "benign"`` also means not harmful). A malformed row raises
 :class:`palate.data.errors.DataError` naming the file, line/row and field.
 
+:func:`read_mtbench` reads MT-Bench questions with every turn (and reference answers, if given) for the
+multi-turn suite (``palate eval --suite mtbench``, :mod:`palate.eval.mtbench`).
+
 :func:`export_alpaca` writes answers in AlpacaEval's model-outputs format
 ``[{"instruction", "output", "generator"}]`` so ``alpaca_eval --model_outputs FILE`` can judge them.
 """
@@ -95,6 +98,47 @@ def read_eval_prompts(source: str | Path, *, column: str = "prompt", limit: int 
             break
     if not out:
         raise DataError(str(source), None, column, "no prompts found")
+    return out
+
+
+@dataclass(frozen=True)
+class MTBenchQuestion:
+    question_id: str
+    category: str
+    turns: tuple[str, ...]
+    reference: tuple[str, ...] | None = None  # reference answers per turn (math, coding, reasoning)
+
+
+def _text_list(row: dict, name: str, src: str, n: int) -> tuple[str, ...]:
+    v = row[name]
+    if not isinstance(v, list) or not v:
+        raise DataError(src, n, name, f"expected a non-empty list of text, got {type(v).__name__}")
+    for i, t in enumerate(v):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(src, n, f"{name}[{i}]", "expected non-empty text")
+    return tuple(v)
+
+
+def read_mtbench(source: str | Path, *, limit: int | None = None) -> list[MTBenchQuestion]:
+    """MT-Bench ``question.jsonl`` rows ``{"question_id", "category", "turns": [...], "reference"?: [...]}``,
+    every field checked (a bad row names file, line and field; ids must be unique)."""
+    out: list[MTBenchQuestion] = []
+    seen: dict[str, int] = {}
+    for src, n, row in iter_rows(source):
+        for name in ("question_id", "category", "turns"):
+            if name not in row:
+                raise DataError(src, n, name, "missing field (MT-Bench rows need question_id, category, turns)")
+        qid = _label(row, "question_id", src, n)
+        if qid in seen:
+            raise DataError(src, n, "question_id", f"duplicate question_id {qid} (first at line {seen[qid]})")
+        seen[qid] = n
+        turns = _text_list(row, "turns", src, n)
+        ref = _text_list(row, "reference", src, n) if row.get("reference") is not None else None
+        out.append(MTBenchQuestion(qid, _text(row, "category", src, n), turns, ref))
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(str(source), None, "turns", "no questions found")
     return out
 
 

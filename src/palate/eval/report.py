@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from palate.eval.monitor import MonitorConfig, monitor_metrics, present_signals, read_metrics
-from palate.eval.plots import histogram_svg, interval_svg, line_svg, reliability_svg
+from palate.eval.plots import histogram_svg, interval_svg, line_svg, radar_svg, reliability_svg
 from palate.eval.rl import read_eval_samples
 from palate.eval.text import text_stats, words
 from palate.eval.winrate import WINRATES, read_winrates
@@ -379,6 +379,35 @@ def _redteam(r: _Report) -> None:
           f"over-refusal {_pct(over and over['rate'])}")
 
 
+def _mtbench(r: _Report) -> None:
+    """MT-Bench grades per model, turn and category, the radar chart and pairwise win rates (``--suite mtbench``)."""
+    s = _json(r.run / "mtbench" / "mtbench.json")
+    if not isinstance(s, dict) or "models" not in s:
+        return
+    from palate.eval.mtbench import radar_series
+
+    cats = list(dict.fromkeys(c for m in s["models"].values() for c in m["by_category"]))
+    turns = sorted({t for m in s["models"].values() for t in m["by_turn"]})
+    rows, md = [], []
+    for lab, m in s["models"].items():
+        rows.append([escape(lab), _num(m["score"], 2)] + [_num(m["by_turn"].get(t), 2) for t in turns]
+                    + [_num(m["by_category"].get(c), 2) for c in cats] + [str(m["n_malformed"])])
+        md.append(f"- {lab}: MT-Bench score {_num(m['score'], 2)} ({m['n_graded']} grades, {m['n_malformed']} malformed)")
+    pair_rows = []
+    for lab, p in (s.get("pairwise") or {}).items():
+        if "win_rate" in p:
+            pair_rows.append([escape(lab), str(p["n"]), f"{p['wins']}/{p['ties']}/{p['losses']}", _pct(p["win_rate"]),
+                              _ci(p["ci"])])
+            md.append(f"- {lab} vs {s['baseline']}: win rate {_pct(p['win_rate'])} {_ci(p['ci'])}")
+    html = (f"<p>{s['n_questions']} questions from {escape(str(s.get('questions')))}, graded 1&ndash;10 by "
+            f"<b>{escape(str(s.get('judge')))}</b></p>"
+            + _table(["model", "score"] + [f"turn {t}" for t in turns] + [escape(c) for c in cats] + ["malformed"], rows)
+            + '<div class="charts">' + radar_svg(radar_series(s), 0, 10, "MT-Bench score by category") + "</div>"
+            + (f"<h3>Pairwise against {escape(str(s['baseline']))}</h3>"
+               + _table(["model", "n", "W/T/L", "win rate", "95% CI"], pair_rows) if pair_rows else ""))
+    r.add("mtbench", "MT-Bench", html, *md)
+
+
 def _groups(r: _Report, winrates: dict | None) -> None:
     html = ""
     for path, rep in _rm_evals(r.run):
@@ -521,6 +550,7 @@ def _run_sections(r: _Report) -> None:
     _groups(r, _winrates(r))
     _safety(r)
     _redteam(r)
+    _mtbench(r)
     _samples(r)
 
 

@@ -2,6 +2,7 @@
 
     humaneval   :func:`palate.eval.humaneval.run_humaneval`   sandboxed pass@k, one run per policy
     tasks       :func:`palate.eval.tasks.run_tasks`           task success rate, ROUGE-L, BLEU (--tasks FILE)
+    mtbench     :func:`palate.eval.mtbench.run_mtbench`       1-10 grades per turn/category, pairwise vs --baseline
 """
 
 from __future__ import annotations
@@ -39,4 +40,11 @@ def run_suite(suite: str, policies: list[str], out: str | Path, *, prompts: str 
                           batch_size=batch_size)
             lines.append(format_summary(s))
         return "\n".join(lines)
-    raise ValueError(f"--suite must be winrate, humaneval or tasks, got {suite!r}")
+    if suite == "mtbench":
+        from palate.eval.mtbench import format_summary, run_mtbench
+
+        if not prompts:
+            raise ValueError("--suite mtbench needs --prompts question.jsonl (MT-Bench format)")
+        return format_summary(run_mtbench(policies, prompts, out, judge=judge, baseline=baseline, limit=limit,
+                                          settings=settings, device=device, batch_size=batch_size))
+    raise ValueError(f"--suite must be winrate, humaneval, tasks or mtbench, got {suite!r}")
