@@ -63,6 +63,18 @@ def test_packed_rows_shard_with_their_examples():
     assert torch.equal(parts[1].position_ids, b.position_ids[2:])
 
 
+def test_dpo_held_out_watch_is_refused_on_several_processes(monkeypatch):
+    from palate.config import ConfigError
+    from palate.recipes.dpo import DPOSpec, check
+
+    spec = DPOSpec(watch_prompts=4, gold="panel")
+    check(spec)  # one process: fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="one process only"):
+        check(spec)
+    check(DPOSpec())  # without the watch: fine on several
+
+
 # ----------------------------------------------------------------------------- launching
 
 

@@ -185,6 +185,11 @@ class Loop:
         if distributed.launched():
             from accelerate import Accelerator
 
+            first = stream.epoch(0)[0]
+            if not all(isinstance(x, Batch) for x in (first if isinstance(first, tuple) else (first,))):
+                raise RuntimeError("this recipe does not train on several processes yet (only sft, rm and dpo do); "
+                                   "run it on one process")
+
             engine = distributed.check_supported()
             if engine != "ddp":
                 log.warning("%s: untested with palate (no DeepSpeed where its tests run); each checkpoint holds "

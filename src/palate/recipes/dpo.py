@@ -29,7 +29,7 @@ from palate.data.readers import read_preferences, read_ratings
 from palate.data.records import Preference, Rating
 from palate.data.tokenize import Example, encode_groups, encode_responses, uses_chat_template
 from palate.eval.monitor import MonitorConfig
-from palate.infra import session
+from palate.infra import distributed, session
 from palate.infra.run import RunDir
 from palate.losses.preference import PREFERENCE_LOSSES, kto_loss, kto_reference_point, requires_reference
 from palate.models.logprobs import sequence_logprobs
@@ -87,6 +87,9 @@ def check(spec: DPOSpec) -> None:
         raise ConfigError(f"dpo.records must be auto, preferences or ratings, got {spec.records!r}")
     if spec.records == "ratings" and spec.loss != "kto":
         raise ConfigError("ratings (unpaired thumbs) train only with dpo.loss=kto")
+    if watching(spec) and distributed.world_size() > 1:
+        raise ConfigError("dpo.watch_prompts (the held-out watch) runs on one process only for now; "
+                          "set dpo.watch_prompts=0 to train on several")
 
 
 # ----------------------------------------------------------------------------- data
