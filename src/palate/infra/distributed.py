@@ -103,9 +103,10 @@ def all_sum(values: float | int | dict[str, float | int]) -> Any:
     single = not isinstance(values, dict)
     d = {"_": values} if single else values
     keys = list(d)
-    t = torch.tensor([float(d[k]) for k in keys], dtype=torch.float64)
+    # on the process's device: NCCL reduces only GPU tensors (gloo: the CPU)
+    t = torch.tensor([float(d[k]) for k in keys], dtype=torch.float64, device=s.device)
     torch.distributed.all_reduce(t)
-    out = {k: (int(round(v)) if isinstance(d[k], int) else v) for k, v in zip(keys, t.tolist())}
+    out = {k: (int(round(v)) if isinstance(d[k], int) else v) for k, v in zip(keys, t.cpu().tolist())}
     return out["_"] if single else out
 
 

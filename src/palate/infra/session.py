@@ -80,6 +80,8 @@ def start(train: TrainConfig, model: ModelConfig, run: RunDir, log_cfg: LogConfi
     torch.manual_seed(seed)
     kept = keep_freed_memory()
     device = pick_device(model.device)
+    if distributed.launched() and device.type == "cuda" and device.index is None:
+        device = distributed.state().device  # this process's GPU (cuda:LOCAL_RANK)
     env = Env(
         device, pick_precision(train.precision, device),
         pick_gradient_checkpointing(train.gradient_checkpointing, device), progress=log_cfg.progress,
