@@ -1,17 +1,19 @@
 """Multi-process training through accelerate: one process per device, launched by ``torchrun`` or
 ``accelerate launch``.
 
-Nothing here talks to a process group directly beyond what accelerate hands back: the launcher's
-environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) is read by
-:class:`accelerate.PartialState`, which initialises ``torch.distributed`` (NCCL on GPUs, gloo on CPU).
-A single-process run never creates any of it, so its behaviour is exactly the unlaunched code path.
+The launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) is read by
+:class:`accelerate.PartialState`, which initialises ``torch.distributed`` (NCCL on GPUs, gloo on CPU);
+the few collectives palate needs besides accelerate's (an object broadcast, a gather, one float
+all-reduce per step) are ``torch.distributed`` calls on that group. A single-process run never
+creates any of it, so its behaviour is exactly the unlaunched code path.
 
 What the rest of palate does with it (see :class:`palate.infra.session.Loop`):
 
 - every process builds the same global batches and trains on its own disjoint slice of each
   (:func:`palate.data.batching.shard`), so a step's global batch is what a one-process run uses;
-- the model is prepared by accelerate (DDP, or FSDP / DeepSpeed from an ``accelerate launch`` config)
-  and every training forward runs inside it (:class:`Forward`), so gradients synchronise;
+- the model is prepared by accelerate (DDP; DeepSpeed ZeRO-2 from an ``accelerate launch`` config,
+  untested; FSDP and ZeRO-3 are refused, see :func:`check_supported`) and every training forward runs
+  inside it (:class:`Forward`), so gradients synchronise;
 - non-final micro-steps run under ``no_sync``; the losses a recipe computes are normalised by
   global counts (summed over processes), and multiplied by the number of processes before backward
   because DDP averages gradients;
