@@ -308,8 +308,19 @@ def serve(
     max_request_bytes: int = typer.Option(1 << 20, help="larger request bodies get 413"),
     max_tokens_limit: int = typer.Option(1024, help="largest max_tokens a request may ask for"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    safety_classifier: str = typer.Option(None, "--safety-classifier", help="guardrail: block unsafe requests and "
+                                          "answers (bundled | palate safety dir | HF classifier[#LABEL])"),
+    input_threshold: float = typer.Option(None, help="block a request whose P(unsafe) >= this (default: the "
+                                          "classifier's threshold when neither threshold is given)"),
+    output_threshold: float = typer.Option(None, help="block an answer whose P(unsafe) >= this"),
+    refusal: str = typer.Option(None, help="what a blocked request or answer gets instead"),
+    best_of: int = typer.Option(1, "--best-of", help="sample N answers, serve the reward model's best"),
+    reward_model: str = typer.Option(None, "--reward-model", help="reward model for --best-of (run or model dir)"),
+    guard_log: str = typer.Option(None, "--guard-log", help="JSONL log of blocked/replaced answers "
+                                  "(default guardrails.jsonl)"),
 ) -> None:
-    """OpenAI-compatible chat server (/v1/chat/completions with streaming, /v1/models) with request batching."""
+    """OpenAI-compatible chat server (/v1/chat/completions with streaming, /v1/models) with request batching;
+    optional guardrails (safety filter in and out, best-of-N with a reward model; counters at /v1/guardrails)."""
     from palate.infra.device import pick_device
     from palate.infra.logging import setup_logging
     from palate.serve.app import serve as run_server
@@ -319,9 +330,13 @@ def serve(
         typer.secho(f"warning: serving on {host} without an API key", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C stops)")
     try:
+        guard = dict(safety_classifier=safety_classifier, input_threshold=input_threshold,
+                     output_threshold=output_threshold, refusal=refusal, best_of=best_of, reward_model=reward_model,
+                     guard_log=guard_log)
         run_server(model, host=host, port=port, device=str(pick_device(device)), api_key=api_key, max_batch=max_batch,
-                   batch_wait_ms=batch_wait_ms, max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens_limit)
-    except (FileNotFoundError, OSError) as e:
+                   batch_wait_ms=batch_wait_ms, max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens_limit,
+                   guard=guard)
+    except (FileNotFoundError, OSError, ValueError) as e:
         _fail(e)
 
 
