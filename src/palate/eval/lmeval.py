@@ -1,8 +1,11 @@
-"""A palate model as an lm-evaluation-harness ``LM`` (``pip install lm-eval``), registered as ``palate``:
+"""A palate model as an lm-evaluation-harness ``LM`` (``pip install lm-eval``, or ``palate[lmeval]``), from Python:
 
-    lm_eval --model palate --model_args pretrained=runs/dpo,device=cpu,batch_size=8 --tasks hellaswag
+    import lm_eval
+    from palate.eval.lmeval import PalateLM      # also registers the name "palate" in lm-eval's model registry
+    lm_eval.simple_evaluate(model=PalateLM("runs/dpo", batch_size=8), tasks=["hellaswag"])
 
-or ``lm_eval.simple_evaluate(model=PalateLM("runs/dpo"), tasks=[...])`` after ``import palate.eval.lmeval``.
+(the ``lm_eval`` command line does not import palate, so ``--model palate`` works only where this module
+was imported first, e.g. from a script).
 
     loglikelihood           (context, continuation) → (Σ log p(continuation tokens | context), greedy?):
                             the pair is tokenised together and split where the context's tokens end
