@@ -75,7 +75,8 @@ def test_cli_tasks_on_tiny(tmp_path):
         {"id": "any", "prompt": "Say anything.", "regex": "(?s).*"},  # matches every answer
         {"id": "never", "prompt": "Say it.", "exact": "this exact sentence will not be produced"},
         {"id": "ref", "prompt": "Describe a cat.", "reference": "a small furry cat"}])
-    args = ["eval", "tiny", "--suite", "tasks", "--tasks", str(tasks), "--max-new-tokens", "4", "--out", str(tmp_path / "o")]
+    args = ["eval", "tiny", "--suite", "tasks", "--tasks", str(tasks), "--max-new-tokens", "4",
+            "--out", str(tmp_path / "o")]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "o" / "tasks" / "tasks.json").read_text())

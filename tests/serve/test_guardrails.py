@@ -51,7 +51,8 @@ def test_choice_rule_and_log(tmp_path):
     c = g.choose(msgs, ["bad", "bad", "bad"], "r2")
     assert c.blocked and c.text == g.refusal and c.index is None
     m = g.metrics()
-    assert (m["best_of_replaced"], m["output_blocked"], m["candidates_generated"], m["candidates_unsafe"]) == (1, 1, 6, 4)
+    counts = (m["best_of_replaced"], m["output_blocked"], m["candidates_generated"], m["candidates_unsafe"])
+    assert counts == (1, 1, 6, 4)
     rows = [json.loads(x) for x in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert [(r["request_id"], r["stage"], r["action"]) for r in rows] == [("r1", "best_of", "replaced"),
                                                                          ("r2", "output", "blocked")]
@@ -81,7 +82,8 @@ def complier(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("complier")
     rows = [{"prompt": UNSAFE_Q, "response": UNSAFE_A}, {"prompt": SAFE_Q, "response": SAFE_A}] * 8
-    final = train(load_config(SFTConfig, None, [f"run_dir={root / 'run'}", f"data.path={write_jsonl(root / 'd.jsonl', rows)}",
+    data = write_jsonl(root / "d.jsonl", rows)
+    final = train(load_config(SFTConfig, None, [f"run_dir={root / 'run'}", f"data.path={data}",
                                                 "model.name=tiny", "train.lr=1e-2", "train.batch_size=4",
                                                 "train.max_steps=150", "data.eval_fraction=0", "train.warmup_ratio=0",
                                                 "log.progress=false"]))

@@ -152,7 +152,8 @@ def run_mtbench(policies: list[str], questions_file: str, out: str | Path, *, ju
             rows = pairwise(j, questions, answers[lab], answers[base])
             keep = [r for r in rows if r["judgment"] is not None]
             if keep:
-                res = compare([r["judgment"] for r in keep], None, None, [r["category"] for r in keep], policy=lab, n_resamples=n_resamples, seed=settings.seed)
+                res = compare([r["judgment"] for r in keep], None, None, [r["category"] for r in keep], policy=lab,
+                              n_resamples=n_resamples, seed=settings.seed)
                 summary["pairwise"][lab] = {k: res[k] for k in ("n", "wins", "ties", "losses", "win_rate", "ci")}
                 summary["pairwise"][lab]["by_category"] = res.get("by_group")
             summary["pairwise"].setdefault(lab, {})["n_malformed"] = len(rows) - len(keep)

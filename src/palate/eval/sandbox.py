@@ -299,7 +299,8 @@ def run_python(source: str, limits: Limits = Limits(), *, files: dict[str, str] 
     enforced = {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
                 "wall_s": limits.wall_s, "network": rep["network"], "fs_readonly": rep["fs_readonly"],
                 "uid_isolated": uid is not None and rep.get("uid") == uid,
-                "nproc": "per-sample uid" if uid is not None else "whole user", "uid": rep.get("uid"), "errors": rep["errors"]}
+                "nproc": "per-sample uid" if uid is not None else "whole user", "uid": rep.get("uid"),
+                "errors": rep["errors"]}
     finished = stdout.endswith(marker + "\n")
     if finished:
         stdout = stdout[: -len(marker) - 2]

@@ -84,7 +84,8 @@ def read_tasks(source: str | Path) -> list[Task]:
             try:
                 tree = ast.parse(target)
             except SyntaxError as e:
-                raise DataError(src, n, "python", f"checker does not parse: {e.msg} (checker line {e.lineno})") from None
+                raise DataError(src, n, "python",
+                                f"checker does not parse: {e.msg} (checker line {e.lineno})") from None
             if not any(isinstance(x, ast.FunctionDef) and x.name == "check" for x in tree.body):
                 raise DataError(src, n, "python", "checker must define check(answer) -> bool")
         tid = row.get("id", n)
@@ -162,7 +163,8 @@ def score_tasks(tasks: list[Task], answers: list[str], *, seed: int = 0) -> tupl
                 if r[key] is not None:
                     groups[r[key]].append(float(r["passed"]))
             if groups:
-                summary[f"by_{key}"] = {g: {"n": len(v), "success_rate": sum(v) / len(v)} for g, v in sorted(groups.items())}
+                summary[f"by_{key}"] = {g: {"n": len(v), "success_rate": sum(v) / len(v)}
+                                        for g, v in sorted(groups.items())}
     with_ref = [(i, t) for i, t in enumerate(tasks) if t.reference]
     if with_ref:
         refs, ans = [t.reference for _, t in with_ref], [answers[i] for i, _ in with_ref]
