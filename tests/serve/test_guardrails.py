@@ -148,3 +148,15 @@ def test_best_of_n_serves_the_reward_models_best_sample(tmp_path):
     best = max(range(3), key=lambda i: rewards[i])
     assert served == samples[best]
     assert g.metrics()["best_of_replaced"] == int(best != 0) and g.metrics()["candidates_generated"] == 3
+
+
+def test_serve_options_build_the_guardrails(tmp_path):
+    from palate.serve.app import load_guardrails
+
+    assert load_guardrails() is None
+    g = load_guardrails(safety_classifier="bundled", guard_log=str(tmp_path / "g.jsonl"))
+    assert (g.input_threshold, g.output_threshold) == (0.5, 0.5) and g.names["safety_classifier"] == "bundled"
+    only_out = load_guardrails(safety_classifier="bundled", output_threshold=0.7)
+    assert (only_out.input_threshold, only_out.output_threshold) == (None, 0.7)
+    with pytest.raises(ValueError, match="needs a reward model"):
+        load_guardrails(best_of=2)
