@@ -568,7 +568,7 @@ class HeldOutWatch:
         self.model.eval()
         answers = [s[0].text for s in sample(self.model, self.tok, self.prompts, n=1, temperature=0.0,
                                              max_new_tokens=self.spec.watch_max_new_tokens, repetition_penalty=1.1,
-                                             batch_size=16)]
+                                             batch_size=64)]
         self.model.train(was_training)
         proxy = self.rm.score(self.prompts, answers).mean.tolist() if self.rm is not None else None
         gold = [float(self.gold(prompt_text(p), a)) for p, a in zip(self.prompts, answers)] if self.gold else None
