@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from palate.eval.monitor import MonitorConfig, monitor_metrics, present_signals, read_metrics
-from palate.eval.plots import histogram_svg, interval_svg, line_svg, radar_svg, reliability_svg
+from palate.eval.plots import histogram_svg, interval_svg, line_svg, scatter_svg, radar_svg, reliability_svg
 from palate.eval.rl import read_eval_samples
 from palate.eval.text import text_stats, words
 from palate.eval.winrate import WINRATES, read_winrates
@@ -501,8 +501,9 @@ def _overoptimisation(r: _Report, metrics: list[dict]) -> None:
         proxy_key = "eval_reward_margin"
     if len(points) < 2:
         return
-    chart = line_svg({"gold vs proxy": [(x, y) for x, y, _ in points]}, title="Proxy reward vs gold score",
-                     xlabel=f"proxy ({proxy_key})", ylabel="gold (eval_gold)", markers=True)
+    # points, not a line: a line would join evaluations in x order, not in step order (the table has the steps)
+    chart = scatter_svg({"one held-out evaluation": [(x, y) for x, y, _ in points]}, title="Proxy reward vs gold score",
+                        xlabel=f"proxy ({proxy_key})", ylabel="gold (eval_gold)")
     rows = [[str(s), _num(x), _num(y)] for x, y, s in points]
     r.add("overoptimisation", "Overoptimisation: proxy vs gold",
           f'<p class="muted">one point per held-out evaluation</p><div class="charts">{chart}</div>'
