@@ -72,7 +72,10 @@ def iter_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, i
 
 
 def _jsonl_rows(path: Path, label: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
+    """Rows of a JSONL file (gzip-compressed when it ends in ``.gz``) with their line numbers."""
+    import gzip
+
+    with (gzip.open(path, "rt", encoding="utf-8") if Path(path).suffix == ".gz" else open(path, encoding="utf-8")) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

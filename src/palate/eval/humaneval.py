@@ -15,7 +15,6 @@ Written to ``OUT/humaneval/``: ``samples.jsonl`` (task_id, completion, status, s
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from collections import Counter
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from palate.data.errors import DataError
+from palate.data.readers import _jsonl_rows
 from palate.eval.sandbox import Limits, run_many
 
 FIELDS = ("task_id", "prompt", "test", "entry_point")
@@ -54,22 +54,14 @@ def default_problems() -> Path:
 def read_problems(path: str | Path | None = None, *, limit: int | None = None) -> list[dict[str, str]]:
     """Problems from a HumanEval-format JSONL (``.gz`` too), in file order; bad rows name file, line, field."""
     path = Path(path) if path else default_problems()
-    opener = gzip.open if path.suffix == ".gz" else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), n, None, f"not valid JSON: {e}") from None
-            for name in FIELDS:
-                if not isinstance(row.get(name), str) or not row[name].strip():
-                    raise DataError(str(path), n, name, "expected non-empty text")
-            out.append({k: row[k] for k in FIELDS})
-            if limit and len(out) >= limit:
-                break
+    for src, n, row in _jsonl_rows(path, str(path)):
+        for name in FIELDS:
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise DataError(src, n, name, "expected non-empty text")
+        out.append({k: row[k] for k in FIELDS})
+        if limit and len(out) >= limit:
+            break
     if not out:
         raise DataError(str(path), None, None, "no problems found")
     return out
