@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from palate.config import ConfigError, build, dump_yaml, to_dict
+from palate.config import ConfigError, build, dump_yaml
 
 log = logging.getLogger("palate.pipeline")
 
@@ -196,7 +196,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from palate.data.readers import _jsonl_rows
+
+    return [row for _, _, row in _jsonl_rows(path, str(path))]
 
 
 # ----------------------------------------------------------------------------- stage work
@@ -253,7 +255,7 @@ def preference_row(prompt, x: str, y: str, verdict: str, **meta) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **meta}
 
 
-def judge_pairs(samples_file: Path, spec: JudgeSpec, seed: int, out: Path) -> None:
+def judge_samples(samples_file: Path, spec: JudgeSpec, seed: int, round_no: int, out: Path) -> None:
     """Every distinct pair of a prompt's responses judged; the panel's labelers each draw a choice (both
     orders shown half the time each) and the majority labels the pair, overall and per group."""
     rows = read_jsonl(samples_file)
@@ -264,7 +266,7 @@ def judge_pairs(samples_file: Path, spec: JudgeSpec, seed: int, out: Path) -> No
     prefs: list[dict] = []
     by_group: dict[str, list[dict]] = {}
     if spec.kind == "feedback":
-        prefs = labels_from_people(pairs, spec, seed // 1000 + 1)
+        prefs = labels_from_people(pairs, spec, round_no)
     elif spec.kind == "panel":
         rng = random.Random(seed)
         panel = panel_of(spec)
@@ -482,8 +484,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                             [prompts, *current_inputs],
                             lambda d: sample_responses(str(current), train_prompts, cfg.sample, seed, d), done)
         judgments = run_stage(rd, "judgments", {**asdict(cfg.judge), "round": r}, [samples],
-                              lambda d: judge_pairs(samples.dir / "samples.jsonl", cfg.judge,
-                                                    cfg.judge.seed + 1000 * (r - 1), d), done)
+                              lambda d: judge_samples(samples.dir / "samples.jsonl", cfg.judge,
+                                                    cfg.judge.seed + 1000 * (r - 1), r, d), done)
         prefs = judgments.dir / "preferences.jsonl"
         reward = None
         if cfg.reward is not None:
@@ -555,6 +557,6 @@ def load_pipeline(path: str | None, overrides: list[str] | None = None) -> Pipel
     return load_config(PipelineConfig, path, overrides)
 
 
-__all__ = ["PipelineConfig", "run_pipeline", "load_pipeline", "format_summary", "to_dict"]
+__all__ = ["PipelineConfig", "run_pipeline", "load_pipeline", "format_summary"]
 
 DEMO_PIPELINE = Path(__file__).parent / "data" / "bundled" / "demo_pipeline.yaml"
