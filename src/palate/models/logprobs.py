@@ -7,6 +7,9 @@ and the projection runs on [N_targets, hidden] instead of [batch * seq, hidden].
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 from palate.data.batching import IGNORE, Batch
@@ -16,6 +19,19 @@ def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``(decoder, lm_head)`` of a causal LM, a PEFT-wrapped one included (LoRA layers stay active)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def kv_cache(module, cache) -> dict:
+    """``{keyword: cache}`` for a model's or decoder's forward: transformers renamed ``past_key_values`` to
+    ``cache`` (5.2x; the old name still works there but warns). PEFT and DDP wrappers are looked through."""
+    base = getattr(module, "module", module)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return {_cache_keyword(type(base)): cache}
 
 
 def target_hidden(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,14 +100,14 @@ def response_hidden(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     prompt_out = decoder(input_ids=prompt_ids.to(device), attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True).last_hidden_state  # [P, W, H]
+                         use_cache=True, **kv_cache(decoder, cache)).last_hidden_state  # [P, W, H]
     cache.batch_repeat_interleave(n)
     B, T = response_ids.shape
     # Responses are right-padded: under causal attention no real token sees the padding after it.
     full_mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones(B, T)], dim=1)
     pos = positions[:, -1:].repeat_interleave(n, 0) + 1 + torch.arange(T, device=device)[None, :]
     resp = decoder(input_ids=response_ids[:, :-1].to(device), attention_mask=full_mask[:, :-1],
-                   position_ids=pos[:, :-1], past_key_values=cache, use_cache=True).last_hidden_state
+                   position_ids=pos[:, :-1], use_cache=True, **kv_cache(decoder, cache)).last_hidden_state
     first = prompt_out[:, -1:].repeat_interleave(n, 0)  # the last prompt position predicts token 0
     return torch.cat([first, resp], dim=1)
 

@@ -9,6 +9,7 @@ import torch
 
 from palate.data.records import Message
 from palate.data.tokenize import encode_prompt, uses_chat_template
+from palate.models.logprobs import kv_cache
 
 
 @torch.inference_mode()
@@ -217,7 +218,7 @@ def _rollout(
     mask = prompt_mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=prompt_ids.to(device), attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **kv_cache(model, cache))
     logits = out.logits[:, -1].float().repeat_interleave(n, 0)
     cache.batch_repeat_interleave(n)
     mask = mask.repeat_interleave(n, 0)
@@ -246,7 +247,7 @@ def _rollout(
             cache.batch_select_indices(keep.to(device))
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
         out = model(input_ids=tok[:, None].to(device), attention_mask=mask, position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **kv_cache(model, cache))
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     width = max(length)

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from palate.models.logprobs import kv_cache
 from palate.rollout.generate import _filter_logits, eos_ids, left_pad
 
 log = logging.getLogger("palate.serve")
@@ -141,7 +142,7 @@ class Batcher:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **kv_cache(self.model, cache))
         logits = out.logits[:, -1].float()
         next_pos = positions[:, -1:] + 1
         rows = list(range(len(batch)))  # indices into batch still generating, in cache order
@@ -164,7 +165,7 @@ class Batcher:
                 rows, picked = [rows[k] for k in keep], [picked[k] for k in keep]
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             tok_t = torch.tensor(picked, device=self.device)[:, None]
-            out = self.model(input_ids=tok_t, attention_mask=mask, position_ids=next_pos, past_key_values=cache,
-                             use_cache=True)
+            out = self.model(input_ids=tok_t, attention_mask=mask, position_ids=next_pos,
+                             use_cache=True, **kv_cache(self.model, cache))
             logits = out.logits[:, -1].float()
             next_pos = next_pos + 1
