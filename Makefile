@@ -27,7 +27,7 @@ demo: setup
 	$(VENV)/bin/palate demo
 
 test: setup
-	$(PY) -m pytest -q --timeout=900
+	$(PY) -m pytest -q --timeout=900 --durations=25
 
 # every benchmark writes bench/results/<name>.json; bench/table.py turns them into docs/benchmarks.md.
 # sft, reward, dpo and rl train the bundled 135M model with palate, TRL and a plain loop (slow on a CPU);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,3 +70,18 @@ class adapter_disabled:
 
     def __exit__(self, *exc):
         return self.ctx.__exit__(*exc) if self.ctx is not None else False
+
+
+@contextlib.contextmanager
+def merged_weights(model):
+    """The model's current weights as a plain (non-PEFT) model's state dict, LoRA merged in: what a rollout
+    engine or worker holding a plain copy loads. The adapter is merged for the duration and unmerged after."""
+    peft = is_peft(model)
+    if peft:
+        model.merge_adapter()
+    try:
+        base = model.get_base_model() if peft else model
+        yield {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
+    finally:
+        if peft:
+            model.unmerge_adapter()

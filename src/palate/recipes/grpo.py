@@ -27,7 +27,8 @@ import torch
 from palate.config import ConfigError, LogConfig, LoraConfig, ModelConfig, TrainConfig
 from palate.data.readers import read_prompts
 from palate.eval.monitor import MonitorConfig
-from palate.infra import session
+from palate.infra import ray_layout, session
+from palate.infra.ray_layout import RayConfig
 from palate.infra.run import RunDir
 from palate.losses.policy import (
     aggregate,
@@ -94,6 +95,7 @@ class GRPOConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)  # reward-hacking checks (warn or stop)
     gold: RewardConfig = field(default_factory=RewardConfig)  # optional held-out gold reward for the monitor
+    ray: RayConfig = field(default_factory=RayConfig)  # rollout, reward and reference workers as Ray actors
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -111,6 +113,7 @@ def check(cfg: GRPOConfig) -> None:
         raise ConfigError("grpo.prompts_per_step must be a multiple of grpo.minibatches")
     if cfg.train.grad_accum != 1:
         raise ConfigError("train.grad_accum is not used by grpo: use grpo.prompts_per_step and grpo.minibatches")
+    ray_layout.check(cfg.ray, cfg.rollout)
 
 
 def prompt_stream(cfg_prompts: PromptsConfig, per_step: int, seed: int) -> tuple[session.BatchStream, list]:
@@ -154,17 +157,19 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
     env = session.start(cfg.train, cfg.model, run, cfg.log, cfg)
     tok = session.tokenizer(cfg.model)
     stream, held = prompt_stream(cfg.prompts, g.prompts_per_step, cfg.train.seed)
-    rewarder = Rewarder(cfg.reward)
-    policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
-    reference = Reference(policy, g.reference_device) if g.beta > 0 else None
-    log.info("%s: %d prompts x %d samples per step, β=%g (KL in %s), reward from %s; %d held-out prompts",
-             g.advantage, g.prompts_per_step, rc.n, g.beta, g.kl_in, cfg.reward.model or cfg.reward.function,
-             len(held))
-    loop = session.Loop(run, policy, cfg.train, env, stream)
-    watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
-    drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, g.sample_every,
-          cfg.train.eval_every, lambda step, exp: update(policy, loop, exp, advantages(exp, g, rc.n), g, rc, step), watch)
-    return finish_rl(loop, run, tok, cfg.lora.merge, watch)
+    with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=g.beta > 0) as placed:
+        rewarder = placed.rewarder or Rewarder(cfg.reward)
+        policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
+        reference = placed.reference or (Reference(policy, g.reference_device) if g.beta > 0 else None)
+        log.info("%s: %d prompts x %d samples per step, β=%g (KL in %s), reward from %s; %d held-out prompts",
+                 g.advantage, g.prompts_per_step, rc.n, g.beta, g.kl_in, cfg.reward.model or cfg.reward.function,
+                 len(held))
+        loop = session.Loop(run, policy, cfg.train, env, stream)
+        watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
+        drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, g.sample_every,
+              cfg.train.eval_every, lambda step, exp: update(policy, loop, exp, advantages(exp, g, rc.n), g, rc, step),
+              watch, engine=placed.engine)
+        return finish_rl(loop, run, tok, cfg.lora.merge, watch)
 
 
 def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: RolloutConfig,

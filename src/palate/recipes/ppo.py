@@ -24,7 +24,8 @@ import torch
 
 from palate.config import ConfigError, LogConfig, LoraConfig, ModelConfig, TrainConfig
 from palate.eval.monitor import MonitorConfig
-from palate.infra import session
+from palate.infra import ray_layout, session
+from palate.infra.ray_layout import RayConfig
 from palate.infra.run import RunDir
 from palate.losses.policy import (
     explained_variance,
@@ -91,6 +92,7 @@ class PPOConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)  # reward-hacking checks (warn or stop)
     gold: RewardConfig = field(default_factory=RewardConfig)  # optional held-out gold reward for the monitor
+    ray: RayConfig = field(default_factory=RayConfig)  # rollout, reward and reference workers as Ray actors
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -104,6 +106,7 @@ def check(cfg: PPOConfig) -> None:
         raise ConfigError("ppo.prompts_per_step must be a multiple of ppo.minibatches")
     if cfg.train.grad_accum != 1:
         raise ConfigError("train.grad_accum is not used by ppo: use ppo.prompts_per_step and ppo.minibatches")
+    ray_layout.check(cfg.ray, cfg.rollout)
 
 
 class ActorCritic(torch.nn.Module):
@@ -131,25 +134,27 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
     env = session.start(cfg.train, cfg.model, run, cfg.log, cfg)
     tok = session.tokenizer(cfg.model)
     stream, held = prompt_stream(cfg.prompts, p.prompts_per_step, cfg.train.seed)
-    rewarder = Rewarder(cfg.reward)
-    policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
-    critic = session.policy(cfg.model, cfg.lora, cfg.train, env, tok) if p.critic == "separate" else None
-    ac = ActorCritic(policy, critic).to(env.device)
-    reference = Reference(policy, p.reference_device)
-    ctl = kl_controller(p.kl_controller, p.kl_coef, p.target_kl if p.kl_controller == "adaptive" else None,
-                        p.kl_horizon)
-    loop = session.Loop(run, ac, cfg.train, env, stream,
-                        lr_scale={"value_head.": p.value_lr_scale, "critic.": p.value_lr_scale})
-    if "kl_controller" in loop.resumed:
-        ctl.load_state_dict(loop.resumed["kl_controller"])
-    loop.extra_state = lambda: {"kl_controller": ctl.state_dict()}
-    log.info("ppo: %d prompts x %d per step, %d epochs x %d minibatches, critic %s, β=%g (%s), reward from %s",
-             p.prompts_per_step, rc.n, p.ppo_epochs, p.minibatches, p.critic, p.kl_coef, p.kl_controller,
-             cfg.reward.model or cfg.reward.function)
-    watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
-    drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, p.sample_every,
-          cfg.train.eval_every, lambda step, exp: update(ac, loop, exp, ctl, p, rc, step), watch)
-    return finish_rl(loop, run, tok, cfg.lora.merge, watch, model=policy)
+    with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=True) as placed:
+        rewarder = placed.rewarder or Rewarder(cfg.reward)
+        policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
+        critic = session.policy(cfg.model, cfg.lora, cfg.train, env, tok) if p.critic == "separate" else None
+        ac = ActorCritic(policy, critic).to(env.device)
+        reference = placed.reference or Reference(policy, p.reference_device)
+        ctl = kl_controller(p.kl_controller, p.kl_coef, p.target_kl if p.kl_controller == "adaptive" else None,
+                            p.kl_horizon)
+        loop = session.Loop(run, ac, cfg.train, env, stream,
+                            lr_scale={"value_head.": p.value_lr_scale, "critic.": p.value_lr_scale})
+        if "kl_controller" in loop.resumed:
+            ctl.load_state_dict(loop.resumed["kl_controller"])
+        loop.extra_state = lambda: {"kl_controller": ctl.state_dict()}
+        log.info("ppo: %d prompts x %d per step, %d epochs x %d minibatches, critic %s, β=%g (%s), reward from %s",
+                 p.prompts_per_step, rc.n, p.ppo_epochs, p.minibatches, p.critic, p.kl_coef, p.kl_controller,
+                 cfg.reward.model or cfg.reward.function)
+        watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
+        drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, p.sample_every,
+              cfg.train.eval_every, lambda step, exp: update(ac, loop, exp, ctl, p, rc, step), watch,
+              engine=placed.engine)
+        return finish_rl(loop, run, tok, cfg.lora.merge, watch, model=policy)
 
 
 def update(ac: ActorCritic, loop, exp: Experience, ctl, p: PPOSpec, rc: RolloutConfig, step: int) -> dict:

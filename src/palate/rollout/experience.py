@@ -145,9 +145,9 @@ def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
 
 
 def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
-            seed: int) -> Experience:
+            seed: int, engine=None) -> Experience:
     t0 = time.perf_counter()
-    r, correction = sample_rollout(policy, tok, prompts, cfg, seed)
+    r, correction = sample_rollout(policy, tok, prompts, cfg, seed, engine)
     t1 = time.perf_counter()
     rewards = score_rollout(rewarder, prompts, r)
     t2 = time.perf_counter()
@@ -353,12 +353,14 @@ class Watch:
 
 
 def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
-          seed: int, sample_every: int, eval_every: int, update, watch: Watch | None = None) -> None:
+          seed: int, sample_every: int, eval_every: int, update, watch: Watch | None = None, engine=None) -> None:
     """The online-RL step loop shared by PPO and GRPO: for each step collect experience, call
     ``update(step, exp) -> metrics`` (the algorithm), then log diagnostics, samples and held-out reward.
 
     Held-out reward is measured before the first step too. A NaN/inf reward or loss stops the run with the
-    last good state saved as a checkpoint. The sampling seed of step s is ``seed·100003 + s``.
+    last good state saved as a checkpoint. The sampling seed of step s is ``seed·100003 + s``. ``engine``:
+    a rollout engine that samples the training steps instead of the trainer (Ray workers); held-out
+    evaluation always samples in the trainer.
     """
     eval_seed = seed * 7919 + 1
     if held and loop.start_step == 0:
@@ -372,7 +374,7 @@ def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewar
         log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     for step, (prompts,) in loop:
         try:
-            exp = collect(policy, tok, prompts, rc, rewarder, reference, seed=seed * 100_003 + step)
+            exp = collect(policy, tok, prompts, rc, rewarder, reference, seed=seed * 100_003 + step, engine=engine)
             metrics = experience_metrics(exp)
             require_finite(step, reward=exp.rewards.total)
             metrics.update(update(step, exp))

@@ -167,6 +167,32 @@ def left_pad(encoded: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def concat_rollouts(parts: list[Rollout], pad: int) -> Rollout:
+    """One rollout from several over consecutive slices of the prompts (e.g. from several rollout workers):
+    prompts re-left-padded and responses re-right-padded to the widest part, rows kept in order."""
+    if not parts:
+        raise ValueError("concat_rollouts: no rollouts")
+    if len({r.n for r in parts}) != 1:
+        raise ValueError(f"concat_rollouts: parts sample different n per prompt: {[r.n for r in parts]}")
+    W = max(r.prompt_ids.shape[1] for r in parts)
+    T = max(r.response_ids.shape[1] for r in parts)
+
+    def widen(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+        extra = x.new_full((x.shape[0], width - x.shape[1]), value)
+        return torch.cat([extra, x] if left else [x, extra], dim=1)
+
+    return Rollout(
+        prompt_ids=torch.cat([widen(r.prompt_ids, W, pad, True) for r in parts]),
+        prompt_mask=torch.cat([widen(r.prompt_mask, W, 0, True) for r in parts]),
+        n=parts[0].n,
+        response_ids=torch.cat([widen(r.response_ids, T, pad, False) for r in parts]),
+        response_mask=torch.cat([widen(r.response_mask, T, False, False) for r in parts]),
+        logprobs=torch.cat([widen(r.logprobs, T, 0.0, False) for r in parts]),
+        stop_reason=[x for r in parts for x in r.stop_reason],
+        texts=[x for r in parts for x in r.texts],
+    )
+
+
 def rollout(model, tokenizer, prompts: list, **kw) -> Rollout:
     """Sample ``n`` responses to each prompt with the KV cache, for RL (see :func:`_rollout`).
 

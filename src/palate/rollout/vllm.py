@@ -29,6 +29,7 @@ import tempfile
 import torch
 
 from palate.data.tokenize import encode_prompt, uses_chat_template
+from palate.models.lora import merged_weights
 from palate.rollout.generate import Rollout, left_pad
 
 log = logging.getLogger("palate.vllm")
@@ -83,16 +84,8 @@ class VLLMSampler:
     @torch.no_grad()
     def sync(self, policy) -> None:
         """Copy the policy's current weights (LoRA merged) into the engine."""
-        merged = hasattr(policy, "merge_adapter")
-        if merged:
-            policy.merge_adapter()
-        try:
-            base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-            state = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
+        with merged_weights(policy) as state:
             self._engine_model().load_weights(weights=list(state.items()))
-        finally:
-            if merged:
-                policy.unmerge_adapter()
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 
