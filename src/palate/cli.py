@@ -423,9 +423,10 @@ def eval_(
 
 @app.command()
 def redteam(
-    model: str = typer.Argument(..., help="model to attack: run dir, model dir, hub name, tiny"),
+    model: str = typer.Argument(..., help="model to attack: run dir, model dir, hub name, tiny, or a served "
+                                "model's URL (http://HOST:PORT/v1, e.g. palate serve with guardrails)"),
     out: str = typer.Option(None, "--out", help="output dir (default: MODEL/redteam for a run dir, "
-                            "else ./redteam-NAME)"),
+                            "else ./redteam-NAME; needed for a URL)"),
     prompts: str = typer.Option("bundled:redteam", "--prompts", help="suite with prompt, harmful, category, attack"),
     judge_: str = typer.Option(None, "--judge", help="safety reward model: an attack succeeds when its score is "
                                "below --threshold (default: the answer is not a refusal)"),
@@ -447,6 +448,8 @@ def redteam(
 
     setup_logging()
     if out is None:
+        if model.startswith(("http://", "https://")):
+            _fail(ValueError("a URL needs --out (where redteam.json and answers.jsonl go)"))
         out = str(Path(model) / "redteam") if Path(model).is_dir() else f"redteam-{Path(model).name}"
     settings = GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     try:

@@ -93,9 +93,35 @@ class AnswerCache:
         return self.path
 
 
+def is_endpoint(name: str) -> bool:
+    """An OpenAI-compatible server's base URL (``http://HOST:PORT/v1``) rather than a model to load."""
+    return name.startswith(("http://", "https://"))
+
+
+def endpoint_answers(url: str, prompts: Sequence[Prompt], cache: AnswerCache, settings: GenSettings, *,
+                     label: str, concurrency: int = 8) -> list[str]:
+    """Greedy answers from a served model (``palate serve`` or any chat-completions server), ``concurrency``
+    requests at a time so the server can batch them. Never read from the cache: what a server answers
+    depends on how it is run (guardrails on or off), which its URL does not say."""
+    from palate.data.records import prompt_text
+    from palate.judges.http import HTTPJudge
+
+    if settings.temperature > 0:
+        raise ValueError(f"{url}: answers from an endpoint are greedy; use temperature 0")
+    client = HTTPJudge(url, max_tokens=settings.max_new_tokens, concurrency=concurrency, name=label)
+    answers = client._map(lambda p: client.chat(prompt_text(p)), list(prompts))
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        cache.rows.append({"key": f"endpoint:{url}:{i}", "answer": a, "prompt": p, "policy": label, "model": url})
+    cache.generated += len(answers)
+    return answers
+
+
 def generate_answers(model_name: str, prompts: Sequence[Prompt], cache: AnswerCache, settings: GenSettings, *,
                      label: str, device: str = "cpu", batch_size: int = 8) -> list[str]:
-    """One answer per prompt from ``model_name``, generating only those not in ``cache``."""
+    """One answer per prompt from ``model_name`` (or the endpoint it names), generating only those not in
+    ``cache``."""
+    if is_endpoint(model_name):
+        return endpoint_answers(model_name, prompts, cache, settings, label=label, concurrency=batch_size)
     fp = model_fingerprint(model_name)
     keys = [answer_key(fp, p, settings) for p in prompts]
     missing: list[int] = []

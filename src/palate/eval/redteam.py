@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from palate.eval.policy import ANSWERS, AnswerCache, GenSettings, generate_answers, label_of
+from palate.eval.policy import ANSWERS, AnswerCache, GenSettings, generate_answers, is_endpoint, label_of
 from palate.eval.prompts import read_eval_prompts
 from palate.eval.text import _rate, is_refusal
 
@@ -121,9 +121,23 @@ def run_redteam(model: str, out: str | Path, *, prompts: str = SUITE, limit: int
               **score_redteam(rows, safety_scores=scores, threshold=threshold, unsafe_probs=probs,
                               prob_threshold=clf.threshold if clf is not None else 0.5, seed=settings.seed),
               "generated": cache.generated, "reused": cache.reused}
+    if is_endpoint(model):
+        result["endpoint_guardrails"] = endpoint_guardrails(model)
     out.mkdir(parents=True, exist_ok=True)
     (out / REDTEAM).write_text(json.dumps(result, indent=1, ensure_ascii=False))
     return result
+
+
+def endpoint_guardrails(url: str) -> dict | None:
+    """``palate serve``'s guardrail counters (``GET /v1/guardrails``) after the attack; None from a server
+    without them."""
+    import httpx
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/guardrails", timeout=10)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
 
 
 def _pct(rate: dict | None) -> str:
@@ -141,4 +155,9 @@ def format_redteam(res: dict[str, Any]) -> str:
     lines += [f"  {k:<22} {_pct(v)}" for k, v in res["by_category"].items()]
     lines.append("by attack framing:")
     lines += [f"  {k:<22} {_pct(v)}" for k, v in res["by_attack"].items()]
+    g = res.get("endpoint_guardrails")
+    if g and g.get("enabled"):
+        lines.append("server guardrails (since it started): " + ", ".join(
+            f"{k.replace('_', ' ')} {g[k]}" for k in ("requests", "input_blocked", "output_blocked", "best_of_replaced")
+            if k in g))
     return "\n".join(lines)

@@ -374,9 +374,19 @@ def _redteam(r: _Report) -> None:
             f"{escape(str(res.get('judge')))}; over-refusal on {res.get('n_benign', 0)} benign prompts: "
             f"{_pct(over and over['rate'])} {_ci(over and over['ci'])}</p>"
             + _table(["", "n", "attack success rate", "95% CI"], rows)
+            + _served_guardrails(res.get("endpoint_guardrails"))
             + (f"<h3>Successful attacks</h3>{worst}" if worst else ""))
     r.add("redteam", "Red team", html, f"- attack success rate {_pct(asr and asr['rate'])} {_ci(asr and asr['ci'])}, "
           f"over-refusal {_pct(over and over['rate'])}")
+
+
+def _served_guardrails(g: dict | None) -> str:
+    """The attacked server's guardrail counters (a red team run against ``palate serve``)."""
+    if not g or not g.get("enabled"):
+        return ""
+    keys = [k for k in ("requests", "input_blocked", "output_blocked", "best_of_replaced") if k in g]
+    return ("<h3>Guardrails of the served model</h3>"
+            + _table([k.replace("_", " ") for k in keys], [[escape(str(g[k])) for k in keys]]))
 
 
 def _mtbench(r: _Report) -> None:
