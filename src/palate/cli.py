@@ -441,14 +441,14 @@ def redteam(
     """Red-team a model: attack success rate per category and jailbreak framing (95% CIs), over-refusal on
     benign look-alikes, worst samples; writes redteam.json and answers.jsonl."""
     from palate.data.errors import DataError
-    from palate.eval.policy import GenSettings
+    from palate.eval.policy import GenSettings, is_endpoint
     from palate.eval.redteam import format_redteam, run_redteam
     from palate.infra.device import pick_device
     from palate.infra.logging import setup_logging
 
     setup_logging()
     if out is None:
-        if model.startswith(("http://", "https://")):
+        if is_endpoint(model):
             _fail(ValueError("a URL needs --out (where redteam.json and answers.jsonl go)"))
         out = str(Path(model) / "redteam") if Path(model).is_dir() else f"redteam-{Path(model).name}"
     settings = GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)

@@ -109,7 +109,7 @@ def endpoint_answers(url: str, prompts: Sequence[Prompt], cache: AnswerCache, se
     if settings.temperature > 0:
         raise ValueError(f"{url}: answers from an endpoint are greedy; use temperature 0")
     client = HTTPJudge(url, max_tokens=settings.max_new_tokens, concurrency=concurrency, name=label)
-    answers = client._map(lambda p: client.chat(prompt_text(p)), list(prompts))
+    answers = client.chat_many([prompt_text(p) for p in prompts])
     for i, (p, a) in enumerate(zip(prompts, answers)):
         cache.rows.append({"key": f"endpoint:{url}:{i}", "answer": a, "prompt": p, "policy": label, "model": url})
     cache.generated += len(answers)

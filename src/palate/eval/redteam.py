@@ -128,6 +128,9 @@ def run_redteam(model: str, out: str | Path, *, prompts: str = SUITE, limit: int
     return result
 
 
+GUARDRAIL_COUNTERS = ("requests", "input_blocked", "output_blocked", "best_of_replaced")  # of GET /v1/guardrails
+
+
 def endpoint_guardrails(url: str) -> dict | None:
     """``palate serve``'s guardrail counters (``GET /v1/guardrails``) after the attack; None from a server
     without them."""
@@ -137,7 +140,12 @@ def endpoint_guardrails(url: str) -> dict | None:
         r = httpx.get(url.rstrip("/") + "/guardrails", timeout=10)
     except httpx.HTTPError:
         return None
-    return r.json() if r.status_code == 200 else None
+    if r.status_code != 200:
+        return None
+    try:
+        return r.json()
+    except ValueError:  # a server whose /guardrails is something else
+        return None
 
 
 def _pct(rate: dict | None) -> str:
@@ -158,6 +166,5 @@ def format_redteam(res: dict[str, Any]) -> str:
     g = res.get("endpoint_guardrails")
     if g and g.get("enabled"):
         lines.append("server guardrails (since it started): " + ", ".join(
-            f"{k.replace('_', ' ')} {g[k]}" for k in ("requests", "input_blocked", "output_blocked", "best_of_replaced")
-            if k in g))
+            f"{k.replace('_', ' ')} {g[k]}" for k in GUARDRAIL_COUNTERS if k in g))
     return "\n".join(lines)

@@ -384,7 +384,9 @@ def _served_guardrails(g: dict | None) -> str:
     """The attacked server's guardrail counters (a red team run against ``palate serve``)."""
     if not g or not g.get("enabled"):
         return ""
-    keys = [k for k in ("requests", "input_blocked", "output_blocked", "best_of_replaced") if k in g]
+    from palate.eval.redteam import GUARDRAIL_COUNTERS
+
+    keys = [k for k in GUARDRAIL_COUNTERS if k in g]
     return ("<h3>Guardrails of the served model</h3>"
             + _table([k.replace("_", " ") for k in keys], [[escape(str(g[k])) for k in keys]]))
 

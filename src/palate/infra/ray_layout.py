@@ -174,8 +174,8 @@ class RayRollout:
 
 
 class RemoteRewarder:
-    def __init__(self, ray, actor, cfg):
-        self.ray, self.actor, self.cfg = ray, actor, cfg
+    def __init__(self, ray, actor):
+        self.ray, self.actor = ray, actor
 
     def __call__(self, prompts, responses, n_tokens, finished):
         return self.ray.get(self.actor.score.remote(prompts, responses, n_tokens, finished))
@@ -197,7 +197,6 @@ class Placement:
     engine: Any = None
     rewarder: Any = None
     reference: Any = None
-    workers: list | None = None
 
 
 def _absolute(spec: str | None) -> str | None:
@@ -233,7 +232,7 @@ def place(cfg: RayConfig, run, model_cfg, reward_cfg, tok, seed: int, reference:
         threads = cfg.worker_threads or max(1, int(cfg.worker_cpus))
         opts = {"num_cpus": cfg.worker_cpus, "num_gpus": cfg.worker_gpus}
         gpu = cfg.worker_gpus > 0
-        p = Placement(workers=actors)
+        p = Placement()
         if cfg.rollout_workers:
             workers = [ray.remote(RolloutWorker).options(**opts).remote(model, threads, seed, gpu)
                        for _ in range(cfg.rollout_workers)]
@@ -243,7 +242,7 @@ def place(cfg: RayConfig, run, model_cfg, reward_cfg, tok, seed: int, reference:
         if cfg.reward_worker:
             actor = ray.remote(RewardWorker).options(**opts).remote(reward, threads, gpu)
             actors.append(actor)
-            p.rewarder = RemoteRewarder(ray, actor, reward_cfg)
+            p.rewarder = RemoteRewarder(ray, actor)
         if cfg.reference_worker and reference:
             actor = ray.remote(ReferenceWorker).options(**opts).remote(model, threads, seed, gpu)
             actors.append(actor)

@@ -115,6 +115,10 @@ class HTTPJudge:
         self.cache.put(key, body, content)
         return content
 
+    def chat_many(self, user_texts: list[str]) -> list[str]:
+        """:meth:`chat` for each text, ``concurrency`` requests at a time, answers in order."""
+        return self._map(self.chat, list(user_texts))
+
     def _post(self, body: dict) -> str:
         last, t0 = "", time.monotonic()
         for attempt in range(self.max_retries + 1):
