@@ -355,6 +355,31 @@ def report(
     typer.echo(f"report: {path}\nsummary: {path.parent / 'report.md'}")
 
 
+@app.command("rl-eval")
+def rl_eval(
+    run: str = typer.Argument(..., help="a finished palate ppo or grpo run directory"),
+    samples: int = typer.Option(8, "--samples", help="answers per held-out prompt, for each of the two policies"),
+    policy: str = typer.Option(None, "--policy", help="trained policy to compare with the start (default RUN/final)"),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="override the run's rollout.max_new_tokens"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """Held-out reward of an RL run's starting and trained policies, several samples per held-out prompt
+    (the run's prompts, reward, rollout settings and seed), paired by prompt with a 95% CI."""
+    from palate.config import ConfigError
+    from palate.eval.rl import format_reevaluation, reevaluate
+    from palate.infra.device import pick_device
+    from palate.infra.logging import setup_logging
+
+    setup_logging()
+    try:
+        summary = reevaluate(run, samples=samples, policy=policy, max_new_tokens=max_new_tokens,
+                             device=str(pick_device(device)))
+    except (ConfigError, FileNotFoundError, OSError, ValueError) as e:
+        _fail(e)
+    typer.echo(format_reevaluation(summary))
+    typer.echo(f"written to {run}/report/rl_reeval.json (answers in {run}/report/reeval/eval_samples.jsonl)")
+
+
 _GEN = dict(max_new_tokens=typer.Option(128, help="longest answer in tokens"),
             temperature=typer.Option(0.0, help="0 = greedy; > 0 samples with --seed"),
             top_p=typer.Option(1.0), seed=typer.Option(0, help="sampling and bootstrap seed"),

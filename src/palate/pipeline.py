@@ -196,9 +196,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    from palate.data.readers import _jsonl_rows
+    from palate.data.readers import jsonl_rows
 
-    return [row for _, _, row in _jsonl_rows(path, str(path))]
+    return [row for _, _, row in jsonl_rows(path)]
 
 
 # ----------------------------------------------------------------------------- stage work

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from palate.data.errors import DataError
-from palate.eval.humaneval import check_completions, extract_code, pass_at_k, program, read_problems, score
+from palate.eval.humaneval import check_completions, closes_code_block, extract_code, pass_at_k, program, read_problems, score
 
 
 def test_pass_at_k_hand_computed():
@@ -38,6 +38,14 @@ def test_extract_code():
     assert extract_code(whole, "add") == "\ndef add(x, y):\n    return x + y\n"
     assert extract_code("    return x + y\n", "add") == "    return x + y\n"
     assert extract_code("return x + y", "add") == "    return x + y"
+
+
+def test_generation_stops_once_a_code_block_closes():
+    assert not closes_code_block("Here:\n```python\ndef add(x, y):\n    return x + y\n")  # still open
+    assert not closes_code_block("Here:\n```python\n")  # the opening fence alone
+    assert not closes_code_block("def add(x, y):\n    return x + y")  # no fence at all
+    assert closes_code_block("Here:\n```python\ndef add(x, y):\n    return x + y\n```")
+    assert closes_code_block("```\nx = 1\n  ```\nAnd then some prose")
 
 
 def _canon():

@@ -47,7 +47,8 @@ def test_grpo_raises_the_reward_with_finite_kl(tmp_path, talking_tiny):
     from palate.recipes.grpo import GRPOConfig, train
 
     cfg = load_config(GRPOConfig, None, rl_args(tmp_path / "g", talking_tiny, "train.lr=2e-3", "train.max_steps=16",
-                                                "train.eval_every=16", "grpo.prompts_per_step=4", "rollout.n=4"))
+                                                "train.eval_every=16", "grpo.prompts_per_step=4", "rollout.n=4",
+                                                "prompts.eval_samples=2"))
     train(cfg)
     rows = metrics(tmp_path / "g")
     steps = [r for r in rows if r["step"] > 0]
@@ -64,6 +65,26 @@ def test_grpo_raises_the_reward_with_finite_kl(tmp_path, talking_tiny):
     assert [p["step"] for p in report["eval_curve"]] == [0, 16]
     status = json.loads((tmp_path / "g" / "status.json").read_text())
     assert status["summary"]["heldout_reward_after"] == pytest.approx(report["improvement"]["after"])
+    held = [json.loads(x) for x in (tmp_path / "g" / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(held) == 2 * 8 * 2 and {(r["i"], r["j"]) for r in held if r["step"] == 16} == {
+        (i, j) for i in range(8) for j in range(2)}  # 8 held-out prompts x 2 answers, at steps 0 and 16
+    assert report["improvement"]["samples_per_prompt"] == 2
+    per_prompt = [mean([r["reward"] for r in held if r["step"] == 0 and r["i"] == i]) for i in range(8)]
+    assert report["improvement"]["before"] == pytest.approx(mean(per_prompt))
+
+    # palate rl-eval: the start and the trained policy, 3 answers per held-out prompt each, paired by prompt
+    out = subprocess.run([sys.executable, "-m", "palate", "rl-eval", str(tmp_path / "g"), "--samples", "3"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "8 prompts x 3 samples" in out.stdout
+    again = json.loads((tmp_path / "g" / "report" / "rl_reeval.json").read_text())
+    answers = [json.loads(x) for x in (tmp_path / "g" / "report" / "reeval" / "eval_samples.jsonl").read_text()
+               .splitlines()]
+    assert len(answers) == 2 * 8 * 3 and again["n"] == 8 and again["samples_per_prompt"] == 3
+    assert again["after"] == pytest.approx(mean([r["reward"] for r in answers if r["step"] == 1]))
+    assert again["delta_ci"][0] > 0 and again["kl"] > 0  # what training bought, seen again on fresh samples
+    bad = subprocess.run([sys.executable, "-m", "palate", "rl-eval", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "no config.yaml" in bad.stderr
 
 
 @pytest.mark.parametrize("advantage,extra", [("rloo", ["grpo.epochs=2", "grpo.minibatches=2"]),

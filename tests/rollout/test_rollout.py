@@ -8,7 +8,7 @@ import torch
 
 from palate.config import ConfigError
 from palate.models.logprobs import response_hidden, response_logprobs
-from palate.rollout.generate import rollout
+from palate.rollout.generate import rollout, sample
 from palate.rollout.rewards import NonFiniteError, RewardConfig, Rewarder, load_function, repeated_ngram_fraction
 
 PROMPTS = ["hello there", "what is two plus two? explain at length please"]
@@ -64,6 +64,22 @@ def test_stop_strings_end_a_row_and_cut_the_text(model, tok):
         assert stop in tok.decode(r.response_ids[i, : int(r.lengths[i])])  # the stop string ended it
         assert not r.response_mask[i, int(r.lengths[i]):].any()
     assert any(reason == "length" for reason in free.stop_reason)
+
+
+def test_sample_stop_when_ends_each_row_where_the_predicate_first_holds(model, tok):
+    free = sample(model, tok, PROMPTS, n=2, max_new_tokens=20, temperature=1.0, seed=3, batch_size=4)
+    text = free[0][0].text
+    assert len(text) > 4 and not free[0][0].finished
+    target = text[:4]  # holds on row 0's response after a few tokens
+    cut = sample(model, tok, PROMPTS, n=2, max_new_tokens=20, temperature=1.0, seed=3, batch_size=4,
+                 stop_when=lambda response: response.strip().startswith(target))
+    first = cut[0][0]
+    assert first.finished and first.text.startswith(target) and text.startswith(first.text)
+    assert first.n_tokens < free[0][0].n_tokens
+    ids = tok(first.text, add_special_tokens=False)["input_ids"]  # no token after the first one that satisfied it
+    assert not tok.decode(ids[:-1], skip_special_tokens=True).strip().startswith(target)
+    others = [(i, j) for i in range(2) for j in range(2) if (i, j) != (0, 0) and not free[i][j].text.startswith(target)]
+    assert others and all(cut[i][j] == free[i][j] for i, j in others)  # rows it never held for run on untouched
 
 
 def test_tiny_top_p_is_greedy(model, tok):

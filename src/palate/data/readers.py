@@ -58,11 +58,11 @@ def iter_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, i
     text = str(source)
     if text.startswith(BUNDLED_PREFIX):
         path = bundled_path(text[len(BUNDLED_PREFIX):])
-        yield from _jsonl_rows(path, label=text)
+        yield from jsonl_rows(path, label=text)
         return
     path = Path(text)
     if path.is_file() and path.suffix == ".jsonl":
-        yield from _jsonl_rows(path, label=str(path))
+        yield from jsonl_rows(path)
     elif path.is_file() and path.suffix == ".json":
         yield from _json_rows(path)
     elif path.exists():
@@ -71,8 +71,11 @@ def iter_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, i
         yield from _hf_rows(_load_hub(text, split), label=text)
 
 
-def _jsonl_rows(path: Path, label: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """Rows of a JSONL file (gzip-compressed when it ends in ``.gz``) with their line numbers."""
+def jsonl_rows(path: str | Path, label: str | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """``(label, line number, row)`` for each JSON object of a JSONL file (gzip-compressed when it ends in
+    ``.gz``); blank lines skipped, a bad line raises :class:`DataError` naming ``label`` (default: the path)
+    and its line."""
+    label = str(path) if label is None else label
     import gzip
 
     with (gzip.open(path, "rt", encoding="utf-8") if Path(path).suffix == ".gz" else open(path, encoding="utf-8")) as f:

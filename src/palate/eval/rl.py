@@ -9,8 +9,9 @@ Every held-out evaluation of a PPO/GRPO run appends one row per prompt to ``eval
     reward.svg      training and held-out reward per step
     kl.svg          KL (k1 and k3) per step
 
-The improvement is paired per prompt: Δ_i = r_i(last evaluation) − r_i(first, before training), with a
-95% bootstrap CI of the mean and the fraction of prompts whose reward rose (ties count ½).
+The improvement is paired per prompt: Δ_i = r̄_i(last evaluation) − r̄_i(first, before training), r̄_i the
+mean reward of the prompt's answers (``prompts.eval_samples`` of them), with a 95% bootstrap CI of the mean
+over prompts and the fraction of prompts whose reward rose (ties count ½).
 """
 
 from __future__ import annotations
@@ -27,28 +28,47 @@ EVAL_SAMPLES = "eval_samples.jsonl"
 
 
 def write_eval_samples(run_path: Path, step: int, prompts: list[str], responses: list[str],
-                       rewards: list[float], kls: list[float] | None) -> None:
-    """Append one held-out evaluation (one row per prompt) to ``eval_samples.jsonl``."""
+                       rewards: list[float], kls: list[float] | None, samples: int = 1) -> None:
+    """Append one held-out evaluation to ``eval_samples.jsonl``: a row per answer, ``samples`` answers per
+    prompt (answer ``b`` is sample ``j = b % samples`` of prompt ``i = b // samples``)."""
+    if len(responses) != len(prompts) * samples:
+        raise ValueError(f"{len(responses)} held-out answers for {len(prompts)} prompts x {samples} samples")
     with open(Path(run_path) / EVAL_SAMPLES, "a", encoding="utf-8") as f:
-        for i, (p, r, rw) in enumerate(zip(prompts, responses, rewards)):
-            row = {"step": step, "i": i, "prompt": p, "response": r, "reward": rw}
+        for b, (r, rw) in enumerate(zip(responses, rewards)):
+            i, j = divmod(b, samples)
+            row = {"step": step, "i": i, "j": j, "prompt": prompts[i], "response": r, "reward": rw}
             if kls is not None:
-                row["kl"] = kls[i]
+                row["kl"] = kls[b]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def read_eval_samples(run_path: Path, up_to_step: int | None = None) -> dict[int, dict[int, dict]]:
-    """``{step: {prompt index: row}}``; a row rewritten by a resumed run replaces the earlier one."""
+    """``{step: {prompt index: row}}``: the row of the prompt's first answer, with ``rewards`` (and ``kls``)
+    of all its answers; a row rewritten by a resumed run replaces the earlier one. Files written before
+    several samples per prompt existed (no ``j``) read as one sample each."""
     path = Path(run_path) / EVAL_SAMPLES
-    out: dict[int, dict[int, dict]] = {}
+    answers: dict[int, dict[int, dict[int, dict]]] = {}
     if not path.exists():
-        return out
+        return {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
             if up_to_step is None or row["step"] <= up_to_step:
-                out.setdefault(row["step"], {})[row["i"]] = row
+                answers.setdefault(row["step"], {}).setdefault(row["i"], {})[row.get("j", 0)] = row
+    out: dict[int, dict[int, dict]] = {}
+    for step, prompts in answers.items():
+        for i, by_j in prompts.items():
+            rows = [by_j[j] for j in sorted(by_j)]
+            first = dict(rows[0])
+            first["rewards"] = [r["reward"] for r in rows]
+            if all("kl" in r for r in rows):
+                first["kls"] = [r["kl"] for r in rows]
+            out.setdefault(step, {})[i] = first
     return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
 
 
 def paired_improvement(before: list[float], after: list[float], seed: int = 0) -> dict[str, Any]:
@@ -80,16 +100,18 @@ def rl_report(run_path: str | Path) -> dict[str, Any]:
     curve = []
     for step in sorted(evals):
         rows = list(evals[step].values())
-        point = {"step": step, "reward": sum(r["reward"] for r in rows) / len(rows)}
-        if all("kl" in r for r in rows):
-            point["kl"] = sum(r["kl"] for r in rows) / len(rows)
+        point = {"step": step, "reward": _mean([_mean(r["rewards"]) for r in rows]),
+                 "samples_per_prompt": min(len(r["rewards"]) for r in rows)}
+        if all("kls" in r for r in rows):
+            point["kl"] = _mean([_mean(r["kls"]) for r in rows])
         curve.append(point)
     summary["eval_curve"] = curve
     if len(evals) >= 2:
         first, last = min(evals), max(evals)
         common = sorted(set(evals[first]) & set(evals[last]))
         summary["improvement"] = {"from_step": first, "to_step": last, **paired_improvement(
-            [evals[first][i]["reward"] for i in common], [evals[last][i]["reward"] for i in common])}
+            [_mean(evals[first][i]["rewards"]) for i in common], [_mean(evals[last][i]["rewards"]) for i in common]),
+            "samples_per_prompt": min(len(evals[s][i]["rewards"]) for s in (first, last) for i in common)}
         summary["final_kl"] = curve[-1].get("kl")
     (out_dir / "reward_kl.svg").write_text(line_svg(
         {"held-out reward vs KL": [(p["kl"], p["reward"]) for p in curve if "kl" in p]},
@@ -105,12 +127,107 @@ def rl_report(run_path: str | Path) -> dict[str, Any]:
     return summary
 
 
+REEVAL = "rl_reeval.json"
+
+
+def reevaluate(run_path: str | Path, *, samples: int = 8, policy: str | None = None, max_new_tokens: int | None = None,
+               device: str = "cpu") -> dict[str, Any]:
+    """A closer look at an RL run's held-out gain than its own evaluations (often one sample per prompt):
+    the starting policy (``model.name`` of the run) and the trained one (``policy``, default the run's
+    ``final/``) answer each of the run's held-out prompts ``samples`` times with the run's rollout settings,
+    reward and evaluation seed; the per-prompt mean rewards are compared pairwise (:func:`paired_improvement`).
+
+    Writes ``report/reeval/eval_samples.jsonl`` (every answer; step 0 = start, step 1 = trained) and
+    ``report/rl_reeval.json``; returns the summary."""
+    import dataclasses
+
+    import yaml
+
+    from palate.config import ConfigError, load_config
+    from palate.models.load import load_model, load_tokenizer
+    from palate.recipes.grpo import GRPOConfig, prompt_stream
+    from palate.recipes.ppo import PPOConfig
+    from palate.rollout.experience import Reference, evaluate
+    from palate.rollout.rewards import Rewarder
+
+    run_path = Path(run_path)
+    cfg_path = run_path / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_path}: not a run dir (no config.yaml)")
+    raw = yaml.safe_load(cfg_path.read_text()) or {}
+    if "ppo" in raw:
+        cfg = load_config(PPOConfig, cfg_path)
+        per_step = cfg.ppo.prompts_per_step
+    elif "grpo" in raw:
+        cfg = load_config(GRPOConfig, cfg_path)
+        per_step = cfg.grpo.prompts_per_step
+    else:
+        raise ConfigError(f"{cfg_path}: not a palate ppo or grpo run (no ppo: or grpo: section)")
+    trained = Path(policy) if policy else run_path / "final"
+    if not trained.exists():
+        raise FileNotFoundError(f"{trained}: no trained policy to evaluate (has the run finished?)")
+    _, held = prompt_stream(cfg.prompts, per_step, cfg.train.seed)
+    if not held:
+        raise ConfigError(f"{cfg_path}: the run has no held-out prompts (prompts.eval_fraction is 0)")
+    rc = cfg.rollout if max_new_tokens is None else dataclasses.replace(cfg.rollout, max_new_tokens=max_new_tokens)
+    eval_seed = cfg.train.seed * 7919 + 1  # the run's own evaluation seed (see rollout.experience.drive)
+    tok = load_tokenizer(str(trained))
+    rewarder = Rewarder(cfg.reward)
+    out_dir = run_path / "report" / "reeval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / EVAL_SAMPLES).unlink(missing_ok=True)
+    start = load_model(cfg.model.name, dtype=cfg.model.dtype, device=device, tokenizer=tok, seed=cfg.train.seed).eval()
+    _, exp = evaluate(start, tok, held, rc, rewarder, None, eval_seed, samples)
+    truncated = {"start": _truncated(exp)}
+    write_eval_samples(out_dir, 0, _prompt_texts(exp.prompts), exp.rollout.texts, exp.rewards.total.tolist(), None,
+                       samples=samples)
+    reference = Reference(start, copy_weights=False)
+    model = load_model(str(trained), dtype=cfg.model.dtype, device=device, tokenizer=tok).eval()
+    ev_trained, exp = evaluate(model, tok, held, rc, rewarder, reference, eval_seed, samples)
+    truncated["trained"] = _truncated(exp)
+    kl = exp.kl_tokens("k1")
+    write_eval_samples(out_dir, 1, _prompt_texts(exp.prompts), exp.rollout.texts, exp.rewards.total.tolist(),
+                       kl.sum(-1).tolist() if kl is not None else None, samples=samples)
+    evals = read_eval_samples(out_dir)
+    common = sorted(set(evals[0]) & set(evals[1]))
+    summary = {"run": str(run_path), "start": cfg.model.name, "trained": str(trained), "samples_per_prompt": samples,
+               "max_new_tokens": rc.max_new_tokens, "temperature": rc.temperature, "seed": eval_seed,
+               "truncated_fraction": truncated, **paired_improvement([_mean(evals[0][i]["rewards"]) for i in common],
+                                    [_mean(evals[1][i]["rewards"]) for i in common]),
+               "kl": ev_trained.get("eval_kl")}
+    (run_path / "report" / REEVAL).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _truncated(exp) -> float:
+    """Fraction of the answers that hit the token limit."""
+    return float((~exp.rollout.finished).float().mean())
+
+
+def _prompt_texts(prompts: list) -> list[str]:
+    from palate.data.records import prompt_text
+
+    return [prompt_text(p) for p in prompts]
+
+
+def format_reevaluation(s: dict[str, Any]) -> str:
+    kl = f"; KL to the start {s['kl']:.3f} nats per answer" if s.get("kl") is not None else ""
+    return (f"held-out reward, {s['n']} prompts x {s['samples_per_prompt']} samples ({s['max_new_tokens']} tokens, "
+            f"T={s['temperature']:g}): start {s['before']:.4f} -> trained {s['after']:.4f}; change "
+            f"{s['delta']:+.4f} [95% CI {s['delta_ci'][0]:+.4f}, {s['delta_ci'][1]:+.4f}]; improved on "
+            f"{s['improved_fraction']:.0%} of prompts [{s['improved_ci'][0]:.0%}, {s['improved_ci'][1]:.0%}]{kl}; "
+            f"hit the token limit: start {s['truncated_fraction']['start']:.0%}, "
+            f"trained {s['truncated_fraction']['trained']:.0%}")
+
+
 def format_rl_report(summary: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     lines = []
     imp = summary.get("improvement")
     if imp:
-        lines.append(f"held-out reward (n={imp['n']} prompts): {imp['before']:.4f} at step {imp['from_step']} -> "
+        per = imp.get("samples_per_prompt", 1)
+        lines.append(f"held-out reward (n={imp['n']} prompts" + (f" x {per} samples" if per > 1 else "") +
+                     f"): {imp['before']:.4f} at step {imp['from_step']} -> "
                      f"{imp['after']:.4f} at step {imp['to_step']}; change {imp['delta']:+.4f} "
                      f"[95% CI {imp['delta_ci'][0]:+.4f}, {imp['delta_ci'][1]:+.4f}]; "
                      f"improved on {imp['improved_fraction']:.0%} of prompts "

@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from palate.data.errors import DataError
-from palate.data.readers import _jsonl_rows
+from palate.data.readers import jsonl_rows
 from palate.feedback.db import TASK_TYPES, Item, Project
 
 MAX_TEXT = 50_000  # characters per prompt or response
@@ -57,7 +57,7 @@ def _rows(path: Path):
     """(label, line, row) of a JSONL file; a missing file, bad JSON or a non-object row names file and line."""
     if not path.is_file():
         raise DataError(str(path), None, None, "file not found")
-    return _jsonl_rows(path, str(path))
+    return jsonl_rows(path)
 
 
 def _prompt(value: Any, src: str, n: int, name: str) -> Any:

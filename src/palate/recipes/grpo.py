@@ -64,6 +64,7 @@ class PromptsConfig:
     limit: int | None = None
     eval_fraction: float = 0.1
     eval_max: int = 32  # held-out prompts used for the eval reward
+    eval_samples: int = 1  # answers per held-out prompt at each evaluation (more: a tighter before/after CI)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ def check(cfg: GRPOConfig) -> None:
 def prompt_stream(cfg_prompts: PromptsConfig, per_step: int, seed: int) -> tuple[session.BatchStream, list]:
     """Train prompts in seeded shuffled steps of ``per_step`` (a function of the step: resumable), and the
     held-out prompts."""
+    if cfg_prompts.eval_samples < 1:
+        raise ConfigError(f"prompts.eval_samples must be >= 1, got {cfg_prompts.eval_samples}")
     prompts = read_prompts(cfg_prompts.path, limit=cfg_prompts.limit)
     train, held = split_heldout(prompts, cfg_prompts.eval_fraction, seed)
     if len(train) < per_step:
@@ -168,7 +171,7 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
         watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
         drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, g.sample_every,
               cfg.train.eval_every, lambda step, exp: update(policy, loop, exp, advantages(exp, g, rc.n), g, rc, step),
-              watch, engine=placed.engine)
+              watch, engine=placed.engine, eval_samples=cfg.prompts.eval_samples)
         return finish_rl(loop, run, tok, cfg.lora.merge, watch)
 
 

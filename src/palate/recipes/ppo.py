@@ -153,7 +153,7 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
         watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
         drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, p.sample_every,
               cfg.train.eval_every, lambda step, exp: update(ac, loop, exp, ctl, p, rc, step), watch,
-              engine=placed.engine)
+              engine=placed.engine, eval_samples=cfg.prompts.eval_samples)
         return finish_rl(loop, run, tok, cfg.lora.merge, watch, model=policy)
 
 

@@ -63,12 +63,12 @@ class Reference:
     """π_ref for the KL term: the policy with its LoRA adapter disabled (no extra memory), or a frozen copy
     of the starting weights for a full fine-tune, optionally on another device (``device``)."""
 
-    def __init__(self, policy, device: str = "same"):
+    def __init__(self, policy, device: str = "same", copy_weights: bool = True):
         self.adapter = is_peft(policy)
         if self.adapter:
             self.model = policy
-        else:
-            self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        else:  # copy_weights=False: ``policy`` is a model nobody trains (it is frozen here, not copied)
+            self.model = (copy.deepcopy(policy) if copy_weights else policy).eval().requires_grad_(False)
             if device != "same":
                 self.model.to(device)
 
@@ -205,10 +205,12 @@ def require_finite(step: int, **values) -> None:
 
 @torch.no_grad()
 def evaluate(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
-             seed: int) -> tuple[dict[str, float], Experience]:
-    """Held-out reward (and KL to the reference) of fresh samples on ``prompts``, with a fixed seed so
-    every evaluation of a run sees the same sampling noise."""
-    exp = collect(policy, tok, prompts, RolloutConfig(n=1, max_new_tokens=cfg.max_new_tokens,
+             seed: int, samples: int = 1) -> tuple[dict[str, float], Experience]:
+    """Held-out reward (and KL to the reference) of ``samples`` fresh samples per prompt, with a fixed seed
+    so every evaluation of a run sees the same sampling noise."""
+    if samples < 1:
+        raise ValueError(f"held-out samples per prompt must be >= 1, got {samples}")
+    exp = collect(policy, tok, prompts, RolloutConfig(n=samples, max_new_tokens=cfg.max_new_tokens,
                                                       temperature=cfg.temperature, top_p=cfg.top_p,
                                                       top_k=cfg.top_k, stop=cfg.stop), rewarder, reference, seed)
     m = experience_metrics(exp)
@@ -238,7 +240,8 @@ def record_eval(run, step: int, exp: Experience) -> None:
 
     kl = exp.kl_tokens("k1")
     write_eval_samples(run.path, step, [prompt_text(p) for p in exp.prompts], exp.rollout.texts,
-                       exp.rewards.total.tolist(), kl.sum(-1).tolist() if kl is not None else None)
+                       exp.rewards.total.tolist(), kl.sum(-1).tolist() if kl is not None else None,
+                       samples=exp.rollout.n)
 
 
 def finish_rl(loop, run, tok, merge: bool, watch: Watch | None = None, **kw):
@@ -353,18 +356,19 @@ class Watch:
 
 
 def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
-          seed: int, sample_every: int, eval_every: int, update, watch: Watch | None = None, engine=None) -> None:
+          seed: int, sample_every: int, eval_every: int, update, watch: Watch | None = None, engine=None,
+          eval_samples: int = 1) -> None:
     """The online-RL step loop shared by PPO and GRPO: for each step collect experience, call
     ``update(step, exp) -> metrics`` (the algorithm), then log diagnostics, samples and held-out reward.
 
     Held-out reward is measured before the first step too. A NaN/inf reward or loss stops the run with the
     last good state saved as a checkpoint. The sampling seed of step s is ``seed·100003 + s``. ``engine``:
     a rollout engine that samples the training steps instead of the trainer (Ray workers); held-out
-    evaluation always samples in the trainer.
+    evaluation always samples in the trainer, ``eval_samples`` answers per held-out prompt.
     """
     eval_seed = seed * 7919 + 1
     if held and loop.start_step == 0:
-        metrics, exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+        metrics, exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed, eval_samples)
         gold = watch.gold_score(exp) if watch else None
         if gold is not None:
             metrics["eval_gold"] = gold
@@ -388,7 +392,7 @@ def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewar
         if sample_every and (step % sample_every == 0 or step == 1):
             write_samples(run, step, exp)
         if held and loop.due(eval_every):
-            ev, held_exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed)
+            ev, held_exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed, eval_samples)
             record_eval(run, step, held_exp)
             metrics.update(ev)
             gold = watch.gold_score(held_exp) if watch else None

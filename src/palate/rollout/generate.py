@@ -4,6 +4,7 @@ responses per prompt (best-of-n), via transformers' ``generate`` with the KV cac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -76,11 +77,14 @@ def sample(
     repetition_penalty: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> list[list[Sample]]:
     """``n`` responses to each prompt (``[len(prompts)][n]``), batched with left padding and the KV cache.
 
     Prompts are rendered exactly as :func:`reply` renders them. Deterministic for a ``seed``; greedy when
-    ``temperature`` is 0 (then the n samples are identical).
+    ``temperature`` is 0 (then the n samples are identical). ``stop_when(text)``, if given, is asked of each
+    row's response so far after every token; a row it accepts stops there (text kept whole, ``finished``
+    True) and a batch ends once every row has stopped, so one long answer no longer holds up the rest.
     """
     use_template = uses_chat_template(tokenizer)
     encoded = [encode_prompt(tokenizer, p, use_template) for p in prompts]
@@ -94,20 +98,45 @@ def sample(
         input_ids, mask = left_pad([ids for _, ids in chunk], pad)  # every prompt ends where generation starts
         width = input_ids.shape[1]
         torch.manual_seed(seed + b)
+        criteria = [_StopWhen(stop_when, tokenizer, width)] if stop_when else None
         gen = model.generate(
             input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
             do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
             top_k=top_k if sampling and top_k else None, repetition_penalty=repetition_penalty,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, use_cache=True,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, use_cache=True, stopping_criteria=criteria,
         )[:, width:].cpu()
         for row, (i, _) in enumerate(chunk):
             tokens = gen[row].tolist()
-            finished = tokenizer.eos_token_id in tokens
-            if finished:
+            stopped = criteria[0].stopped_at.get(row) if criteria else None
+            if stopped is not None:  # generate pads a stopped row, maybe with the EOS id: cut first
+                tokens = tokens[:stopped]
+            eos = tokenizer.eos_token_id in tokens
+            if eos:
                 tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
             text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            out[i].append(Sample(text, finished, len(tokens) + int(finished)))
+            out[i].append(Sample(text, eos or stopped is not None, len(tokens) + int(eos)))
     return out
+
+
+class _StopWhen:
+    """A transformers stopping criterion: per row, ``predicate(decoded response so far)``; remembers the
+    response length at which each row stopped (``generate`` pads a stopped row from then on)."""
+
+    def __init__(self, predicate: Callable[[str], bool], tokenizer, prompt_width: int):
+        self.predicate, self.tokenizer, self.width = predicate, tokenizer, prompt_width
+        self.stopped_at: dict[int, int | None] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        response = input_ids[:, self.width:]
+        done = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        for row in range(len(input_ids)):
+            if self.stopped_at.get(row) is not None:
+                done[row] = True
+                continue
+            self.stopped_at[row] = None
+            if self.predicate(self.tokenizer.decode(response[row], skip_special_tokens=True)):
+                self.stopped_at[row], done[row] = response.shape[1], True
+        return done
 
 
 @dataclass
