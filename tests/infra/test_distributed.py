@@ -5,6 +5,7 @@ rerun continues on the identical numbers. Plus the batch slicing those runs rely
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -168,6 +169,7 @@ def test_sft_on_two_processes_sigkilled_and_resumed_matches_one_process(tmp_path
     finally:
         kill_tree(proc)
     assert not (two / "final").exists(), "the run finished before the kill"
+    shutil.copytree(two, tmp_path / "two-then-one")
     rerun = launch("torchrun", "sft", [f"run_dir={two}", *common])
     assert "resuming from step-" in rerun.stderr
     assert (two / "final" / "config.json").exists()
@@ -176,6 +178,12 @@ def test_sft_on_two_processes_sigkilled_and_resumed_matches_one_process(tmp_path
 
     assert_same_curve(tmp_path / "one", two, ("loss", "grad_norm", "tokens", "targets", "eval_loss"))
     assert [m["lr"] for m in metrics(tmp_path / "one")] == [m["lr"] for m in metrics(two)]
+
+    # the same killed 2-process run resumed on one process: a DDP checkpoint holds the whole state and the
+    # global batch does not depend on the number of processes, so the curve is again the 1-process one
+    one_process(train, SFTConfig, [f"run_dir={tmp_path / 'two-then-one'}", *common])
+    assert_same_curve(tmp_path / "one", tmp_path / "two-then-one", ("loss", "grad_norm", "tokens", "targets",
+                                                                    "eval_loss"))
 
 
 @pytest.mark.slow

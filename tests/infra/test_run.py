@@ -30,3 +30,17 @@ def test_status_lifecycle(tmp_path):
     assert st["state"] == "finished" and st["summary"] == {"steps": 3} and "running_at" in st
     with pytest.raises(RunExistsError, match="finished run"):
         RunDir.open(tmp_path / "r", load_config(SFTConfig))
+
+
+def test_a_copied_unfinished_run_resumes_where_it_now_lives(tmp_path):
+    import shutil
+
+    cfg = load_config(SFTConfig, None, [f"run_dir={tmp_path / 'a'}", "model.name=tiny"])
+    RunDir.open(tmp_path / "a", cfg)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = load_config(SFTConfig, None, [f"run_dir={tmp_path / 'b'}", "model.name=tiny"])
+    RunDir.open(tmp_path / "b", moved)  # only run_dir differs: not a changed config
+    assert f"run_dir: {tmp_path / 'b'}" in (tmp_path / "b" / "config.yaml").read_text()
+    changed = load_config(SFTConfig, None, [f"run_dir={tmp_path / 'b'}", "model.name=tiny", "train.lr=0.5"])
+    with pytest.raises(RunExistsError, match="train.lr"):
+        RunDir.open(tmp_path / "b", changed)

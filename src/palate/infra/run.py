@@ -82,7 +82,8 @@ class RunDir:
                 )
             elif (run.path / "config.yaml").exists():
                 saved = yaml.safe_load((run.path / "config.yaml").read_text())
-                diff = _diff(saved, cfg)
+                # where the run lives is not part of what it computes: a moved or copied run dir resumes
+                diff = _diff({**saved, "run_dir": None}, {**cfg, "run_dir": None})
                 if diff:
                     raise RunExistsError(
                         f"{run.path} holds an unfinished run with a different config ({'; '.join(diff)}); "
