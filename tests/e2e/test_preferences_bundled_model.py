@@ -23,7 +23,7 @@ def run_cli(*args):
 def test_bundled_reward_model_beats_chance_on_held_out_pairs(tmp_path):
     run = tmp_path / "rm"
     out = run_cli("rm", f"run_dir={run}", "model.name=bundled", "data.path=bundled:preferences", "data.max_length=192",
-                  "data.eval_fraction=0.2", "train.batch_size=4", "train.max_steps=16", "train.lr=2e-5",
+                  "data.eval_fraction=0.2", "train.batch_size=4", "train.max_steps=12", "train.lr=2e-5",
                   "train.warmup_ratio=0.1", "train.eval_every=0", "train.save_every=0", "reward.normalize_samples=32",
                   "log.progress=false")
     report = json.loads((run / "eval" / "rm_eval.json").read_text())
