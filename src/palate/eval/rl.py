@@ -147,7 +147,7 @@ def reevaluate(run_path: str | Path, *, samples: int = 8, policy: str | None = N
     from palate.models.load import load_model, load_tokenizer
     from palate.recipes.grpo import GRPOConfig, prompt_stream
     from palate.recipes.ppo import PPOConfig
-    from palate.rollout.experience import Reference, evaluate
+    from palate.rollout.experience import Reference, eval_seed, evaluate, record_eval
     from palate.rollout.rewards import Rewarder
 
     run_path = Path(run_path)
@@ -170,28 +170,25 @@ def reevaluate(run_path: str | Path, *, samples: int = 8, policy: str | None = N
     if not held:
         raise ConfigError(f"{cfg_path}: the run has no held-out prompts (prompts.eval_fraction is 0)")
     rc = cfg.rollout if max_new_tokens is None else dataclasses.replace(cfg.rollout, max_new_tokens=max_new_tokens)
-    eval_seed = cfg.train.seed * 7919 + 1  # the run's own evaluation seed (see rollout.experience.drive)
+    seed = eval_seed(cfg.train.seed)  # the run's own evaluation seed
     tok = load_tokenizer(str(trained))
     rewarder = Rewarder(cfg.reward)
     out_dir = run_path / "report" / "reeval"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / EVAL_SAMPLES).unlink(missing_ok=True)
     start = load_model(cfg.model.name, dtype=cfg.model.dtype, device=device, tokenizer=tok, seed=cfg.train.seed).eval()
-    _, exp = evaluate(start, tok, held, rc, rewarder, None, eval_seed, samples)
+    _, exp = evaluate(start, tok, held, rc, rewarder, None, seed, samples)
     truncated = {"start": _truncated(exp)}
-    write_eval_samples(out_dir, 0, _prompt_texts(exp.prompts), exp.rollout.texts, exp.rewards.total.tolist(), None,
-                       samples=samples)
+    record_eval(out_dir, 0, exp)
     reference = Reference(start, copy_weights=False)
     model = load_model(str(trained), dtype=cfg.model.dtype, device=device, tokenizer=tok).eval()
-    ev_trained, exp = evaluate(model, tok, held, rc, rewarder, reference, eval_seed, samples)
+    ev_trained, exp = evaluate(model, tok, held, rc, rewarder, reference, seed, samples)
     truncated["trained"] = _truncated(exp)
-    kl = exp.kl_tokens("k1")
-    write_eval_samples(out_dir, 1, _prompt_texts(exp.prompts), exp.rollout.texts, exp.rewards.total.tolist(),
-                       kl.sum(-1).tolist() if kl is not None else None, samples=samples)
+    record_eval(out_dir, 1, exp)
     evals = read_eval_samples(out_dir)
     common = sorted(set(evals[0]) & set(evals[1]))
     summary = {"run": str(run_path), "start": cfg.model.name, "trained": str(trained), "samples_per_prompt": samples,
-               "max_new_tokens": rc.max_new_tokens, "temperature": rc.temperature, "seed": eval_seed,
+               "max_new_tokens": rc.max_new_tokens, "temperature": rc.temperature, "seed": seed,
                "truncated_fraction": truncated, **paired_improvement([_mean(evals[0][i]["rewards"]) for i in common],
                                     [_mean(evals[1][i]["rewards"]) for i in common]),
                "kl": ev_trained.get("eval_kl")}
@@ -202,12 +199,6 @@ def reevaluate(run_path: str | Path, *, samples: int = 8, policy: str | None = N
 def _truncated(exp) -> float:
     """Fraction of the answers that hit the token limit."""
     return float((~exp.rollout.finished).float().mean())
-
-
-def _prompt_texts(prompts: list) -> list[str]:
-    from palate.data.records import prompt_text
-
-    return [prompt_text(p) for p in prompts]
 
 
 def format_reevaluation(s: dict[str, Any]) -> str:

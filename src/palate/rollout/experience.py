@@ -232,16 +232,21 @@ def write_samples(run, step: int, exp: Experience, limit: int = 4) -> None:
                                 "stop": exp.rollout.stop_reason[i]}, ensure_ascii=False) + "\n")
 
 
-def record_eval(run, step: int, exp: Experience) -> None:
-    """Every held-out answer of one evaluation with its reward and KL (``eval_samples.jsonl``), for the
+def record_eval(where: Path, step: int, exp: Experience) -> None:
+    """Every held-out answer of one evaluation with its reward and KL (``where/eval_samples.jsonl``), for the
     paired before/after comparison and the reward/KL trade-off of :func:`palate.eval.rl.rl_report`."""
     from palate.data.records import prompt_text
     from palate.eval.rl import write_eval_samples
 
     kl = exp.kl_tokens("k1")
-    write_eval_samples(run.path, step, [prompt_text(p) for p in exp.prompts], exp.rollout.texts,
+    write_eval_samples(where, step, [prompt_text(p) for p in exp.prompts], exp.rollout.texts,
                        exp.rewards.total.tolist(), kl.sum(-1).tolist() if kl is not None else None,
                        samples=exp.rollout.n)
+
+
+def eval_seed(seed: int) -> int:
+    """The sampling seed of every held-out evaluation of a run trained with ``seed``."""
+    return seed * 7919 + 1
 
 
 def finish_rl(loop, run, tok, merge: bool, watch: Watch | None = None, **kw):
@@ -366,14 +371,14 @@ def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewar
     a rollout engine that samples the training steps instead of the trainer (Ray workers); held-out
     evaluation always samples in the trainer, ``eval_samples`` answers per held-out prompt.
     """
-    eval_seed = seed * 7919 + 1
+    held_seed = eval_seed(seed)
     if held and loop.start_step == 0:
-        metrics, exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed, eval_samples)
+        metrics, exp = evaluate(policy, tok, held, rc, rewarder, reference, held_seed, eval_samples)
         gold = watch.gold_score(exp) if watch else None
         if gold is not None:
             metrics["eval_gold"] = gold
             watch.update(0, gold=gold)
-        record_eval(run, 0, exp)
+        record_eval(run.path, 0, exp)
         run.log(0, metrics)
         log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     for step, (prompts,) in loop:
@@ -392,8 +397,8 @@ def drive(loop, run, policy, tok, held: list, rc: RolloutConfig, rewarder: Rewar
         if sample_every and (step % sample_every == 0 or step == 1):
             write_samples(run, step, exp)
         if held and loop.due(eval_every):
-            ev, held_exp = evaluate(policy, tok, held, rc, rewarder, reference, eval_seed, eval_samples)
-            record_eval(run, step, held_exp)
+            ev, held_exp = evaluate(policy, tok, held, rc, rewarder, reference, held_seed, eval_samples)
+            record_eval(run.path, step, held_exp)
             metrics.update(ev)
             gold = watch.gold_score(held_exp) if watch else None
             if gold is not None:
