@@ -48,6 +48,30 @@ def test_precomputed_reference_gives_the_same_losses_as_a_live_one(tmp_path, mar
     train(config(tmp_path / "live", marker_jsonl, *more, "dpo.reference=live"))
     assert step_losses(tmp_path / "pre") == pytest.approx(step_losses(tmp_path / "live"), abs=1e-5)
     assert not (tmp_path / "live" / REFERENCE_CACHE).exists()
+    # 4 steps of 8 pairs reach 32 of the train records: only those get a reference pass
+    train_ref = torch.load(tmp_path / "pre" / REFERENCE_CACHE, weights_only=True)["values"]["train"]
+    done = torch.isfinite(train_ref).all(dim=1)
+    assert int(done.sum()) == 32 and len(train_ref) > 32 and torch.isnan(train_ref[~done]).all()
+
+
+def test_records_seen_counts_the_steps_a_run_reaches(tmp_path):
+    from palate.data.batching import Batch
+    from palate.infra.session import BatchStream
+
+    def batch(indices):
+        return Batch(torch.zeros(len(indices), 1, dtype=torch.long), None, None, None, indices, len(indices))
+
+    def epochs(e):  # 3 batches of 2 over 6 records, reshuffled each epoch
+        order = [0, 1, 2, 3, 4, 5] if e % 2 == 0 else [5, 3, 1, 0, 4, 2]
+        return [batch(order[i:i + 2]) for i in range(0, 6, 2)]
+
+    stream = BatchStream(epochs, grad_accum=1)
+    assert stream.records_seen(1) == {0, 1}
+    assert stream.records_seen(2) == {0, 1, 2, 3}
+    assert stream.records_seen(3) == stream.records_seen(50) == set(range(6))
+    assert BatchStream(epochs, grad_accum=2).records_seen(1) == {0, 1, 2, 3}
+    paired = BatchStream(lambda e: [(b, batch([9, 9])) for b in epochs(e)], grad_accum=1)  # KTO: (own, mismatched)
+    assert paired.records_seen(1) == {0, 1}
 
 
 def test_lora_reference_is_the_disabled_adapter(tmp_path, marker_jsonl):

@@ -168,6 +168,19 @@ class BatchStream:
     def steps_for_epochs(self, epochs: int) -> int:
         return math.ceil(epochs * self.batches_per_epoch / self.grad_accum)
 
+    def records_seen(self, steps: int) -> set[int]:
+        """Indices of the records that steps ``1..steps`` train on (of a paired batch, its first half's)."""
+        def indices(b):
+            return (b[0] if isinstance(b, tuple) else b).indices
+
+        every = {i for b in self.epoch(0) for i in indices(b)}
+        seen: set[int] = set()
+        for k in range(steps * self.grad_accum):
+            seen.update(indices(self.epoch(k // self.batches_per_epoch)[k % self.batches_per_epoch]))
+            if len(seen) == len(every):
+                break
+        return seen
+
 
 class Loop:
     """The optimizer-step loop: resume, lr schedule, clipping, logging, checkpoints, final save.

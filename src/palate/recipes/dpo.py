@@ -309,8 +309,10 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
     ref_train = ref_eval = live_ref = None
     if kto or requires_reference(spec.loss):
         if spec.reference == "precompute":
-            ref_train, ref_eval = precomputed_references(run, model, tok, cfg, groups, eval_groups, env,
-                                                         batches_of_epoch, len(train_recs), len(eval_recs))
+            seen = stream.records_seen(cfg.train.max_steps or stream.steps_for_epochs(cfg.train.epochs))
+            reached = [g for g in groups if g[0].index in seen]
+            ref_train, ref_eval = precomputed_references(run, model, tok, cfg, reached, eval_groups, env,
+                                                         len(train_recs), len(eval_recs), len(groups) - len(reached))
         else:
             live_ref = LiveReference(model, cfg, env, tok)
 
@@ -363,12 +365,15 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
     return final
 
 
-def precomputed_references(run, model, tok, cfg, groups, eval_groups, env, batches_of_epoch, n_train, n_eval):
+def precomputed_references(run, model, tok, cfg, groups, eval_groups, env, n_train, n_eval, skipped=0):
+    """Reference log-probs of ``groups`` (the train records the run will reach) and ``eval_groups``; the
+    rows of records the run never trains on (``skipped``: max_steps ends before the epoch does) stay NaN."""
     key = reference_key(model, cfg.model.name, groups + [[]] + eval_groups, cfg.dpo.loss)
 
     def compute() -> dict[str, torch.Tensor]:
         # Groups are (chosen, rejected), or (own, mismatched) for KTO: two rows per record either way.
-        log.info("reference log-probs: one pass over %d train + %d eval records", len(groups), len(eval_groups))
+        log.info("reference log-probs: one pass over %d train + %d eval records%s", len(groups), len(eval_groups),
+                 f" ({skipped} train records are past train.max_steps: not needed)" if skipped else "")
         batches = lambda which: group_batches(which, cfg.train.batch_size * 2, tok.pad_token_id, 0, 0)  # noqa: E731
         return {"train": reference_logprobs(model, batches(groups), n_train, env),
                 "eval": reference_logprobs(model, batches(eval_groups), n_eval, env)}
