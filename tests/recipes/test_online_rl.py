@@ -83,6 +83,8 @@ def test_grpo_raises_the_reward_with_finite_kl(tmp_path, talking_tiny):
     assert len(answers) == 2 * 8 * 3 and again["n"] == 8 and again["samples_per_prompt"] == 3
     assert again["after"] == pytest.approx(mean([r["reward"] for r in answers if r["step"] == 1]))
     assert again["delta_ci"][0] > 0 and again["kl"] > 0  # what training bought, seen again on fresh samples
+    assert again["score"]["delta"] == pytest.approx(again["delta"])  # no penalties configured: score == reward
+    assert {"score", "truncated"} <= set(answers[0]) and "score alone" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "palate", "rl-eval", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode != 0 and "no config.yaml" in bad.stderr
 

@@ -28,23 +28,30 @@ EVAL_SAMPLES = "eval_samples.jsonl"
 
 
 def write_eval_samples(run_path: Path, step: int, prompts: list[str], responses: list[str],
-                       rewards: list[float], kls: list[float] | None, samples: int = 1) -> None:
+                       rewards: list[float], kls: list[float] | None, samples: int = 1,
+                       scores: list[float] | None = None, truncated: list[bool] | None = None) -> None:
     """Append one held-out evaluation to ``eval_samples.jsonl``: a row per answer, ``samples`` answers per
-    prompt (answer ``b`` is sample ``j = b % samples`` of prompt ``i = b // samples``)."""
+    prompt (answer ``b`` is sample ``j = b % samples`` of prompt ``i = b // samples``). ``reward`` is what
+    the policy maximises; ``score`` (when given) the reward model's or function's score alone, before the
+    length / repetition / missing-EOS penalties, and ``truncated`` whether the answer hit the token limit."""
     if len(responses) != len(prompts) * samples:
         raise ValueError(f"{len(responses)} held-out answers for {len(prompts)} prompts x {samples} samples")
     with open(Path(run_path) / EVAL_SAMPLES, "a", encoding="utf-8") as f:
         for b, (r, rw) in enumerate(zip(responses, rewards)):
             i, j = divmod(b, samples)
             row = {"step": step, "i": i, "j": j, "prompt": prompts[i], "response": r, "reward": rw}
+            if scores is not None:
+                row["score"] = scores[b]
+            if truncated is not None:
+                row["truncated"] = bool(truncated[b])
             if kls is not None:
                 row["kl"] = kls[b]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def read_eval_samples(run_path: Path, up_to_step: int | None = None) -> dict[int, dict[int, dict]]:
-    """``{step: {prompt index: row}}``: the row of the prompt's first answer, with ``rewards`` (and ``kls``)
-    of all its answers; a row rewritten by a resumed run replaces the earlier one. Files written before
+    """``{step: {prompt index: row}}``: the row of the prompt's first answer, with ``rewards`` (and ``kls``,
+    ``scores`` where recorded) of all its answers; a row rewritten by a resumed run replaces the earlier one. Files written before
     several samples per prompt existed (no ``j``) read as one sample each."""
     path = Path(run_path) / EVAL_SAMPLES
     answers: dict[int, dict[int, dict[int, dict]]] = {}
@@ -61,8 +68,9 @@ def read_eval_samples(run_path: Path, up_to_step: int | None = None) -> dict[int
             rows = [by_j[j] for j in sorted(by_j)]
             first = dict(rows[0])
             first["rewards"] = [r["reward"] for r in rows]
-            if all("kl" in r for r in rows):
-                first["kls"] = [r["kl"] for r in rows]
+            for key, many in (("kl", "kls"), ("score", "scores")):
+                if all(key in r for r in rows):
+                    first[many] = [r[key] for r in rows]
             out.setdefault(step, {})[i] = first
     return out
 
@@ -82,6 +90,22 @@ def paired_improvement(before: list[float], after: list[float], seed: int = 0) -
     rate, rlow, rhigh = bootstrap_ci(wins, seed=seed)
     return {"n": len(delta), "before": sum(before) / len(before), "after": sum(after) / len(after),
             "delta": mean, "delta_ci": [low, high], "improved_fraction": rate, "improved_ci": [rlow, rhigh]}
+
+
+def compare_evaluations(before: dict[int, dict], after: dict[int, dict]) -> dict[str, Any]:
+    """:func:`paired_improvement` of two evaluations (``{prompt index: row}`` from :func:`read_eval_samples`)
+    over the prompts both answered, by per-prompt mean reward; with ``score``: the same for the reward
+    model's (or function's) score alone when both recorded it, so a gain that only comes from avoiding a
+    penalty (answers that now stop before the token limit) shows as such."""
+    common = sorted(set(before) & set(after))
+    if not common:
+        raise ValueError("the two evaluations share no held-out prompt")
+    out = paired_improvement([_mean(before[i]["rewards"]) for i in common], [_mean(after[i]["rewards"]) for i in common])
+    out["samples_per_prompt"] = min(len(ev[i]["rewards"]) for ev in (before, after) for i in common)
+    if all("scores" in ev[i] for ev in (before, after) for i in common):
+        out["score"] = paired_improvement([_mean(before[i]["scores"]) for i in common],
+                                          [_mean(after[i]["scores"]) for i in common])
+    return out
 
 
 def _series(metrics: list[dict], key: str) -> list[tuple[float, float]]:
@@ -108,10 +132,8 @@ def rl_report(run_path: str | Path) -> dict[str, Any]:
     summary["eval_curve"] = curve
     if len(evals) >= 2:
         first, last = min(evals), max(evals)
-        common = sorted(set(evals[first]) & set(evals[last]))
-        summary["improvement"] = {"from_step": first, "to_step": last, **paired_improvement(
-            [_mean(evals[first][i]["rewards"]) for i in common], [_mean(evals[last][i]["rewards"]) for i in common]),
-            "samples_per_prompt": min(len(evals[s][i]["rewards"]) for s in (first, last) for i in common)}
+        summary["improvement"] = {"from_step": first, "to_step": last,
+                                  **compare_evaluations(evals[first], evals[last])}
         summary["final_kl"] = curve[-1].get("kl")
     (out_dir / "reward_kl.svg").write_text(line_svg(
         {"held-out reward vs KL": [(p["kl"], p["reward"]) for p in curve if "kl" in p]},
@@ -186,11 +208,9 @@ def reevaluate(run_path: str | Path, *, samples: int = 8, policy: str | None = N
     truncated["trained"] = _truncated(exp)
     record_eval(out_dir, 1, exp)
     evals = read_eval_samples(out_dir)
-    common = sorted(set(evals[0]) & set(evals[1]))
-    summary = {"run": str(run_path), "start": cfg.model.name, "trained": str(trained), "samples_per_prompt": samples,
+    summary = {"run": str(run_path), "start": cfg.model.name, "trained": str(trained),
                "max_new_tokens": rc.max_new_tokens, "temperature": rc.temperature, "seed": seed,
-               "truncated_fraction": truncated, **paired_improvement([_mean(evals[0][i]["rewards"]) for i in common],
-                                    [_mean(evals[1][i]["rewards"]) for i in common]),
+               "truncated_fraction": truncated, **compare_evaluations(evals[0], evals[1]),
                "kl": ev_trained.get("eval_kl")}
     (run_path / "report" / REEVAL).write_text(json.dumps(summary, indent=1))
     return summary
@@ -208,7 +228,15 @@ def format_reevaluation(s: dict[str, Any]) -> str:
             f"{s['delta']:+.4f} [95% CI {s['delta_ci'][0]:+.4f}, {s['delta_ci'][1]:+.4f}]; improved on "
             f"{s['improved_fraction']:.0%} of prompts [{s['improved_ci'][0]:.0%}, {s['improved_ci'][1]:.0%}]{kl}; "
             f"hit the token limit: start {s['truncated_fraction']['start']:.0%}, "
-            f"trained {s['truncated_fraction']['trained']:.0%}")
+            f"trained {s['truncated_fraction']['trained']:.0%}" + _score_line(s.get("score")))
+
+
+def _score_line(score: dict[str, Any] | None) -> str:
+    if not score:
+        return ""
+    return (f"\n  the reward model's (or function's) score alone, without penalties: {score['before']:.4f} -> "
+            f"{score['after']:.4f}, change {score['delta']:+.4f} [95% CI {score['delta_ci'][0]:+.4f}, "
+            f"{score['delta_ci'][1]:+.4f}]")
 
 
 def format_rl_report(summary: dict[str, Any]) -> str:
@@ -222,7 +250,7 @@ def format_rl_report(summary: dict[str, Any]) -> str:
                      f"{imp['after']:.4f} at step {imp['to_step']}; change {imp['delta']:+.4f} "
                      f"[95% CI {imp['delta_ci'][0]:+.4f}, {imp['delta_ci'][1]:+.4f}]; "
                      f"improved on {imp['improved_fraction']:.0%} of prompts "
-                     f"[{imp['improved_ci'][0]:.0%}, {imp['improved_ci'][1]:.0%}]")
+                     f"[{imp['improved_ci'][0]:.0%}, {imp['improved_ci'][1]:.0%}]" + _score_line(imp.get("score")))
     kl = summary.get("final_kl")
     if kl is not None and math.isfinite(kl):
         lines.append(f"KL to the reference at the end: {kl:.4f} nats per response")

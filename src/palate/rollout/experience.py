@@ -241,7 +241,8 @@ def record_eval(where: Path, step: int, exp: Experience) -> None:
     kl = exp.kl_tokens("k1")
     write_eval_samples(where, step, [prompt_text(p) for p in exp.prompts], exp.rollout.texts,
                        exp.rewards.total.tolist(), kl.sum(-1).tolist() if kl is not None else None,
-                       samples=exp.rollout.n)
+                       samples=exp.rollout.n, scores=exp.rewards.score.tolist(),
+                       truncated=(~exp.rollout.finished).tolist())
 
 
 def eval_seed(seed: int) -> int:
