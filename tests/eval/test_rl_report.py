@@ -80,3 +80,5 @@ def test_evaluations_without_scores_compare_on_reward_only(tmp_path):
     assert out["delta"] == pytest.approx(1.0) and "score" not in out
     with pytest.raises(ValueError, match="share no held-out prompt"):
         compare_evaluations(evals[0], {})
+    with pytest.raises(ValueError, match="1 scores for 2 held-out answers"):  # nothing written, nothing dropped
+        write_eval_samples(tmp_path / "x", 0, ["p", "q"], ["a", "b"], [0.0, 1.0], None, scores=[1.0])

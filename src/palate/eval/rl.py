@@ -36,6 +36,9 @@ def write_eval_samples(run_path: Path, step: int, prompts: list[str], responses:
     length / repetition / missing-EOS penalties, and ``truncated`` whether the answer hit the token limit."""
     if len(responses) != len(prompts) * samples:
         raise ValueError(f"{len(responses)} held-out answers for {len(prompts)} prompts x {samples} samples")
+    for name, values in (("rewards", rewards), ("kls", kls), ("scores", scores), ("truncated", truncated)):
+        if values is not None and len(values) != len(responses):
+            raise ValueError(f"{len(values)} {name} for {len(responses)} held-out answers")
     with open(Path(run_path) / EVAL_SAMPLES, "a", encoding="utf-8") as f:
         for b, (r, rw) in enumerate(zip(responses, rewards)):
             i, j = divmod(b, samples)
@@ -51,8 +54,8 @@ def write_eval_samples(run_path: Path, step: int, prompts: list[str], responses:
 
 def read_eval_samples(run_path: Path, up_to_step: int | None = None) -> dict[int, dict[int, dict]]:
     """``{step: {prompt index: row}}``: the row of the prompt's first answer, with ``rewards`` (and ``kls``,
-    ``scores`` where recorded) of all its answers; a row rewritten by a resumed run replaces the earlier one. Files written before
-    several samples per prompt existed (no ``j``) read as one sample each."""
+    ``scores`` where recorded) of all its answers; a row rewritten by a resumed run replaces the earlier one.
+    Files written before several samples per prompt existed (no ``j``) read as one sample each."""
     path = Path(run_path) / EVAL_SAMPLES
     answers: dict[int, dict[int, dict[int, dict]]] = {}
     if not path.exists():
@@ -100,11 +103,13 @@ def compare_evaluations(before: dict[int, dict], after: dict[int, dict]) -> dict
     common = sorted(set(before) & set(after))
     if not common:
         raise ValueError("the two evaluations share no held-out prompt")
-    out = paired_improvement([_mean(before[i]["rewards"]) for i in common], [_mean(after[i]["rewards"]) for i in common])
+    def paired(key: str) -> dict[str, Any]:
+        return paired_improvement([_mean(before[i][key]) for i in common], [_mean(after[i][key]) for i in common])
+
+    out = paired("rewards")
     out["samples_per_prompt"] = min(len(ev[i]["rewards"]) for ev in (before, after) for i in common)
     if all("scores" in ev[i] for ev in (before, after) for i in common):
-        out["score"] = paired_improvement([_mean(before[i]["scores"]) for i in common],
-                                          [_mean(after[i]["scores"]) for i in common])
+        out["score"] = paired("scores")
     return out
 
 

@@ -175,9 +175,9 @@ class BatchStream:
 
         every = {i for b in self.epoch(0) for i in indices(b)}
         seen: set[int] = set()
-        for k in range(steps * self.grad_accum):
-            seen.update(indices(self.epoch(k // self.batches_per_epoch)[k % self.batches_per_epoch]))
-            if len(seen) == len(every):
+        for step in range(1, steps + 1):
+            seen.update(i for b in self.micro_batches(step) for i in indices(b))
+            if len(seen) == len(every):  # every record reached: later steps add none
                 break
         return seen
 
