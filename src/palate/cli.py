@@ -256,7 +256,9 @@ def judge(
     cache_dir: str = typer.Option(None, help="HTTP answer cache (default: OUT's folder/.judge-cache)"),
     concurrency: int = typer.Option(4, help="HTTP requests in flight"),
     rate_limit: float = typer.Option(None, help="HTTP requests per second at most"),
-    max_retries: int = typer.Option(5, help="HTTP retries (exponential backoff) before giving up"),
+    max_retries: int = typer.Option(5, help="HTTP retries (exponential backoff, or the server's Retry-After) before "
+                                    "the run stops with an error; a failed request is never a verdict"),
+    timeout: float = typer.Option(120.0, help="HTTP judge: seconds to wait for a connection and for each read"),
     max_tokens: int = typer.Option(512, help="HTTP judge: longest answer (explanation + verdict) to ask for"),
     batch_size: int = typer.Option(8, help="local judge: prompts per forward"),
     min_mass: float = typer.Option(0.0, help="local judge: verdict tokens' probability below this is malformed"),
@@ -275,13 +277,13 @@ def judge(
     if judge_.startswith(("http://", "https://")):
         kw = dict(model=model, api_key_env=api_key_env, template=template, concurrency=concurrency,
                   rate_limit=rate_limit, max_retries=max_retries, name=judge_name, max_tokens=max_tokens,
-                  cache_dir=cache_dir or str(Path(out).resolve().parent / ".judge-cache"))
+                  timeout=timeout, cache_dir=cache_dir or str(Path(out).resolve().parent / ".judge-cache"))
     else:
         kw = dict(template=template, batch_size=batch_size, min_mass=min_mass)
     try:
         j = make_judge(judge_, **kw)
         summary = label_file(j, input, out, mode=mode, seed=seed, limit=limit, judge_name=judge_name)
-    except (DataError, FileNotFoundError, OSError, KeyError, JudgeUnreachable, JudgeHTTPError) as e:
+    except (DataError, FileNotFoundError, OSError, KeyError, ValueError, JudgeUnreachable, JudgeHTTPError) as e:
         _fail(e)
     typer.echo(format_summary(summary))
 

@@ -11,6 +11,11 @@ orders (:mod:`palate.judges.debias`). Output:
   ``palate rm`` and ``palate dpo`` read;
 * ``OUT.summary.json`` — counts, position/length/self-preference bias, inconsistency, agreement, timing;
 * ``OUT.malformed.jsonl`` — the pairs whose verdict could not be read, with the judge's raw output.
+
+A malformed verdict is an *answer* the judge gave whose text holds no readable verdict. A request that
+failed (an HTTP judge's timeouts, refused connections, 429/5xx) is retried, and if it never succeeds the run
+stops with the judge's error before anything is written; it is never counted as malformed or as a tie. For
+an HTTP judge the summary counts the requests sent, the retries among them and the answers read from cache.
 """
 
 from __future__ import annotations
@@ -119,9 +124,12 @@ def label_file(judge, source: str, out: str | Path, *, mode: str = "tie", seed: 
     """Judge every candidate pair of ``source``; write ``out``, its summary and malformed rows (see module doc)."""
     name = judge_name or getattr(judge, "name", "judge")
     cands = read_candidates(source, seed=seed, judge_name=name, limit=limit)
+    before = _transport_counts(judge)
     t0 = time.perf_counter()
     judged = judge_pairs(judge, cands, mode)
     summary = summarize(cands, judged, time.perf_counter() - t0)
+    if before is not None:
+        summary["http"] = {k: v - before[k] for k, v in _transport_counts(judge).items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [preference_row(c, j, name) for c, j in zip(cands, judged) if not j.malformed]
@@ -134,6 +142,14 @@ def label_file(judge, source: str, out: str | Path, *, mode: str = "tie", seed: 
     summary.update({"written": len(rows), "output": str(out), "mode": mode, "judge": name})
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _transport_counts(judge) -> dict | None:
+    """An HTTP judge's request counters (None for a judge without them, e.g. a local model)."""
+    names = {"requests": "requests_made", "retries": "retries", "cache_hits": "cache_hits"}
+    if not all(hasattr(judge, a) for a in names.values()):
+        return None
+    return {k: getattr(judge, a) for k, a in names.items()}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -155,6 +171,10 @@ def format_summary(s: dict) -> str:
              f"length bias: longer answer preferred in {pct(s['length_bias']['longer_rate'])} of {s['length_bias']['n']}"
              + (f" (humans: {pct(s['length_bias']['human_longer_rate'])})" if s["length_bias"].get("human_longer_rate")
                 is not None else "")]
+    if "http" in s:
+        h = s["http"]
+        lines.append(f"http: {h['requests']} requests ({h['retries']} retries after transient failures), "
+                     f"{h['cache_hits']} answers from cache")
     if "self_preference" in s:
         lines.append(f"self-preference: own answer preferred in {pct(s['self_preference']['self_preference_rate'])} "
                      f"of {s['self_preference']['n']}")
