@@ -32,7 +32,6 @@ import os
 import random
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,9 +52,8 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "bench")]
 from sqlalchemy import create_engine, select  # noqa: E402
 
 from palate.feedback.db import Judgment, Project, database_url  # noqa: E402
-from palate.feedback.server import free_port  # noqa: E402
 from record import write_result  # noqa: E402
-from tests.feedback.helpers import Setup, candidate_rows, hidden_fields, reset_postgres  # noqa: E402
+from tests.feedback.helpers import ServerProcess, Setup, candidate_rows, hidden_fields, reset_postgres  # noqa: E402
 
 SLUG = "load"
 CHROMIUM = "/usr/bin/chromium"
@@ -66,77 +64,6 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 # ----------------------------------------------------------------------------- the server process
-
-
-class ServerProcess:
-    """``python -m palate label serve`` in a subprocess, its output in a log file (a pipe nobody reads
-    would fill up and stall the server on its access log)."""
-
-    def __init__(self, db: str, log: Path, port: int | None = None):
-        self.db, self.log, self.port = db, log, port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts: list[float] = []  # seconds from spawn until /login answered, per start
-
-    def start(self, timeout: float = 60) -> float:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        with open(self.log, "a") as out:
-            out.write(f"\n===== start {datetime.now().isoformat(timespec='seconds')}\n")
-            out.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", "palate", "label", "serve", "--db", self.db,
-                                          "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         cwd=ROOT)
-        t0 = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(f"{self.url}/login", timeout=1).status_code == 200:
-                    self.starts.append(time.perf_counter() - t0)
-                    return self.starts[-1]
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.perf_counter() - t0 > timeout:
-                self.proc.kill()
-                raise RuntimeError(f"the server did not start on {self.url}:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, grace: float = 10) -> str:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; says which it took."""
-        if self.proc is None or self.proc.poll() is not None:
-            return "already exited"
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=grace)
-            return "SIGTERM"
-        except subprocess.TimeoutExpired:
-            self.kill9()
-            return f"SIGKILL (no exit {grace:.0f} s after SIGTERM)"
-
-    def responsive(self, timeout: float = 5) -> bool:
-        try:
-            return httpx.get(f"{self.url}/login", timeout=timeout).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_errors(self) -> list[str]:
-        """Tracebacks' last lines and ERROR lines in the server's output."""
-        out, text = [], self.log.read_text(errors="replace").splitlines()
-        for i, line in enumerate(text):
-            if line.startswith("ERROR") or (line.startswith("Traceback") and i + 1 < len(text)):
-                if line.startswith("Traceback"):
-                    j = i + 1
-                    while j < len(text) and (text[j].startswith(" ") or not text[j].strip()):
-                        j += 1
-                    line = text[j] if j < len(text) else line
-                out.append(line.strip())
-        return out
 
 
 # ----------------------------------------------------------------------------- what the clients saw

@@ -51,13 +51,16 @@ def test_wrong_password_is_refused_and_token_login_works(site):
 
 def test_labeler_cannot_read_another_projects_items_or_admin_pages(site):
     with api(site, "eve") as c:
-        assert c.get("/api/projects/ab/next").status_code == 403
+        # someone else's project answers exactly like one that does not exist
+        hidden, unknown = c.get("/api/projects/ab/next"), c.get("/api/projects/zz/next")
+        assert hidden.status_code == unknown.status_code == 404
+        assert hidden.json()["detail"].replace("'ab'", "'zz'") == unknown.json()["detail"]
         assert "secret prompt" in c.get("/api/projects/other/next").text
         assert [p["slug"] for p in c.get("/api/projects").json()] == ["other"]
         assert c.get("/api/projects/other/stats").status_code == 403
         assert c.get("/api/projects/other/export").status_code == 403
     with api(site, "ann") as c:
-        assert c.get("/api/projects/other/next").status_code == 403
+        assert c.get("/api/projects/other/next").status_code == 404
         # an assignment id from another project is not accepted under this project
         with site.sessions() as s:
             eve_assignment = s.scalar(select(Assignment).join(Labeler, Labeler.id == Assignment.labeler_id).where(Labeler.name == "eve"))
@@ -65,8 +68,8 @@ def test_labeler_cannot_read_another_projects_items_or_admin_pages(site):
         assert r.status_code == 422 and "no assignment" in r.json()["detail"]
     with browser(site) as c:
         login(c, "eve", "eve-password")
-        assert c.get("/p/ab/task").status_code == 403
-        assert c.get("/p/ab/guidelines").status_code == 403
+        assert c.get("/p/ab/task").status_code == 404
+        assert c.get("/p/ab/guidelines").status_code == 404
         for path in ("/admin", "/admin/projects/ab", "/admin/projects/ab/export.jsonl", "/admin/projects/ab/judgments.csv", "/admin/labelers"):
             r = c.get(path)
             assert r.status_code == 403, path

@@ -2,10 +2,7 @@
 once (idempotency keys, retries racing the original), none lost, overlap respected, export counts match.
 Runs on SQLite, and on PostgreSQL when PALATE_TEST_POSTGRES_URL is set (required when PALATE_CI=1)."""
 
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -16,29 +13,10 @@ import pytest
 from sqlalchemy import func, select
 
 from palate.feedback.db import Judgment
-from palate.feedback.server import free_port
-from tests.feedback.helpers import Setup, candidate_rows, postgres_url, reset_postgres
+from tests.feedback.helpers import ServerProcess, Setup, candidate_rows, postgres_url, reset_postgres
 
 pytestmark = pytest.mark.slow  # a server subprocess and 100 client threads
 LABELERS, SECONDS, OVERLAP = 50, 4.0, 2
-
-
-def serve(db: str):
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "palate", "label", "serve", "--db", db, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    url, started = f"http://127.0.0.1:{port}", time.perf_counter()
-    while True:
-        try:
-            if httpx.get(f"{url}/login", timeout=1).status_code == 200:
-                return proc, url, time.perf_counter() - started
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.perf_counter() - started > 60:
-            proc.kill()
-            raise RuntimeError(f"server did not start:\n{proc.stdout.read()}")
-        time.sleep(0.05)
 
 
 def run_load(db: str, tmp_path):
@@ -49,7 +27,9 @@ def run_load(db: str, tmp_path):
         st.labeler(n, group=f"g{i % 3}", password=None, projects=["load"])
     st.labeler("boss", role="admin", password=None)
     st.engine.dispose()
-    proc, url, start_seconds = serve(db)
+    server = ServerProcess(db, tmp_path / "server.log")  # its log in a file: a pipe nobody reads stalls it
+    start_seconds = server.start()
+    url = server.url
     accepted, problems, lock = {}, [], threading.Lock()
     stats = Counter()
     deadline = [0.0]
@@ -99,8 +79,8 @@ def run_load(db: str, tmp_path):
             t.join()
         export = httpx.get(f"{url}/api/projects/load/export", headers={"authorization": f"Bearer {st.tokens['boss']}"}, timeout=60)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stopped = server.stop()
+    assert stopped == "SIGTERM", f"the server did not stop on SIGTERM: {stopped}\n{server.log_tail()}"
     assert not problems, problems[:5]
     with st.sessions() as s:
         rows = s.execute(select(Judgment.id, Judgment.idempotency_key, Judgment.item_id, Judgment.labeler_id)).all()

@@ -78,8 +78,12 @@ def jsonl_rows(path: str | Path, label: str | None = None) -> Iterator[tuple[str
     label = str(path) if label is None else label
     import gzip
 
-    with (gzip.open(path, "rt", encoding="utf-8") if Path(path).suffix == ".gz" else open(path, encoding="utf-8")) as f:
-        for lineno, line in enumerate(f, start=1):
+    with (gzip.open(path, "rb") if Path(path).suffix == ".gz" else open(path, "rb")) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(label, lineno, None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,7 +22,7 @@ from palate.feedback.db import Labeler, Membership, Project
 from palate.feedback.export import AGGREGATES, export_rows, judgments_csv, to_jsonl
 from palate.feedback.importing import create_project, import_items
 from palate.feedback.stats import project_stats
-from palate.feedback.web import api_user, check_csrf, db_session, page_user, project_for, templates
+from palate.feedback.web import DB, Form, api_user, check_csrf, page_user, project_for, templates
 
 router = APIRouter()
 
@@ -32,26 +32,25 @@ def _project(db: Session, slug: str, me: Labeler) -> Project:
 
 
 @router.get("/admin", response_class=HTMLResponse)
-def dashboard(request: Request, db: Session = Depends(db_session)):
+def dashboard(request: Request, db: DB):
     me, ws = page_user(request, db, admin=True)
     rows = [project_stats(db, p) | {"title": p.title} for p in db.scalars(select(Project).order_by(Project.id))]
     return templates.TemplateResponse(request, "admin.html", {"me": me, "csrf": ws.csrf, "projects": rows})
 
 
 @router.get("/admin/projects/new", response_class=HTMLResponse)
-def new_project_form(request: Request, db: Session = Depends(db_session)):
+def new_project_form(request: Request, db: DB):
     me, ws = page_user(request, db, admin=True)
     return templates.TemplateResponse(request, "admin_new.html", {"me": me, "csrf": ws.csrf, "error": None, "form": {}})
 
 
 @router.post("/admin/projects/new")
-async def new_project(request: Request, db: Session = Depends(db_session)):
+def new_project(request: Request, form: Form, db: DB):
     me, ws = page_user(request, db, admin=True)
-    form = await request.form()
     check_csrf(ws, form)
     tmp = tempfile.mkdtemp(prefix="palate-upload-")
     try:
-        files = {name: await _saved(form.get(name), Path(tmp), name) for name in ("candidates", "prompts", "gold")}
+        files = {name: _saved(form.get(name), Path(tmp), name) for name in ("candidates", "prompts", "gold")}
         if files["candidates"] is None and files["gold"] is None:
             raise ValueError("upload a candidates file (JSONL of model responses)")
         crit = [c for c in re.split(r"[,\n]", str(form.get("criteria") or "")) if c.strip()]
@@ -82,14 +81,18 @@ async def new_project(request: Request, db: Session = Depends(db_session)):
     return RedirectResponse(f"/admin/projects/{project.slug}", status_code=303)
 
 
-async def _saved(upload, tmp: Path, field: str) -> Path | None:
+def _saved(upload, tmp: Path, field: str) -> Path | None:
+    """An uploaded file copied to ``tmp/field/NAME`` (runs in a worker thread: the upload is already
+    spooled by the form parser, so this is local file I/O)."""
     if upload is None or isinstance(upload, str) or not upload.filename:
         return None
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload.filename).name) or f"{field}.jsonl"
     path = tmp / field
     path.mkdir()
     path = path / name
-    path.write_bytes(await upload.read())
+    upload.file.seek(0)
+    with path.open("wb") as out:
+        shutil.copyfileobj(upload.file, out)
     return path
 
 
@@ -104,7 +107,7 @@ def _int(form, name: str, default: int) -> int:
 
 
 @router.get("/admin/projects/{slug}", response_class=HTMLResponse)
-def project_page(slug: str, request: Request, db: Session = Depends(db_session)):
+def project_page(slug: str, request: Request, db: DB):
     me, ws = page_user(request, db, admin=True)
     project = _project(db, slug, me)
     members = db.scalars(select(Labeler).join(Membership, Membership.labeler_id == Labeler.id)
@@ -115,7 +118,7 @@ def project_page(slug: str, request: Request, db: Session = Depends(db_session))
 
 
 @router.get("/admin/projects/{slug}/export.jsonl")
-def export_jsonl(slug: str, request: Request, aggregate: str = "none", gold: bool = False, db: Session = Depends(db_session)):
+def export_jsonl(slug: str, request: Request, db: DB, aggregate: str = "none", gold: bool = False):
     me, _ = page_user(request, db, admin=True)
     project = _project(db, slug, me)
     return _jsonl(db, project, aggregate, gold)
@@ -131,7 +134,7 @@ def _jsonl(db, project, aggregate, gold):
 
 
 @router.get("/admin/projects/{slug}/judgments.csv")
-def export_csv(slug: str, request: Request, db: Session = Depends(db_session)):
+def export_csv(slug: str, request: Request, db: DB):
     me, _ = page_user(request, db, admin=True)
     project = _project(db, slug, me)
     return PlainTextResponse(judgments_csv(db, project), media_type="text/csv", headers={
@@ -139,7 +142,7 @@ def export_csv(slug: str, request: Request, db: Session = Depends(db_session)):
 
 
 @router.get("/admin/projects/{slug}/labelers.csv")
-def labelers_csv(slug: str, request: Request, db: Session = Depends(db_session)):
+def labelers_csv(slug: str, request: Request, db: DB):
     me, _ = page_user(request, db, admin=True)
     stats = project_stats(db, _project(db, slug, me))["labelers"]
     buf = io.StringIO()
@@ -152,7 +155,7 @@ def labelers_csv(slug: str, request: Request, db: Session = Depends(db_session))
 
 
 @router.get("/admin/labelers", response_class=HTMLResponse)
-def labelers_page(request: Request, db: Session = Depends(db_session)):
+def labelers_page(request: Request, db: DB):
     me, ws = page_user(request, db, admin=True)
     return _labelers(request, db, me, ws)
 
@@ -166,9 +169,8 @@ def _labelers(request, db, me, ws, created=None, token=None, error=None, status=
 
 
 @router.post("/admin/labelers")
-async def create_labeler(request: Request, db: Session = Depends(db_session)):
+def create_labeler(request: Request, form: Form, db: DB):
     me, ws = page_user(request, db, admin=True)
-    form = await request.form()
     check_csrf(ws, form)
     try:
         lab, token = auth.add_labeler(db, str(form.get("name", "")).strip(), str(form.get("role") or "labeler"),
@@ -182,12 +184,12 @@ async def create_labeler(request: Request, db: Session = Depends(db_session)):
 
 
 @router.get("/api/projects/{slug}/stats")
-def api_stats(slug: str, request: Request, db: Session = Depends(db_session)):
+def api_stats(slug: str, request: Request, db: DB):
     me = api_user(request, db, admin=True)
     return project_stats(db, _project(db, slug, me))
 
 
 @router.get("/api/projects/{slug}/export")
-def api_export(slug: str, request: Request, aggregate: str = "none", gold: bool = False, db: Session = Depends(db_session)):
+def api_export(slug: str, request: Request, db: DB, aggregate: str = "none", gold: bool = False):
     me = api_user(request, db, admin=True)
     return _jsonl(db, _project(db, slug, me), aggregate, gold)

@@ -10,26 +10,34 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError as DBAPIDataError
 from sqlalchemy.orm import Session
 
 from palate.feedback import auth
-from palate.feedback.assignment import MAX_REASON, AnswerError, ConflictError, next_assignment, submit
-from palate.feedback.db import Assignment, Item, Judgment, Membership, Project, open_db, utcnow
-from palate.feedback.web import (HERE, BodyLimit, LoginRequired, SecurityHeaders, api_user, check_csrf, db_session,
-                                 page_user, project_for, templates)
+from palate.feedback.assignment import MAX_ID, MAX_REASON, AnswerError, ConflictError, next_assignment, submit
+from palate.feedback.db import (LOCK_TIMEOUT, Assignment, DatabaseBusy, Item, Judgment, Membership, Project, open_db,
+                                utcnow)
+from palate.feedback.web import (DB, HERE, BodyLimit, Form, LoginRequired, SecurityHeaders, api_user, check_csrf,
+                                 client_address, form_int, page_user, project_for, set_cookie, templates)
 
 
-def create_app(db: str = "palate_feedback.db", migrate: bool = True) -> FastAPI:
-    """The app on a database path or SQLAlchemy URL; the schema is upgraded to the newest revision first."""
-    engine, sessions = open_db(db, migrate=migrate)
+def create_app(db: str = "palate_feedback.db", migrate: bool = True, secure_cookies: bool = False,
+               lock_timeout: float = LOCK_TIMEOUT) -> FastAPI:
+    """The app on a database path or SQLAlchemy URL; the schema is upgraded to the newest revision first.
+
+    ``secure_cookies``: mark cookies ``Secure`` and send HSTS (automatic for requests that arrive over TLS).
+    ``lock_timeout``: seconds a request waits for SQLite's write lock before it is answered 503."""
+    engine, sessions = open_db(db, migrate=migrate, lock_timeout=lock_timeout)
     app = FastAPI(title="palate label", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.sessions = engine, sessions
+    app.state.secure_cookies = secure_cookies
+    app.state.login_guard = auth.LoginGuard()
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit)
@@ -43,7 +51,18 @@ def create_app(db: str = "palate_feedback.db", migrate: bool = True) -> FastAPI:
         if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
             return await http_exception_handler(request, exc)
         return templates.TemplateResponse(request, "error.html", {"status": exc.status_code, "detail": exc.detail, "me": None},
-                                          status_code=exc.status_code)
+                                          status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(DatabaseBusy)
+    async def _busy(request: Request, exc: DatabaseBusy):
+        return await _http_error(request, HTTPException(503, str(exc), headers={"retry-after": "2"}))
+
+    @app.exception_handler(DBAPIDataError)
+    async def _unstorable(request: Request, exc: DBAPIDataError):
+        # the last line of defence (each field is checked where it is read): e.g. a NUL character, which
+        # PostgreSQL text cannot hold, in a field no check covered
+        return await _http_error(request, HTTPException(422, "the request holds a value the database cannot store "
+                                                             "(e.g. a NUL character or an out-of-range number)"))
 
     from palate.feedback.admin import router as admin_router
 
@@ -53,8 +72,8 @@ def create_app(db: str = "palate_feedback.db", migrate: bool = True) -> FastAPI:
     return app
 
 
-def _render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, ctx, status_code=status)
+def _render(request: Request, name: str, status: int = 200, headers: dict | None = None, **ctx) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, ctx, status_code=status, headers=headers)
 
 
 # ----------------------------------------------------------------------------- pages
@@ -65,30 +84,36 @@ def _pages(app: FastAPI) -> None:
     def login_page(request: Request, next: str = "/"):
         csrf = secrets.token_urlsafe(24)
         resp = _render(request, "login.html", csrf=csrf, next=_local(next), error=None, me=None)
-        resp.set_cookie(auth.LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict")
+        set_cookie(request, resp, auth.LOGIN_CSRF_COOKIE, csrf, samesite="strict")
         return resp
 
     @app.post("/login")
-    async def login_post(request: Request, db: Session = Depends(db_session)):
-        form = await request.form()
+    def login_post(request: Request, form: Form, db: DB):
         if not auth.csrf_ok(request.cookies.get(auth.LOGIN_CSRF_COOKIE), form.get("csrf_token")):
             raise HTTPException(403, "the login form's CSRF token is missing or wrong: reload the page")
-        labeler = auth.login(db, str(form.get("name", "")), str(form.get("secret", "")))
+        name, guard, address = str(form.get("name", "")), request.app.state.login_guard, client_address(request)
+        again = lambda error, status, headers=None: _render(  # noqa: E731
+            request, "login.html", status, csrf=request.cookies.get(auth.LOGIN_CSRF_COOKIE), next=_local(form.get("next")),
+            error=error, me=None, headers=headers)
+        try:
+            guard.check(name, address)
+        except auth.LoginRefused as e:
+            return again(str(e), 429, {"retry-after": str(e.retry_after)})
+        labeler = auth.login(db, name, str(form.get("secret", "")))
+        guard.record(name, address, ok=labeler is not None)
         if labeler is None:
-            csrf = request.cookies.get(auth.LOGIN_CSRF_COOKIE)
-            return _render(request, "login.html", 401, csrf=csrf, next=_local(form.get("next")),
-                           error="Unknown name or wrong password/token.", me=None)
+            return again("Unknown name or wrong password/token.", 401)
         sid, _ = auth.start_session(db, labeler)
         db.commit()
         resp = RedirectResponse(_local(form.get("next")), status_code=303)
-        resp.set_cookie(auth.SESSION_COOKIE, sid, httponly=True, samesite="lax", max_age=auth.SESSION_HOURS * 3600)
+        set_cookie(request, resp, auth.SESSION_COOKIE, sid, samesite="lax", max_age=auth.SESSION_HOURS * 3600)
         resp.delete_cookie(auth.LOGIN_CSRF_COOKIE)
         return resp
 
     @app.post("/logout")
-    async def logout(request: Request, db: Session = Depends(db_session)):
+    def logout(request: Request, form: Form, db: DB):
         _, ws = page_user(request, db)
-        check_csrf(ws, await request.form())
+        check_csrf(ws, form)
         auth.end_session(db, request.cookies.get(auth.SESSION_COOKIE))
         db.commit()
         resp = RedirectResponse("/login", status_code=303)
@@ -96,7 +121,7 @@ def _pages(app: FastAPI) -> None:
         return resp
 
     @app.get("/", response_class=HTMLResponse)
-    def home(request: Request, db: Session = Depends(db_session)):
+    def home(request: Request, db: DB):
         me, ws = page_user(request, db)
         q = select(Project).order_by(Project.id)
         if me.role != "admin":
@@ -108,7 +133,7 @@ def _pages(app: FastAPI) -> None:
         return _render(request, "home.html", me=me, csrf=ws.csrf, projects=projects)
 
     @app.get("/p/{slug}/guidelines", response_class=HTMLResponse)
-    def guidelines(slug: str, request: Request, db: Session = Depends(db_session)):
+    def guidelines(slug: str, request: Request, db: DB):
         me, ws = page_user(request, db)
         project = project_for(db, slug, me)
         m = db.get(Membership, (project.id, me.id))
@@ -119,7 +144,7 @@ def _pages(app: FastAPI) -> None:
         return _render(request, "guidelines.html", me=me, csrf=ws.csrf, project=project, paragraphs=paragraphs)
 
     @app.get("/p/{slug}/task", response_class=HTMLResponse)
-    def task_page(slug: str, request: Request, db: Session = Depends(db_session)):
+    def task_page(slug: str, request: Request, db: DB):
         me, ws = page_user(request, db)
         project = project_for(db, slug, me)
         m = db.get(Membership, (project.id, me.id))
@@ -128,25 +153,21 @@ def _pages(app: FastAPI) -> None:
         return _task(request, db, project, me, ws)
 
     @app.post("/p/{slug}/task")
-    async def task_submit(slug: str, request: Request, db: Session = Depends(db_session)):
+    def task_submit(slug: str, request: Request, form: Form, db: DB):
         me, ws = page_user(request, db)
         project = project_for(db, slug, me)
-        form = await request.form()
         check_csrf(ws, form)
         try:
-            assignment_id = int(form.get("assignment_id", ""))
-            duration = int(form.get("duration_ms") or -1)
-        except ValueError:
-            return _task(request, db, project, me, ws, error="the form is missing its assignment id", status=422)
-        reason = form.get("reason") or None
-        try:
+            assignment_id = form_int(form, "assignment_id", required=True)
+            duration = form_int(form, "duration_ms", low=0)
             submit(db, project, me, assignment_id, str(form.get("idempotency_key", "")), _form_answer(project, form),
-                   reason=reason, duration_ms=duration if duration >= 0 else None)
+                   reason=form.get("reason") or None, duration_ms=duration)
         except AnswerError as e:
             db.rollback()
             return _task(request, db, project, me, ws, error=str(e), status=422)
-        except ConflictError:
+        except ConflictError as e:
             db.rollback()
+            return _task(request, db, project, me, ws, error=str(e), status=409)
         return RedirectResponse(f"/p/{slug}/task", status_code=303)
 
 
@@ -194,7 +215,7 @@ def _task(request, db, project, me, ws, error=None, status=200):
 
 
 class JudgmentIn(BaseModel):
-    assignment_id: int
+    assignment_id: int = Field(ge=1, le=MAX_ID)
     idempotency_key: str = Field(min_length=1, max_length=100)
     choice: str | None = Field(None, max_length=16)
     order: list[int] | None = Field(None, max_length=50)
@@ -214,12 +235,12 @@ def task_json(db: Session, project: Project, a: Assignment) -> dict:
 
 def _api(app: FastAPI) -> None:
     @app.get("/api/me")
-    def me(request: Request, db: Session = Depends(db_session)):
+    def me(request: Request, db: DB):
         u = api_user(request, db)
         return {"name": u.name, "role": u.role, "group": u.group_tag}
 
     @app.get("/api/projects")
-    def projects(request: Request, db: Session = Depends(db_session)):
+    def projects(request: Request, db: DB):
         u = api_user(request, db)
         q = select(Project).order_by(Project.id)
         if u.role != "admin":
@@ -227,7 +248,7 @@ def _api(app: FastAPI) -> None:
         return [{"slug": p.slug, "title": p.title, "task_type": p.task_type, "guidelines": p.guidelines} for p in db.scalars(q)]
 
     @app.get("/api/projects/{slug}/next")
-    def next_task(slug: str, request: Request, db: Session = Depends(db_session)):
+    def next_task(slug: str, request: Request, db: DB):
         u = api_user(request, db)
         project = project_for(db, slug, u)
         a = next_assignment(db, project, u)
@@ -237,7 +258,7 @@ def _api(app: FastAPI) -> None:
         return task_json(db, project, a)
 
     @app.post("/api/projects/{slug}/judgments")
-    def post_judgment(slug: str, body: JudgmentIn, request: Request, db: Session = Depends(db_session)):
+    def post_judgment(slug: str, body: JudgmentIn, request: Request, db: DB):
         u = api_user(request, db)
         project = project_for(db, slug, u)
         form = {"choice": body.choice, "order": body.order, "scores": body.scores, "up": body.up}

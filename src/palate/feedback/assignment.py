@@ -6,7 +6,10 @@
 * Every ``project.gold_every``-th task of a labeler is a gold item they have not seen yet.
 * The display order is shuffled per assignment and stored with the judgment: the page shows positions
   (A/B, 1..K); answers are mapped back to candidate indices here.
-* Submissions carry an idempotency key: a retried request returns the judgment already stored.
+* Submissions carry an idempotency key: a retried request returns the judgment already stored; the same
+  key with another assignment or another answer is a conflict, never a silent duplicate.
+* Overlap is a promise: an assignment submitted after :data:`ASSIGNMENT_TTL` is still accepted while
+  its slot is free, and refused once the item's ``overlap`` slots went to other labelers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from palate.feedback.db import Assignment, Item, Judgment, Labeler, Project, utc
 
 ASSIGNMENT_TTL = timedelta(minutes=30)
 MAX_REASON = 2000
+MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL: larger numbers cannot name a row
 PAIR_CHOICES = ("A", "B", "tie", "both_bad")
 
 
@@ -138,17 +142,23 @@ class Submitted:
 def submit(db: Session, project: Project, labeler: Labeler, assignment_id: int, key: str, form: dict,
            reason: str | None = None, duration_ms: int | None = None) -> Submitted:
     """Store a judgment exactly once per idempotency key (commits)."""
-    if not key or len(key) > 100:
-        raise AnswerError("idempotency_key must be 1-100 characters")
-    if reason is not None and len(reason) > MAX_REASON:
-        raise AnswerError(f"reason is longer than {MAX_REASON} characters ({len(reason)})")
+    check_text("idempotency_key", key, 1, 100)
+    if reason is not None:
+        check_text("reason", reason, 0, MAX_REASON)
     existing = _by_key(db, key, labeler)
-    if existing is not None:
-        return Submitted(existing, True)
-    a = db.get(Assignment, assignment_id)
+    a = db.get(Assignment, assignment_id) if isinstance(assignment_id, int) and 1 <= assignment_id <= MAX_ID else None
     if a is None or a.labeler_id != labeler.id or a.project_id != project.id:
-        raise AnswerError(f"no assignment {assignment_id} for you in project {project.slug!r}")
+        raise AnswerError(f"assignment_id: no assignment {assignment_id} for you in project {project.slug!r}")
     answer = answer_from_positions(project, a.display_order, form)
+    if existing is not None:
+        if existing.item_id != a.item_id or existing.answer != answer:
+            what = "another assignment" if existing.item_id != a.item_id else "a different answer"
+            raise ConflictError(f"idempotency_key {key!r} was already used for {what}: "
+                                "use a new key for a new judgment")
+        return Submitted(existing, True)
+    if not a.done and a.created_at <= utcnow() - ASSIGNMENT_TTL and not _slot_free(db, project, a):
+        raise ConflictError(f"assignment {a.id} expired ({int(ASSIGNMENT_TTL.total_seconds() // 60)} minutes) and its "
+                            "item went to other labelers meanwhile: your answer was not stored; take the next task")
     j = Judgment(project_id=project.id, item_id=a.item_id, labeler_id=labeler.id, idempotency_key=key,
                  answer=answer, display_order=a.display_order, reason=(reason or "").strip() or None,
                  duration_ms=duration_ms if isinstance(duration_ms, int) and 0 <= duration_ms < 86_400_000 else None,
@@ -164,6 +174,30 @@ def submit(db: Session, project: Project, labeler: Labeler, assignment_id: int, 
             return Submitted(existing, True)
         raise ConflictError("you already judged this item") from None
     return Submitted(j, False)
+
+
+def check_text(field: str, value, low: int, high: int) -> None:
+    """A text field within ``[low, high]`` characters and storable everywhere (PostgreSQL refuses NUL)."""
+    if not isinstance(value, str) or not low <= len(value) <= high:
+        n = len(value) if isinstance(value, str) else type(value).__name__
+        raise AnswerError(f"{field} must be {low}-{high} characters (got {n})")
+    if "\x00" in value:
+        raise AnswerError(f"{field} contains a NUL character (\\u0000), which cannot be stored")
+
+
+def _slot_free(db: Session, project: Project, a: Assignment) -> bool:
+    """Whether an expired assignment's item still has a slot for it: fewer than ``overlap`` other
+    assignments done or live. On PostgreSQL the item row is locked first, as :func:`_first_item` does
+    when it hands the item out, so the two cannot both take the last slot."""
+    item = db.get(Item, a.item_id)
+    if item is None or item.is_gold:
+        return item is not None
+    if db.get_bind().dialect.name == "postgresql":
+        db.scalar(select(Item.id).where(Item.id == a.item_id).with_for_update())
+    others = db.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.item_id == a.item_id, Assignment.id != a.id,
+        or_(Assignment.done.is_(True), Assignment.created_at > utcnow() - ASSIGNMENT_TTL)))
+    return others < project.overlap
 
 
 def _by_key(db: Session, key: str, labeler: Labeler) -> Judgment | None:

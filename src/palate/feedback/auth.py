@@ -5,13 +5,21 @@
   a slow hash adds nothing). API clients send ``Authorization: Bearer <token>``.
 * A browser login creates a :class:`WebSession` whose id lives in an HttpOnly, SameSite=Lax cookie
   (stored hashed) and whose CSRF token must come back in every form post.
+* Failed logins are throttled per account and per client address (:class:`LoginThrottle`): after a few
+  free failures each further attempt must wait an exponentially growing, capped delay, so guessing is
+  slow while the right password works again at the latest ``max_wait`` after the last failure (a
+  lockout is never permanent, and a labeler's API token keeps working throughout).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, select
@@ -85,16 +93,107 @@ def labeler_for_token(db: Session, token: str) -> Labeler | None:
 
 
 def login(db: Session, name: str, secret: str) -> Labeler | None:
-    """A labeler by name and password, or by its token in the password field."""
-    labeler = db.scalar(select(Labeler).where(Labeler.name == name))
-    if labeler is None or not labeler.active:
+    """A labeler by name and password, or by its token in the password field.
+
+    The read transaction ends before the (deliberately slow) password hash is computed, so no database
+    lock or snapshot is held while scrypt runs; the labeler returned is loaded again afterwards."""
+    labeler = db.scalar(select(Labeler).where(Labeler.name == name)) if "\x00" not in name else None
+    found = None if labeler is None or not labeler.active else (labeler.id, labeler.password_hash, labeler.token_hash)
+    db.rollback()
+    if found is None:
         hash_password("timing-equaliser")  # same work whether or not the name exists
         return None
-    if verify_password(secret, labeler.password_hash):
-        return labeler
-    if labeler.token_hash and hmac.compare_digest(token_hash(secret), labeler.token_hash):
-        return labeler
-    return None
+    labeler_id, password_hash, stored_token = found
+    ok = verify_password(secret, password_hash) or bool(stored_token and hmac.compare_digest(token_hash(secret), stored_token))
+    if not ok:
+        return None
+    labeler = db.get(Labeler, labeler_id)
+    return labeler if labeler is not None and labeler.active else None
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+
+
+class LoginThrottle:
+    """Failed-login backoff per key (an account name, a client address), in this server process.
+
+    A key's first ``free`` failures within ``window`` seconds cost nothing; after that each attempt must
+    come at least ``base * 2**(excess - 1)`` seconds (at most ``max_wait``) after the key's last failure,
+    else it is refused before any password is hashed. Failures older than ``window`` are forgotten and a
+    successful login clears its account's key. Thread-safe; the lock guards only dictionary updates."""
+
+    def __init__(self, free: int, base: float = 1.0, max_wait: float = 300.0, window: float = 900.0,
+                 clock=time.monotonic):
+        self.free, self.base, self.max_wait, self.window, self.clock = free, base, max_wait, window, clock
+        self._failures: dict[str, _Failures] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, key: str) -> float:
+        """Seconds until ``key`` may try again (0: now)."""
+        with self._lock:
+            f = self._failures.get(key)
+            if f is None:
+                return 0.0
+            since = self.clock() - f.last
+            if since > self.window:
+                del self._failures[key]
+                return 0.0
+            excess = f.count - self.free
+            if excess <= 0:
+                return 0.0
+            return max(0.0, min(self.base * 2 ** (excess - 1), self.max_wait) - since)
+
+    def failed(self, key: str) -> None:
+        with self._lock:
+            f = self._failures.get(key)
+            now = self.clock()
+            if f is None or now - f.last > self.window:
+                f = self._failures[key] = _Failures()
+            f.count += 1
+            f.last = now
+            if len(self._failures) > 100_000:  # bounded memory under a flood of made-up names
+                cutoff = now - self.window
+                for k in [k for k, v in self._failures.items() if v.last < cutoff][:50_000]:
+                    del self._failures[k]
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
+class LoginRefused(Exception):
+    """Too many failed logins: ``retry_after`` seconds until the next attempt is looked at."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+class LoginGuard:
+    """The two throttles a login goes through: per account (any address) and per client address."""
+
+    def __init__(self, per_account: LoginThrottle | None = None, per_address: LoginThrottle | None = None):
+        self.per_account = per_account or LoginThrottle(free=5, base=1.0, max_wait=300.0)
+        self.per_address = per_address or LoginThrottle(free=20, base=1.0, max_wait=900.0)
+
+    def check(self, name: str, address: str) -> None:
+        wait = self.per_address.wait(address)
+        if wait > 0:
+            raise LoginRefused(f"too many failed logins from your address: try again in {math.ceil(wait)} s", wait)
+        wait = self.per_account.wait(name.casefold())
+        if wait > 0:
+            raise LoginRefused(f"too many failed logins for this account: try again in {math.ceil(wait)} s "
+                               "(an API token keeps working meanwhile)", wait)
+
+    def record(self, name: str, address: str, ok: bool) -> None:
+        if ok:
+            self.per_account.succeeded(name.casefold())
+            return
+        self.per_account.failed(name.casefold())
+        self.per_address.failed(address)
 
 
 def start_session(db: Session, labeler: Labeler) -> tuple[str, str]:

@@ -145,14 +145,19 @@ def import_cmd(slug: str, db: str = DB, candidates: Path = typer.Option(None), p
 
 
 @label_app.command("serve")
-def serve(db: str = DB, host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000)) -> None:
+def serve(db: str = DB, host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+          secure_cookies: bool = typer.Option(False, help="mark cookies Secure and send HSTS (when a TLS proxy sits in "
+                                                          "front; automatic for requests that arrive over https)"),
+          forwarded_allow_ips: str = typer.Option("127.0.0.1", help="proxies whose X-Forwarded-For/-Proto are trusted "
+                                                                    "(client address for login throttling, https)")) -> None:
     """Serve the labeling app (upgrades the database schema first)."""
     import uvicorn
 
     from palate.feedback.app import create_app
 
     typer.echo(f"palate label on http://{host}:{port} (database {db})")
-    uvicorn.run(create_app(db), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(db, secure_cookies=secure_cookies), host=host, port=port, log_level="info",
+                proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips)
 
 
 @label_app.command("export")

@@ -1,7 +1,11 @@
 """Schema, engine and migrations for the feedback app.
 
 SQLite by default (WAL journal; every transaction is ``BEGIN IMMEDIATE`` behind an in-process lock, so
-concurrent writers queue in order instead of failing on a stale snapshot) or any SQLAlchemy URL, e.g. ``postgresql+psycopg://user:pw@host/db``.
+concurrent writers queue in order instead of failing on a stale snapshot; the lock is waited for at most
+:data:`LOCK_TIMEOUT` seconds, then :class:`DatabaseBusy` is raised) or any SQLAlchemy URL, e.g.
+``postgresql+psycopg://user:pw@host/db``. The web app only touches the database from worker threads and
+ends every transaction before it answers (see ``web.db_session``), so the lock is never held across a
+response and never taken on the event loop.
 The schema is owned by the Alembic scripts in ``migrations/``: :func:`upgrade` brings any older
 database to the newest revision in place, so upgrading palate never loses labels.
 """
@@ -20,6 +24,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 TASK_TYPES = ("pairwise", "ranking", "rating", "thumbs")
 ROLES = ("admin", "labeler")
 MIGRATIONS = Path(__file__).parent / "migrations"
+LOCK_TIMEOUT = 30.0  # seconds a SQLite transaction waits for the process's write lock
+
+
+class DatabaseBusy(RuntimeError):
+    """The database's write lock was not free within the timeout (the web app answers 503 + Retry-After)."""
 
 
 def utcnow() -> datetime:
@@ -133,7 +142,7 @@ def database_url(db: str) -> str:
     return db if "://" in db else f"sqlite:///{Path(db).expanduser().resolve()}"
 
 
-def make_engine(db: str) -> Engine:
+def make_engine(db: str, lock_timeout: float = LOCK_TIMEOUT) -> Engine:
     url = database_url(db)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60},
@@ -149,12 +158,14 @@ def make_engine(db: str) -> Engine:
 
         # One writer at a time: a process-wide lock hands the database over in order (SQLite's own busy
         # handler polls with growing sleeps, which starves under many threads); other processes still
-        # wait on SQLite's lock through busy_timeout.
+        # wait on SQLite's lock through busy_timeout. A wait is bounded: a transaction held too long
+        # makes the others fail with DatabaseBusy instead of queueing for ever.
         lock = threading.Lock()
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn):
-            lock.acquire()
+            if not lock.acquire(timeout=lock_timeout):
+                raise DatabaseBusy(f"the database stayed busy for {lock_timeout:g} s: try again")
             conn.info["palate_write_lock"] = True
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -199,8 +210,8 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def open_db(db: str, migrate: bool = True) -> tuple[Engine, sessionmaker]:
-    engine = make_engine(db)
+def open_db(db: str, migrate: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> tuple[Engine, sessionmaker]:
+    engine = make_engine(db, lock_timeout)
     if migrate:
         upgrade(engine)
     return engine, sessionmaker(engine, expire_on_commit=False)

@@ -1,17 +1,27 @@
-"""Shared web plumbing: the size-limit and security-header middleware, templates, and who is asking."""
+"""Shared web plumbing: the size-limit and security-header middleware, templates, the database session
+of a request, and who is asking.
+
+The event loop never waits on the database: every route that touches it is a plain ``def`` (FastAPI runs
+it in a worker thread), forms are parsed by the async :func:`form_data` dependency before the route
+runs, and :data:`DB` ends the request's transaction (commit, or rollback on an error) when the route
+returns, before the response is sent: no transaction, and so no SQLite write lock, outlives a route.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from palate.feedback import auth
+from palate.feedback.assignment import MAX_ID, AnswerError
 from palate.feedback.db import Labeler, Project
 
 HERE = Path(__file__).parent
@@ -72,6 +82,16 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
+HSTS = b"max-age=31536000; includeSubDomains"
+
+
+def is_secure(app, scope_or_request) -> bool:
+    """Cookies get ``Secure`` and responses HSTS when the app was started with ``secure_cookies`` or the
+    request came over TLS (directly, or through a proxy uvicorn trusts with ``--forwarded-allow-ips``)."""
+    scheme = scope_or_request["scheme"] if isinstance(scope_or_request, dict) else scope_or_request.url.scheme
+    return bool(getattr(app.state, "secure_cookies", False)) or scheme == "https"
+
+
 class SecurityHeaders:
     def __init__(self, app):
         self.app = app
@@ -82,6 +102,8 @@ class SecurityHeaders:
                 message.setdefault("headers", [])
                 message["headers"] += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
                                        (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+                if is_secure(scope["app"], scope):
+                    message["headers"].append((b"strict-transport-security", HSTS))
             await send(message)
 
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
@@ -92,11 +114,36 @@ class LoginRequired(Exception):
 
 
 def db_session(request: Request):
+    """The request's session; its transaction is committed when the route returns normally, rolled back
+    when it raises, and closed either way, before the response goes out (``scope="function"``)."""
     db = request.app.state.sessions()
     try:
         yield db
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
     finally:
         db.close()
+
+
+DB = Annotated[Session, Depends(db_session, scope="function")]
+
+
+async def form_data(request: Request) -> FormData:
+    """The request's form, read on the event loop so that the route itself can be a plain ``def``."""
+    return await request.form()
+
+
+Form = Annotated[FormData, Depends(form_data)]
+
+
+def set_cookie(request: Request, response: Response, key: str, value: str, **kw) -> None:
+    response.set_cookie(key, value, httponly=True, secure=is_secure(request.app, request), **kw)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def who(request: Request, db: Session) -> tuple[Labeler | None, auth.WebSession | None]:
@@ -131,16 +178,31 @@ def page_user(request: Request, db: Session, admin: bool = False) -> tuple[Label
     return labeler, ws
 
 
+def form_int(form, field: str, required: bool = False, low: int = 1, high: int = MAX_ID) -> int | None:
+    """A whole number from a form field in ``[low, high]``; a bad value is an AnswerError naming the field."""
+    value = str(form.get(field) or "").strip()
+    if not value:
+        if required:
+            raise AnswerError(f"the form is missing {field}")
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise AnswerError(f"{field} must be a whole number, got {value[:40]!r}") from None
+    if not low <= number <= high:
+        raise AnswerError(f"{field} must be between {low} and {high}, got {number}")
+    return number
+
+
 def check_csrf(ws: auth.WebSession, form) -> None:
     if not auth.csrf_ok(ws.csrf, form.get("csrf_token")):
         raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and try again")
 
 
 def project_for(db: Session, slug: str, labeler: Labeler) -> Project:
-    """The project, if this labeler may see it: 404 for an unknown project, 403 for someone else's."""
-    project = db.scalar(select(Project).where(Project.slug == slug))
-    if project is None:
+    """The project, if this labeler may see it; 404 alike for an unknown project and for someone else's
+    (the answer does not tell which slugs exist)."""
+    project = db.scalar(select(Project).where(Project.slug == slug)) if "\x00" not in slug else None
+    if project is None or not auth.can_access(db, labeler, project):
         raise HTTPException(404, f"no project {slug!r}")
-    if not auth.can_access(db, labeler, project):
-        raise HTTPException(403, "you are not a labeler on this project")
     return project
