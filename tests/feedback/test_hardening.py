@@ -3,6 +3,7 @@ event loop, a lock wait is bounded, failed logins are throttled (never for good)
 naming its field, overlap survives expired assignments, idempotency keys cannot be reused for another
 judgment, and cookies are Secure behind TLS."""
 
+import asyncio
 import re
 import threading
 from datetime import timedelta
@@ -278,3 +279,29 @@ def test_secure_cookies_and_hsts_when_asked_or_behind_tls(tmp_path):
         assert r.status_code == 303
         cookie = [v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("palate_session=")][0]
         assert "; secure" in cookie.lower() and "httponly" in cookie.lower()
+
+
+def test_no_route_runs_on_the_event_loop_with_the_database(tmp_path):
+    """Structural guard for the freeze: a route that is ``async def`` runs on the event loop, so none may
+    take the database session; each session dependency ends its transaction before the response."""
+    from fastapi.routing import APIRoute
+
+    from palate.feedback.web import db_session
+
+    app = create_app(str(tmp_path / "s.db"))
+    on_loop, late, checked = [], [], 0
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        deps = []
+        stack = list(route.dependant.dependencies)
+        while stack:
+            d = stack.pop()
+            deps.append(d)
+            stack.extend(d.dependencies)
+        uses_db = [d for d in deps if d.call is db_session]
+        checked += bool(uses_db)
+        if uses_db and asyncio.iscoroutinefunction(route.endpoint):
+            on_loop.append(route.path)
+        late += [route.path for d in uses_db if d.scope != "function"]
+    assert checked >= 20 and not on_loop and not late, (checked, on_loop, late)
