@@ -1,11 +1,12 @@
 """Readers: every row shape, every source kind, and every malformed case naming file, line and field."""
 
 import json
+import re
 
 import pytest
 
 from palate.data.errors import DataError, Skip, SkipLog
-from palate.data.readers import read_demonstrations, read_preferences
+from palate.data.readers import read_demonstrations, read_preferences, read_prompts, read_rankings, read_ratings
 from palate.data.records import Demonstration, Preference
 from tests.conftest import write_jsonl
 
@@ -477,3 +478,89 @@ def test_a_source_column_does_not_replace_provenance_in_preferences(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y", "source": "ultrachat", "row": 7}])
     (rec,) = read_preferences(path)
     assert (rec.meta["source"], rec.meta["row"]) == (str(path), 1)
+
+
+# ----------------------------------------------------------------------------- compressed files (data as shipped)
+
+_OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def _compressed(path, rows_or_text, suffix):
+    import importlib
+
+    text = rows_or_text if isinstance(rows_or_text, str) else "".join(json.dumps(r) + "\n" for r in rows_or_text)
+    target = path.with_name(path.name + suffix)
+    with importlib.import_module(_OPENERS[suffix]).open(target, "wb") as f:
+        f.write(text.encode("utf-8"))
+    return target
+
+
+HH_ROWS = [
+    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Best fruit?\n\nAssistant: Mango.",
+     "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Best fruit?\n\nAssistant: Rocks."},
+    {"chosen": "\n\nHuman: Capital of France?\n\nAssistant: Paris.",
+     "rejected": "\n\nHuman: Capital of France?\n\nAssistant: Lyon."},
+]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_every_reader_reads_compressed_jsonl(tmp_path, suffix):
+    prefs = read_preferences(_compressed(tmp_path / "train.jsonl", HH_ROWS, suffix))
+    assert [(p.prompt[-1]["content"], p.chosen, p.rejected) for p in prefs] == [
+        ("Best fruit?", "Mango.", "Rocks."), ("Capital of France?", "Paris.", "Lyon.")]
+    assert prefs[1].meta == {"source": str(tmp_path / f"train.jsonl{suffix}"), "row": 2}
+    demos = read_demonstrations(_compressed(tmp_path / "d.jsonl", [{"prompt": "a", "response": "b"}], suffix))
+    assert [(d.prompt, d.response) for d in demos] == [("a", "b")]
+    ranks = read_rankings(_compressed(tmp_path / "k.jsonl", [{"prompt": "p", "responses": ["x", "y"], "order": [1, 0]}],
+                                      suffix))
+    assert ranks[0].order == [1, 0]
+    ratings = read_ratings(_compressed(tmp_path / "r.jsonl", [{"prompt": "p", "response": "x", "score": 1}], suffix))
+    assert ratings[0].score == 1.0
+    assert read_prompts(_compressed(tmp_path / "q.jsonl", [{"prompt": "p1"}, {"prompt": "p2"}], suffix)) == ["p1", "p2"]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz"])
+def test_compressed_json_list_file(tmp_path, suffix):
+    path = _compressed(tmp_path / "d.json", json.dumps([{"prompt": "a", "response": "b"}]), suffix)
+    assert [d.response for d in read_demonstrations(path)] == ["b"]
+
+
+def test_compressed_jsonl_errors_name_the_file_and_line(tmp_path):
+    path = _compressed(tmp_path / "train.jsonl", json.dumps(HH_ROWS[0]) + "\n" + '{"chosen": "x"}\n', ".gz")
+    with pytest.raises(DataError) as ei:
+        read_preferences(path)
+    assert str(ei.value).startswith(f"{path} line 2 field 'rejected': missing field")
+
+
+def test_truncated_gzip_is_a_data_error_naming_the_file(tmp_path):
+    good = _compressed(tmp_path / "t.jsonl", HH_ROWS * 200, ".gz")
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"^{re.escape(str(cut))}: cannot decompress after line [0-9]+"):
+        read_preferences(cut)
+
+
+def test_compressed_csv_reads_through_datasets(tmp_path):
+    path = _compressed(tmp_path / "d.csv", "prompt,response\nHi,Hello\n", ".gz")
+    assert [(d.prompt, d.response) for d in read_demonstrations(path)] == [("Hi", "Hello")]
+
+
+def test_unsupported_compressed_type_names_both_suffixes(tmp_path):
+    path = _compressed(tmp_path / "d.txt", "hello", ".gz")
+    with pytest.raises(DataError, match=r"unsupported file type '\.txt\.gz'"):
+        read_demonstrations(path)
+
+
+def test_zst_reads_with_zstandard_or_says_what_to_install(tmp_path):
+    import importlib.util
+
+    path = tmp_path / "d.jsonl.zst"
+    if importlib.util.find_spec("zstandard") is None:
+        path.write_bytes(b"\x28\xb5\x2f\xfd")  # a zstd frame's magic number: never decompressed here
+        with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: a \.zst file needs the zstandard package"):
+            read_demonstrations(path)
+    else:
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor().compress(b'{"prompt": "a", "response": "b"}\n'))
+        assert [d.response for d in read_demonstrations(path)] == ["b"]

@@ -13,10 +13,17 @@ def where(source: str, row: int | None, fieldname: str | None = None) -> str:
     """``file.jsonl line 12 field 'response'`` (rows are 1-based lines for JSONL, 1-based rows otherwise)."""
     parts = [str(source)]
     if row is not None:
-        parts.append(f"{'line' if str(source).endswith('.jsonl') else 'row'} {row}")
+        parts.append(f"{'line' if _is_jsonl(str(source)) else 'row'} {row}")
     if fieldname:
         parts.append(f"field '{fieldname}'")
     return " ".join(parts)
+
+
+def _is_jsonl(source: str) -> bool:
+    """A JSONL file, compressed or not (``train.jsonl.gz``): its rows are lines."""
+    for suffix in (".gz", ".bz2", ".xz", ".zst"):
+        source = source.removesuffix(suffix)
+    return source.endswith(".jsonl")
 
 
 class DataError(ValueError):

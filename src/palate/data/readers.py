@@ -3,9 +3,10 @@
 Every reader yields the records of :mod:`palate.data.records`. A source is one of
 
 * ``bundled:NAME`` — a dataset shipped inside palate (``bundled:demonstrations``);
-* a ``.jsonl`` or ``.json`` file;
-* a ``.parquet`` / ``.csv`` file, a directory written by ``datasets.save_to_disk`` or a directory of
-  data files (read with Hugging Face ``datasets``);
+* a ``.jsonl`` or ``.json`` file, compressed or not (``.gz``, ``.bz2``, ``.xz``; ``.zst`` with the
+  ``zstandard`` package), e.g. HH-RLHF's ``train.jsonl.gz`` as shipped;
+* a ``.parquet`` / ``.csv`` (or compressed ``.csv.gz`` …) file, a directory written by
+  ``datasets.save_to_disk`` or a directory of data files (read with Hugging Face ``datasets``);
 * a Hugging Face Hub dataset name (``org/name``), read with ``datasets.load_dataset`` when online.
 
 Row shapes are detected per row unless ``columns`` names them:
@@ -61,9 +62,10 @@ def iter_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, i
         yield from jsonl_rows(path, label=text)
         return
     path = Path(text)
-    if path.is_file() and path.suffix == ".jsonl":
+    kind = data_suffix(path)
+    if path.is_file() and kind == ".jsonl":
         yield from jsonl_rows(path)
-    elif path.is_file() and path.suffix == ".json":
+    elif path.is_file() and kind == ".json":
         yield from _json_rows(path)
     elif path.exists():
         yield from _hf_rows(_load_local_hf(path, split), label=str(path))
@@ -71,15 +73,67 @@ def iter_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, i
         yield from _hf_rows(_load_hub(text, split), label=text)
 
 
-def jsonl_rows(path: str | Path, label: str | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """``(label, line number, row)`` for each JSON object of a JSONL file (gzip-compressed when it ends in
-    ``.gz``); blank lines skipped, a bad line raises :class:`DataError` naming ``label`` (default: the path)
-    and its line."""
-    label = str(path) if label is None else label
-    import gzip
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
-    with (gzip.open(path, "rb") if Path(path).suffix == ".gz" else open(path, "rb")) as f:
+
+def data_suffix(path: str | Path) -> str:
+    """The format suffix of a data file, under any compression suffix: ``train.jsonl.gz`` -> ``.jsonl``."""
+    p = Path(path)
+    if p.suffix.lower() in COMPRESSIONS:
+        p = p.with_suffix("")
+    return p.suffix.lower()
+
+
+def open_data(path: str | Path, label: str | None = None):
+    """Open a data file for binary reading, decompressing by its suffix (``.gz``, ``.bz2``, ``.xz``, ``.zst``).
+
+    ``.zst`` needs the ``zstandard`` package; without it the error says so (naming the file)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        import lzma
+
+        return lzma.open(path, "rb")
+    if suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(str(path) if label is None else label, None, None,
+                            "a .zst file needs the zstandard package (pip install zstandard), or decompress it "
+                            "first (zstd -d)") from None
+        return zstandard.open(path, "rb")
+    return open(path, "rb")
+
+
+def _decompressed(f, label: str):
+    """Lines of an open (compressed) file; a corrupt or truncated archive is a :class:`DataError` naming the file
+    and the last line read."""
+    import lzma
+    import zlib
+
+    lineno = 0
+    try:
         for lineno, raw in enumerate(f, start=1):
+            yield lineno, raw
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        raise DataError(label, None, None, f"cannot decompress after line {lineno}: {e}") from None
+
+
+def jsonl_rows(path: str | Path, label: str | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """``(label, line number, row)`` for each JSON object of a JSONL file (decompressed when it ends in ``.gz``,
+    ``.bz2``, ``.xz`` or ``.zst``); blank lines skipped, a bad line raises :class:`DataError` naming ``label``
+    (default: the path) and its line."""
+    label = str(path) if label is None else label
+    with open_data(path, label) as f:
+        for lineno, raw in _decompressed(f, label):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -96,8 +150,12 @@ def jsonl_rows(path: str | Path, label: str | None = None) -> Iterator[tuple[str
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    with open_data(path) as f:
+        raw = b"".join(line for _, line in _decompressed(f, str(path)))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(str(path), None, None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1})") from None
     except json.JSONDecodeError as e:
         raise DataError(str(path), None, None, f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}
@@ -119,9 +177,14 @@ def _load_local_hf(path: Path, split: str):
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         ds = datasets.load_from_disk(str(path))
     elif path.is_file():
-        kind = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}.get(path.suffix)
-        if kind is None:
-            raise DataError(str(path), None, None, f"unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet, .csv)")
+        compressed = path.suffix.lower() in COMPRESSIONS
+        kind = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}.get(data_suffix(path))
+        if kind is None or (compressed and kind != "csv"):
+            name = "".join(path.suffixes[-2:]) if compressed else path.suffix
+            raise DataError(str(path), None, None, f"unsupported file type {name!r} (use .jsonl, .json, .parquet, "
+                            ".csv; .jsonl, .json and .csv may be compressed: .gz, .bz2, .xz, .zst)")
+        if path.suffix.lower() == ".zst":
+            open_data(path).close()  # the clear error when zstandard is missing
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     else:
         ds = datasets.load_dataset(str(path))
