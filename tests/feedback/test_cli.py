@@ -18,7 +18,7 @@ def run(*args):
 def test_label_commands_from_init_to_export(tmp_path):
     db = tmp_path / "f.db"
     r = run("init", "--db", db, "--admin", "boss", "--password", "s3cret")
-    assert r.exit_code == 0 and "schema revision 0002" in r.output and "plt_" in r.output
+    assert r.exit_code == 0 and "schema revision 0003" in r.output and "plt_" in r.output
     cands = write_jsonl(tmp_path / "cands.jsonl", candidate_rows(8, per_prompt=3))
     guide = tmp_path / "guide.txt"
     guide.write_text("Prefer correct answers.")

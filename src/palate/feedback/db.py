@@ -104,13 +104,17 @@ class Assignment(Base):
     display_order: Mapped[list] = mapped_column(JSON)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # a skipped assignment holds no slot of its item and is never offered to this labeler again (rev. 0003)
+    skipped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    skip_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Judgment(Base):
     """A labeler's answer, stored once per ``idempotency_key`` and once per (item, labeler).
 
     ``answer`` is in candidate indices (``{"choice": 0|1|"tie"|"both_bad"}``, ``{"order": [...]}``,
-    ``{"scores": {criterion: n}}`` or ``{"up": bool}``); ``display_order`` records what was shown where."""
+    ``{"scores": {criterion: n}}`` or ``{"up": bool}``); ``display_order`` records what was shown where.
+    A changed answer replaces ``answer`` and sets ``edited_at``; the earlier one goes to ``judgment_edits``."""
 
     __tablename__ = "judgments"
     __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_judgment_item_labeler"),)
@@ -124,6 +128,18 @@ class Judgment(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)  # added in revision 0002
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # last change (rev. 0003)
+
+
+class JudgmentEdit(Base):
+    """An answer as it was before its labeler changed it (``answer`` on the judgment is the latest)."""
+
+    __tablename__ = "judgment_edits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    judgment_id: Mapped[int] = mapped_column(ForeignKey("judgments.id"), index=True)
+    previous_answer: Mapped[dict] = mapped_column(JSON)
+    previous_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    edited_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class WebSession(Base):
