@@ -214,7 +214,7 @@ def test_ranking_form_works_without_javascript(site):
         page = c.get("/p/rk/task").text
         fields = hidden_fields(page)
         assert set(fields) >= {"csrf_token", "assignment_id", "idempotency_key"}, page
-        texts = re.findall(r'<div class="text">([^<]*)</div>', page)[1:]  # [0] is the prompt
+        texts = re.findall(r'<div class="text md"><p>([^<]*)</p>', page)[1:]  # [0] is the prompt
         r = c.post("/p/rk/task", data={**fields, "rank_0": "2", "rank_1": "3", "rank_2": "1"})
         assert r.status_code == 303
         dup = c.post("/p/rk/task", data={**hidden_fields(c.get("/p/rk/task").text), "rank_0": "1", "rank_1": "1", "rank_2": "2"})

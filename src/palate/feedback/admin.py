@@ -1,4 +1,4 @@
-"""Admin pages: dashboard (progress, throughput, agreement, per-labeler stats), project creation from
+"""Admin pages: dashboard (progress, throughput, skips, agreement, per-labeler stats a page at a time), project creation from
 uploaded files, labeler accounts, and downloads (Preference/Ranking/Rating JSONL, CSV)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from palate.data.errors import DataError
@@ -21,7 +21,9 @@ from palate.feedback import auth
 from palate.feedback.db import Labeler, Membership, Project
 from palate.feedback.export import AGGREGATES, export_rows, judgments_csv, to_jsonl
 from palate.feedback.importing import create_project, import_items
-from palate.feedback.stats import project_stats
+from palate.feedback.assignment import MAX_ID
+from palate.feedback.stats import (LABELERS_PER_PAGE, agreement_stats, labeler_stats, project_stats, project_summary,
+                                   skipped_items)
 from palate.feedback.web import DB, Form, api_user, check_csrf, page_user, project_for, templates
 
 router = APIRouter()
@@ -34,7 +36,9 @@ def _project(db: Session, slug: str, me: Labeler) -> Project:
 @router.get("/admin", response_class=HTMLResponse)
 def dashboard(request: Request, db: DB):
     me, ws = page_user(request, db, admin=True)
-    rows = [project_stats(db, p) | {"title": p.title} for p in db.scalars(select(Project).order_by(Project.id))]
+    cache = request.app.state.agreement_cache
+    rows = [project_summary(db, p) | {"title": p.title, "agreement": agreement_stats(db, p, cache)}
+            for p in db.scalars(select(Project).order_by(Project.id))]
     return templates.TemplateResponse(request, "admin.html", {"me": me, "csrf": ws.csrf, "projects": rows})
 
 
@@ -107,14 +111,20 @@ def _int(form, name: str, default: int) -> int:
 
 
 @router.get("/admin/projects/{slug}", response_class=HTMLResponse)
-def project_page(slug: str, request: Request, db: DB):
+def project_page(slug: str, request: Request, db: DB, page: int = Query(1, ge=1, le=MAX_ID)):
+    """The project's dashboard; the labeler table shows LABELERS_PER_PAGE labelers per ``?page=N``."""
     me, ws = page_user(request, db, admin=True)
     project = _project(db, slug, me)
-    members = db.scalars(select(Labeler).join(Membership, Membership.labeler_id == Labeler.id)
-                         .where(Membership.project_id == project.id).order_by(Labeler.name)).all()
+    n_members = db.scalar(select(func.count()).select_from(Membership).where(Membership.project_id == project.id))
+    labelers, total = labeler_stats(db, project, (page - 1) * LABELERS_PER_PAGE, LABELERS_PER_PAGE)
+    pages = max(1, -(-total // LABELERS_PER_PAGE))
+    if page > pages:
+        raise HTTPException(404, f"page {page} does not exist: the labeler table has {pages} page(s)")
     return templates.TemplateResponse(request, "admin_project.html", {
-        "me": me, "csrf": ws.csrf, "project": project, "stats": project_stats(db, project), "members": members,
-        "aggregates": AGGREGATES})
+        "me": me, "csrf": ws.csrf, "project": project, "stats": project_summary(db, project),
+        "agreement": agreement_stats(db, project, request.app.state.agreement_cache), "labelers": labelers,
+        "labeler_total": total, "page": page, "pages": pages, "per_page": LABELERS_PER_PAGE,
+        "skipped": skipped_items(db, project, limit=10), "members": n_members, "aggregates": AGGREGATES})
 
 
 @router.get("/admin/projects/{slug}/export.jsonl")
@@ -144,9 +154,10 @@ def export_csv(slug: str, request: Request, db: DB):
 @router.get("/admin/projects/{slug}/labelers.csv")
 def labelers_csv(slug: str, request: Request, db: DB):
     me, _ = page_user(request, db, admin=True)
-    stats = project_stats(db, _project(db, slug, me))["labelers"]
+    stats, _ = labeler_stats(db, _project(db, slug, me))
     buf = io.StringIO()
-    fields = ["labeler", "group", "judgments", "gold_judged", "gold_accuracy", "agreement_with_majority", "median_seconds", "last_judged"]
+    fields = ["labeler", "group", "judgments", "gold_judged", "gold_accuracy", "agreement_with_majority", "median_seconds",
+              "last_judged", "skips", "edited"]
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     w.writerows(stats)
@@ -186,7 +197,7 @@ def create_labeler(request: Request, form: Form, db: DB):
 @router.get("/api/projects/{slug}/stats")
 def api_stats(slug: str, request: Request, db: DB):
     me = api_user(request, db, admin=True)
-    return project_stats(db, _project(db, slug, me))
+    return project_stats(db, _project(db, slug, me), request.app.state.agreement_cache)
 
 
 @router.get("/api/projects/{slug}/export")

@@ -174,9 +174,11 @@ def dawid_skene(judgments: Iterable[tuple[Hashable, Hashable, int]], n_classes: 
                 for k in range(K):
                     counts[j][k][label] += T[i][k]
         theta = {j: [[c / sum(row) for c in row] for row in m] for j, m in counts.items()}
+        log_theta = {j: [[math.log(c) for c in row] for row in m] for j, m in theta.items()}  # once, not per label
+        log_pi = [math.log(p) for p in pi]
         change = 0.0
         for i, obs in by_item.items():
-            logp = [math.log(pi[k]) + sum(math.log(theta[j][k][label]) for j, label in obs) for k in range(K)]
+            logp = [log_pi[k] + sum(log_theta[j][k][label] for j, label in obs) for k in range(K)]
             top = max(logp)
             p = [math.exp(x - top) for x in logp]
             z = sum(p)

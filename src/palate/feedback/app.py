@@ -15,14 +15,17 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import DataError as DBAPIDataError
 from sqlalchemy.orm import Session
 
 from palate.feedback import auth
-from palate.feedback.assignment import MAX_ID, MAX_REASON, AnswerError, ConflictError, next_assignment, submit
-from palate.feedback.db import (LOCK_TIMEOUT, Assignment, DatabaseBusy, Item, Judgment, Membership, Project, open_db,
+from palate.feedback import labeling
+from palate.feedback.assignment import (MAX_ID, MAX_REASON, AnswerError, ConflictError, expires_at, form_answer,
+                                       next_assignment, progress, submit)
+from palate.feedback.db import (LOCK_TIMEOUT, Assignment, DatabaseBusy, Item, Labeler, Membership, Project, open_db,
                                 utcnow)
+from palate.feedback.stats import AgreementCache
 from palate.feedback.web import (DB, HERE, BodyLimit, Form, LoginRequired, SecurityHeaders, api_user, check_csrf,
                                  client_address, form_int, page_user, project_for, set_cookie, templates)
 
@@ -38,6 +41,7 @@ def create_app(db: str = "palate_feedback.db", migrate: bool = True, secure_cook
     app.state.engine, app.state.sessions = engine, sessions
     app.state.secure_cookies = secure_cookies
     app.state.login_guard = auth.LoginGuard()
+    app.state.agreement_cache = AgreementCache()  # agreement figures per project, until its judgments change
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit)
@@ -67,6 +71,7 @@ def create_app(db: str = "palate_feedback.db", migrate: bool = True, secure_cook
     from palate.feedback.admin import router as admin_router
 
     app.include_router(admin_router)
+    app.include_router(labeling.router)
     _pages(app)
     _api(app)
     return app
@@ -126,10 +131,7 @@ def _pages(app: FastAPI) -> None:
         q = select(Project).order_by(Project.id)
         if me.role != "admin":
             q = q.join(Membership, Membership.project_id == Project.id).where(Membership.labeler_id == me.id)
-        projects = []
-        for p in db.scalars(q):
-            mine = db.scalar(select(func.count()).select_from(Judgment).where(Judgment.project_id == p.id, Judgment.labeler_id == me.id))
-            projects.append({"p": p, "mine": mine})
+        projects = [{"p": p, "prog": progress(db, p, me)} for p in db.scalars(q)]
         return _render(request, "home.html", me=me, csrf=ws.csrf, projects=projects)
 
     @app.get("/p/{slug}/guidelines", response_class=HTMLResponse)
@@ -160,7 +162,7 @@ def _pages(app: FastAPI) -> None:
         try:
             assignment_id = form_int(form, "assignment_id", required=True)
             duration = form_int(form, "duration_ms", low=0)
-            submit(db, project, me, assignment_id, str(form.get("idempotency_key", "")), _form_answer(project, form),
+            submit(db, project, me, assignment_id, str(form.get("idempotency_key", "")), form_answer(project, form),
                    reason=form.get("reason") or None, duration_ms=duration)
         except AnswerError as e:
             db.rollback()
@@ -177,38 +179,18 @@ def _local(path) -> str:
     return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
 
 
-def _form_answer(project: Project, form) -> dict:
-    if project.task_type == "pairwise":
-        return {"choice": form.get("choice")}
-    if project.task_type == "thumbs":
-        return {"up": form.get("up")}
-    if project.task_type == "ranking":
-        order = str(form.get("order") or "")
-        if not order:  # no-JavaScript fallback: a rank select per displayed position
-            ranks = {k[5:]: v for k, v in form.items() if k.startswith("rank_")}
-            try:
-                pairs = sorted(((int(p), int(r)) for p, r in ranks.items()), key=lambda x: x[1])
-            except ValueError:
-                raise AnswerError("every response needs a rank (a whole number)") from None
-            if len({r for _, r in pairs}) != len(pairs):
-                raise AnswerError(f"give every response a different rank (got ranks {sorted(r for _, r in pairs)})")
-            order = ",".join(str(p) for p, _ in pairs)
-        return {"order": order}
-    return {"scores": {c: form.get(f"score_{c}") for c in project.criteria}}
-
-
 def _task(request, db, project, me, ws, error=None, status=200):
     a = next_assignment(db, project, me)
+    item = db.get(Item, a.item_id) if a is not None else None
+    where = labeling.status(db, project, me, a)  # read in the same transaction, which ends before rendering
     db.commit()
-    done = db.scalar(select(func.count()).select_from(Judgment).where(Judgment.project_id == project.id, Judgment.labeler_id == me.id))
+    changed = request.query_params.get("changed") == "1"
     if a is None:
-        return _render(request, "done.html", me=me, csrf=ws.csrf, project=project, done=done)
-    item = db.get(Item, a.item_id)
-    shown = [{"pos": p, "label": "AB"[p] if project.task_type == "pairwise" else str(p + 1),
-              "text": item.candidates[c]["text"]} for p, c in enumerate(a.display_order)]
+        return _render(request, "done.html", me=me, csrf=ws.csrf, project=project, changed=changed, **where)
     return _render(request, f"task_{project.task_type}.html", status, me=me, csrf=ws.csrf, project=project, item=item,
-                   assignment=a, shown=shown, key=secrets.token_hex(16), error=error, done=done, max_reason=MAX_REASON,
-                   scale=list(range(project.scale_low, project.scale_high + 1)))
+                   assignment=a, shown=labeling.shown(project, item, a.display_order), key=secrets.token_hex(16),
+                   error=error, max_reason=MAX_REASON, scale=list(range(project.scale_low, project.scale_high + 1)),
+                   action=f"/p/{project.slug}/task", current={}, changed=changed, **where)
 
 
 # ----------------------------------------------------------------------------- JSON API
@@ -226,11 +208,13 @@ class JudgmentIn(BaseModel):
 
 
 def task_json(db: Session, project: Project, a: Assignment) -> dict:
-    """What a labeler sees: positions and texts, never model names or scores."""
+    """What a labeler sees: positions and texts, never model names or scores; when the assignment expires
+    (its slot may go to someone else after that) and the progress (see ``GET .../progress``)."""
     item = db.get(Item, a.item_id)
     return {"assignment_id": a.id, "item_id": item.id, "task_type": project.task_type, "prompt": item.prompt,
             "candidates": [{"position": p, "text": item.candidates[c]["text"]} for p, c in enumerate(a.display_order)],
-            "criteria": project.criteria, "scale": [project.scale_low, project.scale_high]}
+            "criteria": project.criteria, "scale": [project.scale_low, project.scale_high],
+            "expires_at": labeling.iso(expires_at(a)), "progress": progress(db, project, db.get(Labeler, a.labeler_id))}
 
 
 def _api(app: FastAPI) -> None:

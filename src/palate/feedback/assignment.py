@@ -10,6 +10,8 @@
   key with another assignment or another answer is a conflict, never a silent duplicate.
 * Overlap is a promise: an assignment submitted after :data:`ASSIGNMENT_TTL` is still accepted while
   its slot is free, and refused once the item's ``overlap`` slots went to other labelers.
+* A skipped assignment (:func:`skip`) frees its slot at once (the item goes back to the pool) and is
+  never offered to that labeler again; it cannot be answered any more, nor a judged one skipped.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from palate.feedback.db import Assignment, Item, Judgment, Labeler, Project, utcnow
 
 ASSIGNMENT_TTL = timedelta(minutes=30)
+EXPIRY_WARNING = timedelta(minutes=5)  # the task page warns this long before its assignment expires
 MAX_REASON = 2000
 MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL: larger numbers cannot name a row
 PAIR_CHOICES = ("A", "B", "tie", "both_bad")
@@ -40,9 +43,7 @@ class ConflictError(ValueError):
 
 def next_assignment(db: Session, project: Project, labeler: Labeler, rng: random.Random | None = None) -> Assignment | None:
     """The labeler's open assignment, else a new one, else None (nothing left for them)."""
-    open_one = db.scalar(select(Assignment).where(
-        Assignment.project_id == project.id, Assignment.labeler_id == labeler.id, Assignment.done.is_(False),
-        Assignment.created_at > utcnow() - ASSIGNMENT_TTL).order_by(Assignment.id).limit(1))
+    open_one = db.scalar(_open(project, labeler))
     if open_one is not None:
         return open_one
     item = None
@@ -61,6 +62,35 @@ def next_assignment(db: Session, project: Project, labeler: Labeler, rng: random
     db.add(a)
     db.flush()
     return a
+
+
+def _open(project: Project, labeler: Labeler):
+    """The labeler's live assignment: not done, not skipped, younger than ASSIGNMENT_TTL."""
+    return select(Assignment).where(
+        Assignment.project_id == project.id, Assignment.labeler_id == labeler.id, Assignment.done.is_(False),
+        Assignment.skipped_at.is_(None), Assignment.created_at > utcnow() - ASSIGNMENT_TTL).order_by(Assignment.id).limit(1)
+
+
+def expires_at(a: Assignment):
+    return a.created_at + ASSIGNMENT_TTL
+
+
+def progress(db: Session, project: Project, labeler: Labeler) -> dict:
+    """Where a labeler and the project stand: ``mine`` (judgments I made, gold included), ``left_for_me``
+    (regular items I could still be given: none of my assignments yet and a free overlap slot, plus my
+    open assignment), ``judgments`` (regular judgments stored) of ``target`` (items × overlap)."""
+    mine = db.scalar(select(func.count()).select_from(Judgment).where(
+        Judgment.project_id == project.id, Judgment.labeler_id == labeler.id)) or 0
+    assigned = exists().where(Assignment.item_id == Item.id, Assignment.labeler_id == labeler.id)
+    free = db.scalar(select(func.count()).select_from(Item).where(
+        Item.project_id == project.id, Item.is_gold.is_(False), ~assigned, _taken(Item.id) < project.overlap)) or 0
+    is_open = db.scalar(_open(project, labeler)) is not None
+    items = db.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id, Item.is_gold.is_(False))) or 0
+    stored = db.scalar(select(func.count()).select_from(Judgment).join(Item, Item.id == Judgment.item_id).where(
+        Judgment.project_id == project.id, Item.is_gold.is_(False))) or 0
+    target = items * project.overlap
+    return {"mine": mine, "left_for_me": free + is_open, "judgments": stored, "target": target,
+            "share": round(stored / target, 4) if target else 0.0}
 
 
 def _first_item(db: Session, project: Project, labeler: Labeler, gold: bool) -> Item | None:
@@ -83,10 +113,35 @@ def _first_item(db: Session, project: Project, labeler: Labeler, gold: bool) -> 
 
 
 def _taken(item_id):
-    """Assignments holding a slot of an item: done, or handed out less than ASSIGNMENT_TTL ago."""
-    return (select(func.count()).select_from(Assignment).where(
-        Assignment.item_id == item_id,
-        or_(Assignment.done.is_(True), Assignment.created_at > utcnow() - ASSIGNMENT_TTL)).scalar_subquery())
+    """Assignments holding a slot of an item: done, or handed out less than ASSIGNMENT_TTL ago and not skipped."""
+    return (select(func.count()).select_from(Assignment).where(Assignment.item_id == item_id, _holds_slot())
+            .scalar_subquery())
+
+
+def _holds_slot():
+    return or_(Assignment.done.is_(True),
+               (Assignment.created_at > utcnow() - ASSIGNMENT_TTL) & Assignment.skipped_at.is_(None))
+
+
+def form_answer(project: Project, form) -> dict:
+    """A task page's form fields as a submission (in displayed positions, as the JSON API takes it)."""
+    if project.task_type == "pairwise":
+        return {"choice": form.get("choice")}
+    if project.task_type == "thumbs":
+        return {"up": form.get("up")}
+    if project.task_type == "ranking":
+        order = str(form.get("order") or "")
+        if not order:  # no-JavaScript fallback: a rank select per displayed position
+            ranks = {k[5:]: v for k, v in form.items() if k.startswith("rank_")}
+            try:
+                pairs = sorted(((int(p), int(r)) for p, r in ranks.items()), key=lambda x: x[1])
+            except ValueError:
+                raise AnswerError("every response needs a rank (a whole number)") from None
+            if len({r for _, r in pairs}) != len(pairs):
+                raise AnswerError(f"give every response a different rank (got ranks {sorted(r for _, r in pairs)})")
+            order = ",".join(str(p) for p, _ in pairs)
+        return {"order": order}
+    return {"scores": {c: form.get(f"score_{c}") for c in project.criteria}}
 
 
 def answer_from_positions(project: Project, order: list[int], form: dict) -> dict:
@@ -150,6 +205,8 @@ def submit(db: Session, project: Project, labeler: Labeler, assignment_id: int, 
     if a is None or a.labeler_id != labeler.id or a.project_id != project.id:
         raise AnswerError(f"assignment_id: no assignment {assignment_id} for you in project {project.slug!r}")
     answer = answer_from_positions(project, a.display_order, form)
+    if existing is None and a.skipped_at is not None:
+        raise ConflictError(f"assignment {a.id} was skipped: your answer was not stored; take the next task")
     if existing is not None:
         if existing.item_id != a.item_id or existing.answer != answer:
             what = "another assignment" if existing.item_id != a.item_id else "a different answer"
@@ -164,8 +221,11 @@ def submit(db: Session, project: Project, labeler: Labeler, assignment_id: int, 
                  duration_ms=duration_ms if isinstance(duration_ms, int) and 0 <= duration_ms < 86_400_000 else None,
                  created_at=utcnow())
     db.add(j)
-    a.done = True
-    try:
+    try:  # done only if not skipped meanwhile (a conditional UPDATE: PostgreSQL re-checks it after a concurrent skip)
+        if db.execute(update(Assignment).where(Assignment.id == a.id, Assignment.skipped_at.is_(None))
+                      .values(done=True)).rowcount != 1:
+            db.rollback()
+            raise ConflictError(f"assignment {a.id} was skipped: your answer was not stored; take the next task")
         db.commit()
     except IntegrityError:
         db.rollback()
@@ -174,6 +234,40 @@ def submit(db: Session, project: Project, labeler: Labeler, assignment_id: int, 
             return Submitted(existing, True)
         raise ConflictError("you already judged this item") from None
     return Submitted(j, False)
+
+
+@dataclass
+class Skipped:
+    assignment: Assignment
+    duplicate: bool
+
+
+def skip(db: Session, project: Project, labeler: Labeler, assignment_id: int, reason: str | None = None) -> Skipped:
+    """Give an assignment back (commits): its slot is free for others at once, it is never offered to this
+    labeler again, and the skip (with its reason) is counted. Skipping it again is answered as a duplicate;
+    a judged assignment cannot be skipped (change the answer instead)."""
+    if reason is not None:
+        check_text("reason", reason, 0, MAX_REASON)
+    a = db.get(Assignment, assignment_id) if isinstance(assignment_id, int) and 1 <= assignment_id <= MAX_ID else None
+    if a is None or a.labeler_id != labeler.id or a.project_id != project.id:
+        raise AnswerError(f"assignment_id: no assignment {assignment_id} for you in project {project.slug!r}")
+    if a.skipped_at is not None:
+        return Skipped(a, True)
+    done = ConflictError(f"assignment {a.id} is already judged: it cannot be skipped (you may change your "
+                         "last answer for a few minutes instead)")
+    if a.done:
+        raise done
+    # only while neither judged nor skipped meanwhile: PostgreSQL re-checks the WHERE after a concurrent submit
+    changed = db.execute(update(Assignment).where(Assignment.id == a.id, Assignment.done.is_(False),
+                                                  Assignment.skipped_at.is_(None))
+                         .values(skipped_at=utcnow(), skip_reason=(reason or "").strip() or None)).rowcount
+    db.commit()
+    if changed == 1:
+        return Skipped(a, False)  # the UPDATE set a's attributes too
+    db.refresh(a)
+    if a.skipped_at is not None:
+        return Skipped(a, True)
+    raise done
 
 
 def check_text(field: str, value, low: int, high: int) -> None:
@@ -195,8 +289,7 @@ def _slot_free(db: Session, project: Project, a: Assignment) -> bool:
     if db.get_bind().dialect.name == "postgresql":
         db.scalar(select(Item.id).where(Item.id == a.item_id).with_for_update())
     others = db.scalar(select(func.count()).select_from(Assignment).where(
-        Assignment.item_id == a.item_id, Assignment.id != a.id,
-        or_(Assignment.done.is_(True), Assignment.created_at > utcnow() - ASSIGNMENT_TTL)))
+        Assignment.item_id == a.item_id, Assignment.id != a.id, _holds_slot()))
     return others < project.overlap
 
 

@@ -23,6 +23,7 @@ from starlette.datastructures import FormData
 from palate.feedback import auth
 from palate.feedback.assignment import MAX_ID, AnswerError
 from palate.feedback.db import Labeler, Project
+from palate.feedback.richtext import render_markdown
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -31,6 +32,8 @@ templates.env.filters["prompt_messages"] = lambda p: [{"role": "user", "content"
 templates.env.filters["pct"] = lambda x: f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "–"
 templates.env.filters["num"] = lambda x: "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 templates.env.filters["tojson_pretty"] = lambda x: json.dumps(x, indent=1, ensure_ascii=False)
+templates.env.filters["markdown"] = render_markdown  # prompts and responses: raw HTML stays text (richtext.py)
+templates.env.filters["utc"] = lambda t: f"{t:%H:%M} UTC"
 
 DEFAULT_LIMIT = 256 * 1024  # bytes per request body
 UPLOAD_LIMIT = 50 * 1024 * 1024  # project creation with candidate files

@@ -1,4 +1,4 @@
-// palate label: keyboard shortcuts and click-to-rank. The pages work without this file.
+// palate label: keyboard shortcuts, click-to-rank and the expiry countdown. The pages work without this file.
 (function () {
   "use strict";
   document.documentElement.classList.add("js");
@@ -9,9 +9,27 @@
   form.addEventListener("submit", function () {
     form.elements.duration_ms.value = String(Date.now() - started);
   });
+
+  // The assignment's deadline: the page says when; a warning shows data-warn-before seconds ahead.
+  var deadline = document.getElementById("deadline"), warning = document.getElementById("expiry-warning");
+  if (deadline && warning) {
+    var end = started + Number(deadline.dataset.expiresIn) * 1000, warnBefore = Number(deadline.dataset.warnBefore);
+    var at = deadline.querySelector("time");
+    if (at) at.textContent = new Date(end).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    var tick = function () {
+      var left = Math.round((end - Date.now()) / 1000);
+      if (left > warnBefore) return;
+      warning.hidden = false;
+      warning.textContent = left > 0
+        ? "This task expires in " + Math.floor(left / 60) + " min " + String(left % 60).padStart(2, "0") + " s: submit or skip it soon."
+        : "This task has expired: its item may go to another labeler. Reload for a new task.";
+    };
+    tick();
+    setInterval(tick, 1000);
+  }
   function typing(e) {
     var t = e.target && e.target.tagName;
-    return t === "TEXTAREA" || t === "INPUT" && e.target.type !== "radio" || t === "SELECT";
+    return t === "TEXTAREA" || t === "INPUT" && e.target.type !== "radio" || t === "SELECT" || t === "SUMMARY";
   }
   function press(button) { if (button) { button.focus(); form.requestSubmit(button); } }
 
@@ -29,6 +47,11 @@
   if (task === "ranking") {
     var cards = Array.prototype.slice.call(form.querySelectorAll(".rankable"));
     var order = [];
+    if (form.dataset.edit) {  // changing an answer: start from the stored ranking (the rank selects hold it)
+      order = cards.slice().sort(function (a, b) {
+        return Number(a.querySelector("select").value) - Number(b.querySelector("select").value);
+      }).map(function (c) { return Number(c.dataset.pos); });
+    }
     var draw = function () {
       cards.forEach(function (c) {
         var pos = Number(c.dataset.pos), place = order.indexOf(pos);
