@@ -11,8 +11,10 @@ Optional labels on any row: ``category`` (text), ``attack`` (text, red-team fram
 (bool; ``category == "benign"`` also means not harmful). A malformed row raises
 :class:`palate.data.errors.DataError` naming the file, line/row and field.
 
-:func:`read_mtbench` reads MT-Bench questions with every turn (and reference answers, if given) for the
-multi-turn suite (``palate eval --suite mtbench``, :mod:`palate.eval.mtbench`).
+:func:`read_mtbench` reads MT-Bench questions with every turn for the multi-turn suite (``palate eval
+--suite mtbench``, :mod:`palate.eval.mtbench`), as FastChat ships them: ``question.jsonl`` unchanged (its
+own ``reference`` lists may hold empty strings) and the reference answers the judge grades math, reasoning
+and coding against from ``reference_answer/gpt-4.jsonl`` (:func:`read_reference_answers`).
 
 :func:`export_alpaca` writes answers in AlpacaEval's model-outputs format
 ``[{"instruction", "output", "generator"}]`` so ``alpaca_eval --model_outputs FILE`` can judge them.
@@ -106,22 +108,63 @@ class MTBenchQuestion:
     question_id: str
     category: str
     turns: tuple[str, ...]
-    reference: tuple[str, ...] | None = None  # reference answers per turn (math, coding, reasoning)
+    reference: tuple[str, ...] | None = None  # reference answer per turn, the one the judge grades against
 
 
-def _text_list(row: dict, name: str, src: str, n: int) -> tuple[str, ...]:
+def _text_list(row: dict, name: str, src: str, n: int, *, allow_empty: bool = False) -> tuple[str, ...]:
     v = row[name]
     if not isinstance(v, list) or not v:
         raise DataError(src, n, name, f"expected a non-empty list of text, got {type(v).__name__}")
     for i, t in enumerate(v):
-        if not isinstance(t, str) or not t.strip():
-            raise DataError(src, n, f"{name}[{i}]", "expected non-empty text")
+        if not isinstance(t, str) or not (allow_empty or t.strip()):
+            raise DataError(src, n, f"{name}[{i}]", "expected text" if allow_empty else "expected non-empty text")
     return tuple(v)
 
 
-def read_mtbench(source: str | Path, *, limit: int | None = None) -> list[MTBenchQuestion]:
+def read_reference_answers(source: str | Path) -> dict[str, tuple[str, ...]]:
+    """FastChat's ``reference_answer/<judge>.jsonl``: rows ``{"question_id", "choices": [{"turns": [...]}], ...}``
+    (the format of a model's answers); the reference of each turn is ``choices[0].turns[t]``. Keyed by
+    question id as text; a duplicate id, a missing field or an empty answer names file, line and field."""
+    return read_answer_turns(source)
+
+
+def read_answer_turns(source: str | Path, *, allow_empty: bool = False) -> dict[str, tuple[str, ...]]:
+    """Answers per turn from a FastChat answer file (``model_answer/<model>.jsonl`` or ``reference_answer/``):
+    ``{question_id: choices[0].turns}``. A model may answer with empty text (``allow_empty``); a reference may not."""
+    out: dict[str, tuple[str, ...]] = {}
+    lines: dict[str, int] = {}
+    for src, n, row in iter_rows(source):
+        if "question_id" not in row:
+            raise DataError(src, n, "question_id", "missing field (answer rows need question_id and choices)")
+        qid = _label(row, "question_id", src, n)
+        if qid in out:
+            raise DataError(src, n, "question_id", f"duplicate question_id {qid} (first at line {lines[qid]})")
+        choices = row.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise DataError(src, n, "choices", "expected a non-empty list of {\"turns\": [...]} objects")
+        turns = choices[0].get("turns")
+        if not isinstance(turns, list) or not turns:
+            raise DataError(src, n, "choices[0].turns", "expected a non-empty list of text")
+        for i, t in enumerate(turns):
+            if not isinstance(t, str) or not (allow_empty or t.strip()):
+                raise DataError(src, n, f"choices[0].turns[{i}]", "expected text" if allow_empty else
+                                "expected non-empty text (a reference answer)")
+        out[qid], lines[qid] = tuple(turns), n
+    if not out:
+        raise DataError(str(source), None, "question_id", "no answers found")
+    return out
+
+
+def read_mtbench(source: str | Path, *, references: str | Path | None = None,
+                 limit: int | None = None) -> list[MTBenchQuestion]:
     """MT-Bench ``question.jsonl`` rows ``{"question_id", "category", "turns": [...], "reference"?: [...]}``,
-    every field checked (a bad row names file, line and field; ids must be unique)."""
+    every field checked (a bad row names file, line and field; ids must be unique).
+
+    The reference a judge grades against comes from ``references`` (FastChat's ``reference_answer/gpt-4.jsonl``,
+    :func:`read_reference_answers`) when given, as in FastChat, where the question rows' own ``reference``
+    lists are never shown to the judge; without it, from the row's ``reference``. Empty strings in a row's
+    ``reference`` are accepted (FastChat ships them for questions 103, 108, 110, 131, 133, 142-144)."""
+    refs = read_reference_answers(references) if references is not None else None
     out: list[MTBenchQuestion] = []
     seen: dict[str, int] = {}
     for src, n, row in iter_rows(source):
@@ -133,8 +176,10 @@ def read_mtbench(source: str | Path, *, limit: int | None = None) -> list[MTBenc
             raise DataError(src, n, "question_id", f"duplicate question_id {qid} (first at line {seen[qid]})")
         seen[qid] = n
         turns = _text_list(row, "turns", src, n)
-        ref = _text_list(row, "reference", src, n) if row.get("reference") is not None else None
-        out.append(MTBenchQuestion(qid, _text(row, "category", src, n), turns, ref))
+        own = (_text_list(row, "reference", src, n, allow_empty=True) if row.get("reference") is not None
+               else None)
+        out.append(MTBenchQuestion(qid, _text(row, "category", src, n), turns, refs.get(qid) if refs is not None
+                                   else own))
         if limit and len(out) >= limit:
             break
     if not out:
