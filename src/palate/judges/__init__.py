@@ -2,6 +2,8 @@
 
 * ``judge.compare(prompt, a, b) -> Verdict`` — which of two answers is better, as the judge saw them
   (slot A first); ``judge.rate(prompt, response, rubric) -> Score`` — a single-answer grade.
+  ``judge.compare_prompts`` / ``judge.rate_prompts`` take judge prompts already written out as
+  ``(system, user)`` pairs (MT-Bench's, exactly as FastChat writes them: :mod:`palate.eval.mtbench_judge`).
 * :mod:`palate.judges.debias` asks every pair in both orders and combines the two verdicts
   (inconsistent ones become ties or low weights); :mod:`palate.judges.stats` measures position,
   length and self-preference bias and agreement with human labels (accuracy, Cohen's κ).

@@ -146,10 +146,11 @@ class HTTPJudge:
         self.cache_hits = 0
         self._lock = threading.Lock()
 
-    def chat(self, user_text: str) -> str:
-        """The endpoint's greedy answer to one user turn (cached)."""
-        body = {"model": self.model, "messages": [{"role": "user", "content": user_text}], "temperature": 0,
-                "max_tokens": self.max_tokens}
+    def chat(self, user_text: str, system: str | None = None) -> str:
+        """The endpoint's greedy answer to one user turn, after ``system`` as the system message if given (cached)."""
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + \
+            [{"role": "user", "content": user_text}]
+        body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
         key = self.cache.key(self.url, body)
         hit = self.cache.get(key)
         if hit is not None:
@@ -239,6 +240,14 @@ class HTTPJudge:
             return parse_pairwise(self.chat(render(self.template, question=prompt_text(it[0]), answer_a=it[1],
                                                    answer_b=it[2], **extra)))
         return self._map(one, items)
+
+    def compare_prompts(self, prompts: list[tuple[str | None, str]]) -> list[Verdict]:
+        """Pairwise verdicts for judge prompts already written out as ``(system, user)`` (e.g. MT-Bench's)."""
+        return self._map(lambda p: parse_pairwise(self.chat(p[1], system=p[0])), list(prompts))
+
+    def rate_prompts(self, prompts: list[tuple[str | None, str]], scale: tuple[int, int] = (1, 10)) -> list[Score]:
+        """Grades on ``scale`` for judge prompts already written out as ``(system, user)``."""
+        return self._map(lambda p: parse_grade(self.chat(p[1], system=p[0]), scale), list(prompts))
 
     def rate(self, prompt: Prompt, response: str, rubric: str = DEFAULT_RUBRIC, scale: tuple[int, int] = (1, 10)) -> Score:
         text = render(self.single_template, question=prompt_text(prompt), answer=response, rubric=rubric,

@@ -45,9 +45,13 @@ class LocalJudge:
             raise ValueError(f"verdict {text!r} is {len(ids)} tokens for this tokenizer; a local judge needs one")
         return ids[0]
 
-    def _encode(self, user_text: str) -> list[int]:
-        messages = [{"role": "user", "content": user_text}]
-        head = render_prompt(self.tok, messages if self.use_template else user_text, self.use_template)
+    def _encode(self, user_text: str, system: str | None = None) -> list[int]:
+        """The judge prompt as the user turn (after ``system`` as the system message, or ahead of the text for a
+        model without a chat template), then the opened verdict ``[[``."""
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + \
+            [{"role": "user", "content": user_text}]
+        plain = user_text if system is None else f"{system}\n\n{user_text}"
+        head = render_prompt(self.tok, messages if self.use_template else plain, self.use_template)
         if not self.use_template:
             head += "\n\nVerdict: "
         return encode_prompt(self.tok, None, self.use_template, text=head + VERDICT_PREFIX)
@@ -72,9 +76,16 @@ class LocalJudge:
 
     def compare_many(self, items: list[tuple]) -> list[Verdict]:
         """Verdicts for ``(prompt, a, b[, reference])`` items, A = a shown first."""
-        encoded = [self._encode(render(self.template, question=prompt_text(it[0]), answer_a=it[1], answer_b=it[2],
-                                       **({"reference": it[3]} if len(it) > 3 and it[3] is not None else {})))
-                   for it in items]
+        return self._verdicts([self._encode(render(self.template, question=prompt_text(it[0]), answer_a=it[1],
+                                                   answer_b=it[2], **({"reference": it[3]} if len(it) > 3 and it[3]
+                                                                      is not None else {})))
+                               for it in items])
+
+    def compare_prompts(self, prompts: list[tuple[str | None, str]]) -> list[Verdict]:
+        """Verdicts for judge prompts already written out as ``(system, user)`` (e.g. MT-Bench's)."""
+        return self._verdicts([self._encode(user, system) for system, user in prompts])
+
+    def _verdicts(self, encoded: list[list[int]]) -> list[Verdict]:
         ok = [i for i, e in enumerate(encoded) if len(e) <= self.max_length]
         out: list[Verdict] = [malformed("", f"judge prompt is {len(e)} tokens > max_length {self.max_length}")
                               for e in encoded]
@@ -95,7 +106,14 @@ class LocalJudge:
         lo, hi = scale
         text = render(self.single_template, question=prompt_text(prompt), answer=response, rubric=rubric,
                       low=str(lo), high=str(hi))
-        head = self._encode(text)
+        return self._grade(self._encode(text), scale)
+
+    def rate_prompts(self, prompts: list[tuple[str | None, str]], scale: tuple[int, int] = (1, 10)) -> list[Score]:
+        """:meth:`rate` for judge prompts already written out as ``(system, user)``."""
+        return [self._grade(self._encode(user, system), scale) for system, user in prompts]
+
+    def _grade(self, head: list[int], scale: tuple[int, int]) -> Score:
+        lo, hi = scale
         if len(head) > self.max_length:
             return Score(None, None, scale, rationale=f"judge prompt is {len(head)} tokens > max_length {self.max_length}")
         grades = {g: self.tok(str(g), add_special_tokens=False)["input_ids"] for g in range(lo, hi + 1)}
