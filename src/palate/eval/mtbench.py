@@ -1,34 +1,49 @@
-"""MT-Bench (Zheng et al. 2023): two-turn questions answered by a policy, graded by an AI judge.
+"""MT-Bench (Zheng et al. 2023): two-turn questions answered by a policy, graded by an AI judge as FastChat does.
 
-    questions   MT-Bench ``question.jsonl`` (:func:`palate.eval.prompts.read_mtbench`)
+    questions   FastChat's ``question.jsonl`` as shipped, with ``--references reference_answer/gpt-4.jsonl``
+                for the questions graded against a reference (math, reasoning, coding):
+                :func:`palate.eval.prompts.read_mtbench`; a reference-graded question without a reference is
+                refused before any answer is generated
     answers     turn t is generated with the conversation so far (question 1, the model's answer 1, …,
                 question t) as chat messages; cached in ``OUT/mtbench/answers.jsonl`` (a rerun generates
                 nothing new)
-    single      ``judge.rate`` grades each turn's answer 1–10 (for turn 2 the judge sees the conversation:
-                the question field holds the earlier turns); malformed grades are counted and left out
-    pairwise    with a baseline: ``judge.compare_many`` in both orders, combined by
-                :func:`palate.judges.debias.combine` (an order-dependent verdict is a tie). Each side is
-                shown as its whole conversation up to that turn; :func:`palate.eval.winrate.compare` gives
-                the win rate (ties ½) with a bootstrap CI, per category
-    report      ``OUT/mtbench/mtbench.json`` (mean score per model, per turn, per category),
-                ``judgments.jsonl``, ``radar.svg``; ``palate report OUT`` shows them
+    single      each turn graded 1-10 with FastChat's judge prompt for it (single-v1, single-math-v1 and their
+                multi-turn forms: :mod:`palate.eval.mtbench_judge`), system prompt and all; FastChat's own
+                ``judge_prompts.jsonl`` ships with palate, ``--judge-prompts FILE`` takes another
+    pairwise    with a baseline: each (question, turn) judged in both orders with pair-v2 / pair-math-v1 (and the
+                multi-turn forms); a tie when either game is a tie or the two disagree, as FastChat scores them
+                (:func:`palate.eval.mtbench_results.outcome`); win rate (ties ½) with a bootstrap CI, per category
+    report      ``OUT/mtbench/mtbench.json`` (per model: MT-Bench score, per turn, per category, as
+                ``show_result.py`` computes them, :mod:`palate.eval.mtbench_results`),
+                ``model_judgment/single.jsonl`` and ``pair.jsonl`` in FastChat's judgment format (FastChat's
+                ``show_result.py --input-file`` reads them), ``radar.svg``; ``palate report OUT`` shows them
 
 Judges are any :func:`palate.judges.make_judge` spec: ``local:MODEL`` (or a model name) or an
-OpenAI-compatible URL ``http(s)://host/v1``.
+OpenAI-compatible URL ``http(s)://host/v1`` (asked as FastChat asks GPT-4: temperature 0, up to 2048 tokens).
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+import time
 from pathlib import Path
 from typing import Any
 
+from palate.eval.mtbench_judge import (
+    JudgePrompts,
+    judged_turns,
+    pair_prompt,
+    single_prompt,
+)
+from palate.eval.mtbench_results import outcome, summarise_single
 from palate.eval.prompts import MTBenchQuestion, read_mtbench
 
 MTBENCH = "mtbench"
-RUBRIC = ("Consider the helpfulness, relevance, accuracy, depth, creativity and level of detail of the response. "
-          "For the second turn, grade only the answer to the last user question, in the light of the conversation.")
+
+
+def fastchat_id(qid: str) -> int | str:
+    """FastChat's question ids are integers; palate keeps ids as text."""
+    return int(qid) if qid.isdigit() else qid
 
 
 def conversation(q: MTBenchQuestion, answers: list[str], turn: int) -> list[dict[str, str]]:
@@ -54,113 +69,101 @@ def generate_turns(model_name: str, questions: list[MTBenchQuestion], cache, set
     return answers
 
 
-def _question_text(q: MTBenchQuestion, turn: int, answers: list[str]) -> str:
-    if turn == 0:
-        return q.turns[0]
-    earlier = "\n\n".join(f"[User, turn {t + 1}]\n{q.turns[t]}\n\n[Assistant, turn {t + 1}]\n{answers[t]}"
-                          for t in range(turn))
-    return f"{earlier}\n\n[User, turn {turn + 1}]\n{q.turns[turn]}"
+def grade(judge, prompts: JudgePrompts, questions: list[MTBenchQuestion], answers: list[list[str]], *,
+          model: str = "model", judge_name: str = "judge") -> list[dict[str, Any]]:
+    """Single-answer grades, one FastChat ``*_single.jsonl`` row per judged (question, turn), plus ``category``:
+    ``score`` is -1 where the judge gave no readable grade (counted, never guessed)."""
+    todo = [(q, ans, t) for q, ans in zip(questions, answers) for t in judged_turns(q)]
+    built = [single_prompt(prompts, q, ans, t) for q, ans, t in todo]
+    scores = judge.rate_prompts([(system, user) for _, system, user in built], (1, 10))
+    return [{"question_id": fastchat_id(q.question_id), "model": model, "judge": [judge_name, name],
+             "user_prompt": user, "judgment": s.raw or s.rationale, "score": -1 if s.score is None else s.score,
+             "turn": t, "tstamp": time.time(), "category": q.category}
+            for (q, _, t), (name, _, user), s in zip(todo, built, scores)]
 
 
-def _transcript(q: MTBenchQuestion, turn: int, answers: list[str]) -> str:
-    if turn == 0:
-        return answers[0]
-    return "\n\n".join(f"[Turn {t + 1}] {answers[t]}" for t in range(turn + 1))
+def pairwise(judge, prompts: JudgePrompts, questions: list[MTBenchQuestion], answers_1: list[list[str]],
+             answers_2: list[list[str]], *, model_1: str = "model_1", model_2: str = "model_2",
+             judge_name: str = "judge") -> list[dict[str, Any]]:
+    """FastChat ``*_pair.jsonl`` rows (plus ``category``) per judged (question, turn): game 1 shows model_1 as
+    assistant A, game 2 shows model_2 as A; ``g1_winner``/``g2_winner`` are model_1, model_2, tie or error."""
+    todo = [(q, a1, a2, t) for q, a1, a2 in zip(questions, answers_1, answers_2) for t in judged_turns(q)]
+    g1 = [pair_prompt(prompts, q, a1, a2, t) for q, a1, a2, t in todo]
+    g2 = [pair_prompt(prompts, q, a2, a1, t) for q, a1, a2, t in todo]
+    verdicts = judge.compare_prompts([(system, user) for _, system, user in g1 + g2])
+    first, second = verdicts[: len(todo)], verdicts[len(todo):]
+    as_1 = {"A": "model_1", "B": "model_2", "tie": "tie", None: "error"}
+    as_2 = {"A": "model_2", "B": "model_1", "tie": "tie", None: "error"}
+    return [{"question_id": fastchat_id(q.question_id), "model_1": model_1, "model_2": model_2,
+             "g1_winner": as_1[v1.preference], "g2_winner": as_2[v2.preference], "judge": [judge_name, p1[0]],
+             "g1_user_prompt": p1[2], "g1_judgment": v1.raw or v1.rationale, "g2_user_prompt": p2[2],
+             "g2_judgment": v2.raw or v2.rationale, "turn": t, "tstamp": time.time(), "category": q.category}
+            for (q, _, _, t), p1, p2, v1, v2 in zip(todo, g1, g2, first, second)]
 
 
-def grade(judge, questions: list[MTBenchQuestion], answers: list[list[str]]) -> list[dict[str, Any]]:
-    """One row per (question, turn): ``{question_id, category, turn, score (None if malformed), rationale}``."""
-    rows = []
-    for q, ans in zip(questions, answers):
-        for t in range(len(ans)):
-            s = judge.rate(_question_text(q, t, ans), ans[t], RUBRIC, (1, 10))
-            rows.append({"question_id": q.question_id, "category": q.category, "turn": t + 1, "score": s.score,
-                         "rationale": s.rationale})
-    return rows
-
-
-def summarise_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean of the well-formed grades overall, per turn and per category (the MT-Bench table)."""
-    ok = [r for r in rows if r["score"] is not None]
-    by_turn, by_cat = defaultdict(list), defaultdict(list)
-    for r in ok:
-        by_turn[r["turn"]].append(r["score"])
-        by_cat[r["category"]].append(r["score"])
-
-    def mean(v: list[float]) -> float | None:
-        return sum(v) / len(v) if v else None
-    return {"score": mean([r["score"] for r in ok]), "n_graded": len(ok), "n_malformed": len(rows) - len(ok),
-            "by_turn": {str(t): mean(v) for t, v in sorted(by_turn.items())},
-            "by_category": {c: mean(v) for c, v in by_cat.items()}}
-
-
-def pairwise(judge, questions: list[MTBenchQuestion], answers_a: list[list[str]], answers_b: list[list[str]]
-             ) -> list[dict[str, Any]]:
-    """Debiased pairwise verdicts of A vs B per (question, turn): judgment win/tie/loss for A or None."""
-    from palate.judges.debias import combine
-
-    items, keys = [], []
-    for q, a, b in zip(questions, answers_a, answers_b):
-        for t in range(min(len(a), len(b))):
-            asked = q.turns[0] if t == 0 else "\n\n".join(f"[Turn {u + 1}] {q.turns[u]}" for u in range(t + 1))
-            items.append((asked, _transcript(q, t, a), _transcript(q, t, b)))
-            keys.append((q, t))
-    first = judge.compare_many(items)
-    second = judge.compare_many([(p, y, x) for p, x, y in items])
-    choice = {"a": "win", "b": "loss", "tie": "tie"}
-    out = []
-    for (q, t), f, s in zip(keys, first, second):
-        pref = combine(f, s).preference
-        out.append({"question_id": q.question_id, "category": q.category, "turn": t + 1,
-                    "judgment": None if pref is None else choice[pref]})
-    return out
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def run_mtbench(policies: list[str], questions_file: str, out: str | Path, *, judge: str, baseline: str | None = None,
-                limit: int | None = None, settings=None, device: str = "cpu", batch_size: int = 8,
-                n_resamples: int = 1000) -> dict[str, Any]:
+                references: str | None = None, judge_prompts: str | None = None, limit: int | None = None,
+                settings=None, device: str = "cpu", batch_size: int = 8, n_resamples: int = 1000) -> dict[str, Any]:
     """Answer, grade (and compare with ``baseline``), write OUT/mtbench/ (module docstring)."""
     from dataclasses import asdict
 
+    from palate.eval.mtbench_judge import SHIPPED, check_references, load_judge_prompts
     from palate.eval.plots import radar_svg
     from palate.eval.policy import AnswerCache, GenSettings, label_of
     from palate.eval.winrate import compare
     from palate.judges import make_judge
 
     settings = settings or GenSettings(max_new_tokens=256)
-    questions = read_mtbench(questions_file, limit=limit)
-    spec = judge[len("local:"):] if judge.startswith("local:") else judge
+    questions = read_mtbench(questions_file, references=references, limit=limit)
+    check_references(questions)
+    prompts = load_judge_prompts(judge_prompts)
+    spec = judge.removeprefix("local:")
     if spec in ("panel", "") or spec.startswith("reward:"):
         raise ValueError("--suite mtbench grades with an AI judge: --judge local:MODEL or http(s)://HOST/v1")
-    j = make_judge(spec, device=device, batch_size=batch_size) if not spec.startswith("http") else make_judge(spec)
     target = Path(out) / MTBENCH
+    j = (make_judge(spec, max_tokens=2048, cache_dir=target / ".judge-cache") if spec.startswith("http")
+         else make_judge(spec, device=device, batch_size=batch_size))
     cache = AnswerCache(target / "answers.jsonl")
     models = [(label_of(p), p) for p in policies] + ([(label_of(baseline), baseline)] if baseline else [])
     answers = {lab: generate_turns(p, questions, cache, settings, label=lab, device=device, batch_size=batch_size)
                for lab, p in models}
     cache.save()
-    graded = {lab: grade(j, questions, answers[lab]) for lab, _ in models}
+    labels = list(answers)  # each model graded once, also when the baseline is one of the policies
+    single = [r for lab in labels for r in grade(j, prompts, questions, answers[lab], model=lab, judge_name=judge)]
     summary: dict[str, Any] = {"suite": MTBENCH, "questions": str(questions_file), "n_questions": len(questions),
-                               "judge": judge, "baseline": label_of(baseline) if baseline else None,
+                               "references": str(references) if references else "question rows",
+                               "judge": judge, "judge_prompts": str(judge_prompts or SHIPPED),
+                               "baseline": label_of(baseline) if baseline else None,
                                "generation": asdict(settings), "generated": cache.generated, "reused": cache.reused,
-                               "models": {lab: summarise_scores(graded[lab]) for lab, _ in models}}
-    judged = [{"model": lab, **r} for lab, _ in models for r in graded[lab]]
+                               "models": summarise_single(single, {q.question_id: q.category for q in questions},
+                                                          labels)}
+    _write_jsonl(target / "model_judgment" / "single.jsonl", single)
     if baseline:
         base = label_of(baseline)
+        pairs = [r for lab, _ in models[:-1] for r in pairwise(j, prompts, questions, answers[lab], answers[base],
+                                                                model_1=lab, model_2=base, judge_name=judge)]
         summary["pairwise"] = {}
         for lab, _ in models[:-1]:
-            rows = pairwise(j, questions, answers[lab], answers[base])
-            keep = [r for r in rows if r["judgment"] is not None]
+            rows = [r for r in pairs if r["model_1"] == lab]
+            keep = [(outcome(r), r["category"]) for r in rows if outcome(r) is not None]
+            entry: dict[str, Any] = {"n_malformed": len(rows) - len(keep)}
             if keep:
-                res = compare([r["judgment"] for r in keep], None, None, [r["category"] for r in keep], policy=lab,
+                res = compare([o for o, _ in keep], None, None, [c for _, c in keep], policy=lab,
                               n_resamples=n_resamples, seed=settings.seed)
-                summary["pairwise"][lab] = {k: res[k] for k in ("n", "wins", "ties", "losses", "win_rate", "ci")}
-                summary["pairwise"][lab]["by_category"] = res.get("by_group")
-            summary["pairwise"].setdefault(lab, {})["n_malformed"] = len(rows) - len(keep)
-            judged += [{"model": lab, "vs": base, **r} for r in rows]
+                n = res["n"]  # show_result.py's columns; its win_rate_adjusted is palate's win_rate (ties half)
+                entry.update({k: res[k] for k in ("n", "wins", "ties", "losses", "win_rate", "ci")},
+                             by_category=res.get("by_group"),
+                             fastchat={"win_rate": res["wins"] / n, "loss_rate": res["losses"] / n,
+                                       "win_rate_adjusted": (res["wins"] + 0.5 * res["ties"]) / n})
+            summary["pairwise"][lab] = entry
+        _write_jsonl(target / "model_judgment" / "pair.jsonl", pairs)
     target.mkdir(parents=True, exist_ok=True)
-    with open(target / "judgments.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in judged)
     (target / "mtbench.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     (target / "radar.svg").write_text(radar_svg(radar_series(summary), 0, 10, "MT-Bench score by category"))
     return summary
