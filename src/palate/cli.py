@@ -407,6 +407,10 @@ def eval_(
     n_samples: int = typer.Option(1, "--n-samples", help="--suite humaneval: completions per problem"),
     k: list[int] = typer.Option([1], "--k", help="--suite humaneval: pass@k to report (repeatable)"),
     judge_: str = typer.Option("panel", "--judge", help="panel | reward:RUN_DIR | local:MODEL"),
+    references: str = typer.Option(None, "--references", help="--suite mtbench: FastChat's reference_answer/"
+                                   "gpt-4.jsonl (math, reasoning and coding are graded against it)"),
+    judge_prompts: str = typer.Option(None, "--judge-prompts", help="--suite mtbench: FastChat judge_prompts.jsonl "
+                                      "(default: the copy shipped with palate)"),
     reward_model: str = typer.Option(None, "--reward-model", help="reward model for the mean reward column"),
     safety_classifier: str = typer.Option(None, "--safety-classifier", help=_SAFETY_HELP),
     limit: int = typer.Option(None, help="first N prompts only"),
@@ -430,7 +434,8 @@ def eval_(
         try:
             typer.echo(run_suite(suite, policies, out, prompts=prompts, baseline=baseline, tasks=tasks, judge=judge_,
                                  n_samples=n_samples, ks=tuple(k), limit=limit, settings=settings,
-                                 device=str(pick_device(device)), batch_size=batch_size))
+                                 device=str(pick_device(device)), batch_size=batch_size, references=references,
+                                 judge_prompts=judge_prompts))
         except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
             _fail(e)
         return
@@ -446,6 +451,36 @@ def eval_(
     typer.echo(f"written to {out} (answers.jsonl, eval/winrates.json, eval_summary.json); palate report {out}")
     for path in summary.get("alpaca_exports", []):
         typer.echo(f"AlpacaEval model outputs: {path}")
+
+
+@app.command("mtbench-show")
+def mtbench_show(
+    judgments: str = typer.Argument(..., help="FastChat judgment file: model_judgment/gpt-4_single.jsonl or "
+                                    "gpt-4_pair.jsonl (or palate's OUT/mtbench/model_judgment/*.jsonl)"),
+    mode: str = typer.Option("single", "--mode", help="single | pairwise-baseline | pairwise-all"),
+    baseline_model: str = typer.Option("gpt-3.5-turbo", "--baseline-model", help="pairwise-baseline: the baseline"),
+    model_list: list[str] = typer.Option(None, "--model-list", help="only these models (repeatable)"),
+    questions: str = typer.Option(None, "--questions", help="question.jsonl, for the mean per category"),
+) -> None:
+    """MT-Bench tables from judgment files, computed as FastChat's show_result.py does."""
+    from palate.data.errors import DataError
+    from palate.eval import mtbench_results as res
+    from palate.eval.prompts import read_mtbench
+
+    if mode not in ("single", "pairwise-baseline", "pairwise-all"):
+        _fail(ValueError(f"--mode must be single, pairwise-baseline or pairwise-all, got {mode!r}"))
+    try:
+        if mode == "single":
+            rows = res.read_single_judgments(judgments)
+            cats = {q.question_id: q.category for q in read_mtbench(questions)} if questions else None
+            names = [m for m in dict.fromkeys(r["model"] for r in rows) if not model_list or m in model_list]
+            typer.echo(res.format_single(res.summarise_single(rows, cats, names)))
+        else:
+            rows = res.read_pair_judgments(judgments)
+            base = baseline_model if mode == "pairwise-baseline" else None
+            typer.echo(res.format_pairwise(res.summarise_pairwise(rows, base, model_list or None)))
+    except (DataError, FileNotFoundError, OSError) as e:
+        _fail(e)
 
 
 @app.command()
