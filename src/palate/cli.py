@@ -36,6 +36,16 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _data_stem(source: str) -> str:
+    """``data/test.jsonl.gz`` -> ``test``; ``bundled:preferences`` -> ``preferences``."""
+    from palate.data.readers import COMPRESSIONS
+
+    path = Path(source.replace("bundled:", ""))
+    if path.suffix.lower() in COMPRESSIONS:
+        path = path.with_suffix("")
+    return path.stem
+
+
 _ARGS_HELP = "an optional CONFIG.yaml and section.key=value overrides, e.g. train.lr=1e-5"
 
 
@@ -148,7 +158,7 @@ def rm_eval(
         pairs = read_preferences(data)
     except (DataError, FileNotFoundError, OSError) as e:
         _fail(e)
-    target = Path(out) if out else Path(model) / f"eval-{Path(data.replace('bundled:', '')).stem}"
+    target = Path(out) if out else Path(model) / f"eval-{_data_stem(data)}"
     report = evaluate_reward_model(rm_, pairs, target, seed=seed, batch_size=batch_size)
     typer.echo(format_report(report))
     typer.echo(f"written to {target}")
@@ -165,7 +175,7 @@ def score(
     """Score (prompt, response) rows with a reward model; writes each row back with its reward."""
     import json
 
-    from palate.data.errors import DataError
+    from palate.data.errors import DataError, SkipLog
     from palate.data.readers import iter_rows, read_demonstrations
     from palate.infra.logging import setup_logging
     from palate.models.heads import RewardModel
@@ -179,18 +189,26 @@ def score(
         _fail(e)
     if len(records) != len(rows):
         _fail(ValueError(f"{input}: {len(rows) - len(records)} rows have an empty response; nothing written"))
+    skips = SkipLog(seen=len(records))
     try:
         scores = rm_.score([r.prompt for r in records], [r.response for r in records], batch_size=batch_size,
-                           normalize=normalize)
+                           normalize=normalize, skips=skips,
+                           where=[(r.meta["source"], r.meta["row"]) for r in records])
     except ValueError as e:
         _fail(e)
-    target = Path(output) if output else Path(input).with_suffix(".scored.jsonl")
+    target = Path(output) if output else Path(input).parent / f"{_data_stem(input)}.scored.jsonl"
+    reasons = {(s.source, s.row): s.reason for s in skips.skips}
     with open(target, "w") as f:
-        for row, mean, std in zip(rows, scores.mean.tolist(), scores.std.tolist()):
+        for row, rec, mean, std in zip(rows, records, scores.mean.tolist(), scores.std.tolist()):
             extra = {"reward_std": std} if rm_.n_heads > 1 else {}
+            if mean != mean:  # NaN: skipped by the reward model's long_prompts rule, written as null with the reason
+                row, mean, extra = {**row, "skipped": reasons.get((rec.meta["source"], rec.meta["row"]))}, None, {}
             f.write(json.dumps({**row, "reward": mean, **extra}, ensure_ascii=False) + "\n")
-    typer.echo(f"scored {len(rows)} rows -> {target} (reward mean {scores.mean.mean():.4f}, "
-               f"std {scores.mean.std():.4f}{', normalised' if normalize else ''})")
+    scored = scores.mean[~scores.mean.isnan()]
+    typer.echo(f"scored {len(scored)} of {len(rows)} rows -> {target} (reward mean {scored.mean():.4f}, "
+               f"std {scored.std():.4f}{', normalised' if normalize else ''})")
+    if skips.skips or skips.truncations:
+        typer.echo(f"reward model max_length {rm_.max_length}, long_prompts={rm_.long_prompts}: {skips.summary()}")
 
 
 @app.command()

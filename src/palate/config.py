@@ -40,9 +40,17 @@ class DataConfig:
     max_length: int = 512
     chat_template: bool | None = None  # None: use the tokenizer's template when it has one
     truncate_completion: bool = True  # cut over-long completions (counted) instead of skipping them
+    # A prompt that leaves its response no room in max_length: skip (counted) | truncate_left (cut from the
+    # left, earliest turns first, to leave the response room: up to half of max_length; counted). The rule
+    # goes with a reward model (palate_reward.json) and applies wherever it scores: eval, rm-eval, score, RL.
+    long_prompts: str = "skip"
     on_error: str = "raise"  # raise | skip: what a malformed row does
     bucket: bool = True  # group similar lengths to cut padding
     packing: bool = False  # concatenate short examples into full rows
+
+    def __post_init__(self):
+        if self.long_prompts not in ("skip", "truncate_left"):
+            raise ConfigError(f"data.long_prompts must be skip or truncate_left, got {self.long_prompts!r}")
 
 
 @dataclass(frozen=True)

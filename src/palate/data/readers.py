@@ -518,6 +518,12 @@ def _read(source, from_row, columns, split, on_error, skips) -> list:
 def read_prompts(source: str | Path, *, column: str = "prompt", split: str = "train", limit: int | None = None) -> list[Prompt]:
     """Distinct prompts, in file order: a row's ``column`` (text or chat messages), or the turns before the
     last assistant reply of a ``messages`` row. Rows with neither raise :class:`DataError`."""
+    return [p for p, _, _ in read_prompt_rows(source, column=column, split=split, limit=limit)]
+
+
+def read_prompt_rows(source: str | Path, *, column: str = "prompt", split: str = "train",
+                     limit: int | None = None) -> list[tuple[Prompt, str, int]]:
+    """:func:`read_prompts` with where each prompt was first seen: ``(prompt, source, row)``."""
     seen, out = set(), []
     for src, n, row in iter_rows(source, split):
         if column in row:
@@ -531,7 +537,7 @@ def read_prompts(source: str | Path, *, column: str = "prompt", split: str = "tr
         key = json.dumps(prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
-            out.append(prompt)
+            out.append((prompt, src, n))
             if limit and len(out) >= limit:
                 break
     if not out:

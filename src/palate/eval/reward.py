@@ -30,7 +30,8 @@ GROUP_KEYS = ("labeler_group", "group")
 @torch.inference_mode()
 def pair_rewards(rm: RewardModel, pairs: list[Preference], skips: SkipLog, batch_size: int = 16) -> dict[str, Any]:
     """Head rewards ``[P, K]`` of chosen and rejected, response token lengths, and which pairs were kept."""
-    groups = encode_groups(rm.tokenizer, pairs, rm.max_length, skips=skips, chat_template=rm.use_template)
+    groups = encode_groups(rm.tokenizer, pairs, rm.max_length, skips=skips, chat_template=rm.use_template,
+                           long_prompts=rm.long_prompts)
     k = rm.n_heads
     chosen, rejected = torch.zeros(len(pairs), k), torch.zeros(len(pairs), k)
     kept = torch.zeros(len(pairs), dtype=torch.bool)
@@ -164,6 +165,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"ensemble disagreement  mean std {report['ensemble']['mean_std']:.4f} over {report['heads']} heads")
     if report.get("n_ties"):
         lines.append(f"ties                   {report['n_ties']} (in calibration as 0.5; not in accuracy)")
+    data = report.get("data") or {}
+    for title, key in (("skipped", "skipped_by_reason"), ("truncated", "truncated_by_reason")):
+        if data.get(key):
+            lines.append(f"{title:<22} " + ", ".join(f"{n} {reason}" for reason, n in data[key].items())
+                         + f" (of {data['rows_seen']} pairs)")
     return "\n".join(lines)
 
 

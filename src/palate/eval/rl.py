@@ -172,7 +172,7 @@ def reevaluate(run_path: str | Path, *, samples: int = 8, policy: str | None = N
 
     from palate.config import ConfigError, load_config
     from palate.models.load import load_model, load_tokenizer
-    from palate.recipes.grpo import GRPOConfig, prompt_stream
+    from palate.recipes.grpo import GRPOConfig, prompt_limit, prompt_stream
     from palate.recipes.ppo import PPOConfig
     from palate.rollout.experience import Reference, eval_seed, evaluate, record_eval
     from palate.rollout.rewards import Rewarder
@@ -193,12 +193,14 @@ def reevaluate(run_path: str | Path, *, samples: int = 8, policy: str | None = N
     trained = Path(policy) if policy else run_path / "final"
     if not trained.exists():
         raise FileNotFoundError(f"{trained}: no trained policy to evaluate (has the run finished?)")
-    _, held = prompt_stream(cfg.prompts, per_step, cfg.train.seed)
+    tok = load_tokenizer(str(trained))
+    # the run's held-out prompts, as its long-prompt rule left them (room: the run's answer length)
+    _, held = prompt_stream(cfg.prompts, per_step, cfg.train.seed, tok, room=cfg.rollout.max_new_tokens,
+                            max_length=prompt_limit(cfg.prompts, cfg.reward))
     if not held:
         raise ConfigError(f"{cfg_path}: the run has no held-out prompts (prompts.eval_fraction is 0)")
     rc = cfg.rollout if max_new_tokens is None else dataclasses.replace(cfg.rollout, max_new_tokens=max_new_tokens)
     seed = eval_seed(cfg.train.seed)  # the run's own evaluation seed
-    tok = load_tokenizer(str(trained))
     rewarder = Rewarder(cfg.reward)
     out_dir = run_path / "report" / "reeval"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class Scores:
     mean: torch.Tensor
     std: torch.Tensor
     heads: torch.Tensor
+    skipped: list[int] = field(default_factory=list)  # rows left unscored (NaN): prompt over-long, long_prompts=skip
 
     def pessimistic(self, k: float = 1.0) -> torch.Tensor:
         """``mean − k·std``: a reward that does not trust what the ensemble disagrees on."""
@@ -97,6 +98,16 @@ def scores_from_heads(heads: torch.Tensor) -> Scores:
     return Scores(heads.mean(dim=-1), std, heads)
 
 
+def reward_model_meta(name: str | Path) -> dict[str, Any]:
+    """A reward model's ``palate_reward.json`` (max length, long-prompt rule, normalisation stats), read
+    without loading its weights; empty for a model palate did not train."""
+    from palate.models.load import resolve
+
+    kind, where = resolve(str(name))
+    path = Path(where) / REWARD_META
+    return json.loads(path.read_text()) if kind in ("run", "dir") and path.exists() else {}
+
+
 class RewardModel:
     """A trained reward model ready to score: ``RewardModel.load(run_or_dir).score(prompts, responses)``."""
 
@@ -106,22 +117,19 @@ class RewardModel:
         self.meta = dict(meta or {})
         self.device = torch.device(device)
         self.max_length = int(self.meta.get("max_length", 1024))
+        self.long_prompts = str(self.meta.get("long_prompts", "skip"))  # as in training (data.long_prompts)
         self.use_template = uses_chat_template(tokenizer, self.meta.get("chat_template"))
 
     @classmethod
     def load(cls, name: str | Path, *, device: str = "auto", dtype: str = "auto") -> RewardModel:
         """Load a reward model from a palate run dir, a model dir, or any HF sequence-classification model."""
         from palate.infra.device import pick_device
-        from palate.models.load import load_model, load_tokenizer, resolve
+        from palate.models.load import load_model, load_tokenizer
 
-        kind, where = resolve(str(name))
         tok = load_tokenizer(str(name))
         dev = pick_device(device)
         model = load_model(str(name), dtype=dtype, device=str(dev), tokenizer=tok, num_labels=1)
-        meta: dict[str, Any] = {}
-        meta_path = Path(where) / REWARD_META
-        if kind in ("run", "dir") and meta_path.exists():
-            meta = json.loads(meta_path.read_text())
+        meta = reward_model_meta(name)
         if tok.pad_token_id != model.config.pad_token_id and model.config.pad_token_id is not None:
             tok.pad_token_id = model.config.pad_token_id  # read where the model was trained to read
         return cls(model, tok, meta, dev)
@@ -130,37 +138,48 @@ class RewardModel:
     def n_heads(self) -> int:
         return backbone_and_head(self.model)[1].weight.shape[0]
 
-    def encode(self, prompts: list[Prompt], responses: list[str], skips: SkipLog | None = None) -> list:
-        """Token sequences exactly as in training (chat template, end-of-turn token, truncation)."""
+    def encode(self, prompts: list[Prompt], responses: list[str], skips: SkipLog | None = None,
+               where: list[tuple[str, int]] | None = None) -> list:
+        """Token sequences exactly as in training (chat template, end-of-turn token, truncation), one per row.
+
+        A prompt that leaves no room within the model's ``max_length`` follows the rule it was trained with
+        (``long_prompts`` in ``palate_reward.json``): skipped (``None`` in its place) or cut from the left.
+        Skips and truncations are counted in ``skips``, named by ``where`` (``(source, row)`` per row)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         skips = skips if skips is not None else SkipLog()
         out = []
         for i, (p, r) in enumerate(zip(prompts, responses)):
-            ex = encode_responses(self.tokenizer, p, [r], self.max_length, skips=skips, where=("<score>", i + 1),
-                                  index=i, use_template=self.use_template)
-            if ex is None:
-                raise ValueError(f"row {i + 1}: prompt longer than the reward model's max_length {self.max_length}")
-            out.append(ex[0])
-        if skips.truncations:
-            log.warning("scoring: %d responses truncated to max_length %d", len(skips.truncations), self.max_length)
+            ex = encode_responses(self.tokenizer, p, [r], self.max_length, skips=skips,
+                                  where=where[i] if where else ("<score>", i + 1), index=i,
+                                  use_template=self.use_template, long_prompts=self.long_prompts)
+            out.append(ex[0] if ex else None)
+        if skips.skips or skips.truncations:
+            log.warning("scoring at max_length %d (long_prompts=%s): %s", self.max_length, self.long_prompts,
+                        skips.summary(max_examples=3))
         return out
 
     @torch.inference_mode()
     def score(self, prompts: list[Prompt], responses: list[str], *, batch_size: int = 16,
-              normalize: bool = False) -> Scores:
+              normalize: bool = False, skips: SkipLog | None = None,
+              where: list[tuple[str, int]] | None = None) -> Scores:
         """Score (prompt, response) pairs; batched by length, returned in input order.
 
         ``normalize=True`` maps rewards to ``(r − mean) / std`` with the statistics saved at training
-        time (what RL uses, so a KL coefficient means the same for every reward model).
+        time (what RL uses, so a KL coefficient means the same for every reward model). A row whose prompt
+        is skipped (see :meth:`encode`) scores NaN and is listed in ``Scores.skipped``.
         """
-        examples = self.encode(prompts, responses)
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-        out = torch.empty(len(examples), self.n_heads)
+        skips = skips if skips is not None else SkipLog(seen=len(prompts))
+        examples = self.encode(prompts, responses, skips, where)
+        kept = [i for i, ex in enumerate(examples) if ex is not None]
+        order = sorted(kept, key=lambda i: len(examples[i]))
+        out = torch.full((len(examples), self.n_heads), float("nan"))
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             batch = collate([examples[i] for i in idx], self.tokenizer.pad_token_id)
             out[idx] = reward_scores(self.model, batch).cpu()
         if normalize:
             out = (out - self.meta.get("mean", 0.0)) / self.meta.get("std", 1.0)
-        return scores_from_heads(out)
+        scores = scores_from_heads(out)
+        scores.skipped = [i for i, ex in enumerate(examples) if ex is None]
+        return scores

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -139,7 +140,7 @@ def desirable(rating: Rating) -> bool:
 
 
 def encode_kto(tok, ratings: list[Rating], max_length: int, skips: SkipLog, chat_template, truncate: bool,
-               seed: int) -> list[list[Example]]:
+               seed: int, long_prompts: str = "skip") -> list[list[Example]]:
     """Each rating as ``[own, mismatched]``: its prompt with its response, and its prompt with another
     rating's response (a fixed seeded partner), whose log-ratio estimates KTO's reference point."""
     use_template = uses_chat_template(tok, chat_template)
@@ -151,7 +152,7 @@ def encode_kto(tok, ratings: list[Rating], max_length: int, skips: SkipLog, chat
         src, row = rec.meta.get("source", "<records>"), rec.meta.get("row", i + 1)
         ex = encode_responses(tok, rec.prompt, [rec.response, ratings[partner[i]].response], max_length, skips=skips,
                               where=(src, row), index=i, use_template=use_template, truncate_completion=truncate,
-                              fields=["response", "response (as KL partner)"])
+                              fields=["response", "response (as KL partner)"], long_prompts=long_prompts)
         if ex:
             out.append(ex)
     return out
@@ -277,12 +278,13 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
         train_recs, eval_recs = records, read_records(cfg.data, spec, skips, path=cfg.data.eval_path)
     else:
         train_recs, eval_recs = split_heldout(records, cfg.data.eval_fraction, cfg.train.seed)
-    enc = dict(max_length=cfg.data.max_length, skips=skips, chat_template=cfg.data.chat_template)
+    enc = dict(max_length=cfg.data.max_length, skips=skips, chat_template=cfg.data.chat_template,
+               long_prompts=cfg.data.long_prompts)
     if kto:
         groups = encode_kto(tok, train_recs, cfg.data.max_length, skips, cfg.data.chat_template,
-                            cfg.data.truncate_completion, cfg.train.seed)
+                            cfg.data.truncate_completion, cfg.train.seed, cfg.data.long_prompts)
         eval_groups = encode_kto(tok, eval_recs, cfg.data.max_length, skips, cfg.data.chat_template, True,
-                                 cfg.train.seed) if eval_recs else []
+                                 cfg.train.seed, cfg.data.long_prompts) if eval_recs else []
         n_desirable = sum(desirable(train_recs[g[0].index]) for g in groups)
         counts = {"n_train": len(groups), "n_eval": len(eval_groups), "n_desirable": n_desirable}
     else:
@@ -316,10 +318,11 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
         else:
             live_ref = LiveReference(model, cfg, env, tok)
 
-    samples_before = held_out_samples(model, tok, eval_recs, spec) if spec.samples else []
+    shown = as_encoded(eval_recs, eval_groups)  # held-out prompts as the rule left them (skipped: out; cut: cut)
+    samples_before = held_out_samples(model, tok, shown, spec) if spec.samples else []
 
     loop = session.Loop(run, model, cfg.train, env, stream)
-    watch = HeldOutWatch(run, model, tok, eval_recs, spec, cfg.monitor, loop.start_step) if watching(spec) else None
+    watch = HeldOutWatch(run, model, tok, shown, spec, cfg.monitor, loop.start_step) if watching(spec) else None
     if watch is not None and loop.start_step == 0:
         loop.run.log(0, watch.measure(0))
     for step, micro in loop:
@@ -350,7 +353,7 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
 
     summary = {}
     if samples_before:
-        after = held_out_samples(model, tok, eval_recs, spec)
+        after = held_out_samples(model, tok, shown, spec)
         rows = [{"prompt": b["prompt"], "before": b["response"], "after": a["response"],
                  **{k: b[k] for k in ("chosen", "rejected") if k in b}} for b, a in zip(samples_before, after)]
         if spec.reward_model:
@@ -363,6 +366,16 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
     if watch is not None and watch.stop:
         watch.keep_best_gold(final)
     return final
+
+
+def as_encoded(records: list, groups: list[list[Example]]) -> list:
+    """The records that tokenisation kept (``groups``), in order, each with its prompt as cut when
+    ``data.long_prompts=truncate_left`` cut it: what held-out samples and the watch should answer."""
+    out = []
+    for g in sorted(groups, key=lambda g: g[0].index):
+        rec = records[g[0].index]
+        out.append(dataclasses.replace(rec, prompt=g[0].prompt) if g[0].prompt is not None else rec)
+    return out
 
 
 def precomputed_references(run, model, tok, cfg, groups, eval_groups, env, n_train, n_eval, skipped=0):
@@ -485,7 +498,10 @@ def score_samples(reward_model: str, rows: list[dict], prompts: list) -> dict[st
     after = rm.score(prompts, [r["after"] for r in rows]).mean.tolist()
     for r, b, a in zip(rows, before, after):
         r["reward_before"], r["reward_after"] = b, a
-    summary = {"sample_reward_before": sum(before) / len(before), "sample_reward_after": sum(after) / len(after)}
+    # a prompt the reward model skips (its long_prompts rule) scores NaN: averaged over the scored ones
+    scored = [(b, a) for b, a in zip(before, after) if b == b and a == a] or [(float("nan"), float("nan"))]
+    summary = {"sample_reward_before": sum(b for b, _ in scored) / len(scored),
+               "sample_reward_after": sum(a for _, a in scored) / len(scored)}
     log.info("held-out samples scored by %s: mean reward %.3f before, %.3f after", reward_model,
              summary["sample_reward_before"], summary["sample_reward_after"])
     return summary
@@ -580,8 +596,9 @@ class HeldOutWatch:
         lengths = [len(a.split()) for a in answers]
         out = {"eval_response_length": sum(lengths) / len(lengths),
                "repetition": sum(repeated_ngram_fraction(a) for a in answers) / len(answers)}
-        if proxy is not None:
-            out["eval_reward"] = sum(proxy) / len(proxy)
+        if proxy is not None:  # NaN: a prompt the reward model skips (its long_prompts rule)
+            finite = [x for x in proxy if x == x]
+            out["eval_reward"] = sum(finite) / len(finite) if finite else float("nan")
         if gold is not None:
             out["eval_gold"] = sum(gold) / len(gold)
         rows = [{"step": step, "i": i, "gold": g} for i, g in enumerate(gold or [])]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from palate.config import ConfigError, LogConfig, LoraConfig, ModelConfig, TrainConfig
+from palate.data.errors import SkipLog
 from palate.eval.monitor import MonitorConfig
 from palate.infra import ray_layout, session
 from palate.infra.ray_layout import RayConfig
@@ -38,7 +39,7 @@ from palate.losses.policy import (
     value_loss,
 )
 from palate.models.logprobs import response_hidden
-from palate.recipes.grpo import PromptsConfig, prompt_stream
+from palate.recipes.grpo import PromptsConfig, prompt_limit, prompt_stream
 from palate.rollout.experience import (
     Experience,
     Reference,
@@ -133,7 +134,10 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
     run = RunDir.open(cfg.run_dir, cfg, overwrite=overwrite)
     env = session.start(cfg.train, cfg.model, run, cfg.log, cfg)
     tok = session.tokenizer(cfg.model)
-    stream, held = prompt_stream(cfg.prompts, p.prompts_per_step, cfg.train.seed)
+    skips = SkipLog()
+    stream, held = prompt_stream(cfg.prompts, p.prompts_per_step, cfg.train.seed, tok, room=rc.max_new_tokens,
+                                 max_length=prompt_limit(cfg.prompts, cfg.reward), skips=skips)
+    session.report_data(run, skips, n_held_out_prompts=len(held))
     with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=True) as placed:
         rewarder = placed.rewarder or Rewarder(cfg.reward)
         policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)

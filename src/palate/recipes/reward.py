@@ -138,13 +138,20 @@ def bootstrap_counts(n: int, heads: int, seed: int, enabled: bool) -> torch.Tens
 
 @torch.no_grad()
 def normalisation_stats(rm: RewardModel, records: list, n: int, seed: int) -> dict[str, float]:
-    """Mean and std of the (head-mean) reward over up to ``n`` training responses."""
-    pairs = [(r.prompt, resp) for r in records for resp in (
-        [r.chosen, r.rejected] if isinstance(r, Preference) else list(r.responses))]
+    """Mean and std of the (head-mean) reward over up to ``n`` training responses (read as scoring reads
+    them: a prompt too long for the model is cut or skipped by its ``long_prompts`` rule, and counted)."""
+    pairs = [(r.prompt, resp, (r.meta.get("source", "<records>"), r.meta.get("row", i + 1)))
+             for i, r in enumerate(records)
+             for resp in ([r.chosen, r.rejected] if isinstance(r, Preference) else list(r.responses))]
     random.Random(f"normalise:{seed}").shuffle(pairs)
     pairs = pairs[:n]
-    rewards = rm.score([p for p, _ in pairs], [r for _, r in pairs]).mean
-    return {"mean": float(rewards.mean()), "std": float(rewards.std().clamp_min(1e-6)), "n": len(pairs)}
+    scores = rm.score([p for p, _, _ in pairs], [r for _, r, _ in pairs], where=[w for _, _, w in pairs])
+    rewards = scores.mean[~torch.isnan(scores.mean)]
+    if len(rewards) == 0:
+        raise ValueError(f"normalisation: none of {len(pairs)} training responses could be scored at max_length "
+                         f"{rm.max_length} (every prompt too long)")
+    std = rewards.std().clamp_min(1e-6) if len(rewards) > 1 else torch.tensor(1.0)
+    return {"mean": float(rewards.mean()), "std": float(std), "n": len(rewards), "n_skipped": len(scores.skipped)}
 
 
 def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
@@ -162,7 +169,7 @@ def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
     else:
         train_recs, eval_recs = split_heldout(records, cfg.data.eval_fraction, cfg.train.seed)
     encode = dict(max_length=cfg.data.max_length, skips=skips, chat_template=cfg.data.chat_template,
-                  truncate_completion=cfg.data.truncate_completion)
+                  truncate_completion=cfg.data.truncate_completion, long_prompts=cfg.data.long_prompts)
     groups = encode_groups(tok, train_recs, **encode)
     n_ties = sum(1 for r in train_recs if isinstance(r, Preference) and r.tie)
     session.report_data(run, skips, n_train=len(groups), n_eval=len(eval_recs), n_train_ties=n_ties)
@@ -206,9 +213,11 @@ def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
         loop.log(step, metrics)
 
     meta = {"max_length": cfg.data.max_length, "chat_template": uses_chat_template(tok, cfg.data.chat_template),
-            "heads": spec.heads, "loss": spec.loss, "base_model": cfg.model.name}
+            "long_prompts": cfg.data.long_prompts, "heads": spec.heads, "loss": spec.loss, "base_model": cfg.model.name}
     rm = RewardModel(model, tok, meta, env.device)
-    meta.update(normalisation_stats(rm, train_recs, spec.normalize_samples, cfg.train.seed))
+    # the records training used (a skipped one would only be skipped again)
+    meta.update(normalisation_stats(rm, [train_recs[g[0].index] for g in groups], spec.normalize_samples,
+                                    cfg.train.seed))
     summary = {}
     if eval_recs and run.writes:  # the main process evaluates and writes eval/
         from palate.eval.reward import evaluate_reward_model, format_report
@@ -226,7 +235,8 @@ def quick_eval(model, tok, eval_recs: list, cfg: RewardConfig) -> dict[str, floa
     was_training = model.training
     model.eval()
     skips = SkipLog()
-    groups = encode_groups(tok, eval_recs, cfg.data.max_length, skips=skips, chat_template=cfg.data.chat_template)
+    groups = encode_groups(tok, eval_recs, cfg.data.max_length, skips=skips, chat_template=cfg.data.chat_template,
+                           long_prompts=cfg.data.long_prompts)
     total, correct, n = 0.0, 0, 0
     for b in group_batches(groups, cfg.train.batch_size, tok.pad_token_id, 0, 0):
         scores = reward_scores(model, b)

@@ -86,7 +86,7 @@ def train(cfg: SFTConfig, *, overwrite: bool = False) -> Path:
     else:
         train_recs, eval_recs = split_heldout(records, cfg.data.eval_fraction, cfg.train.seed)
     encode = dict(max_length=cfg.data.max_length, skips=skips, chat_template=cfg.data.chat_template,
-                  truncate_completion=cfg.data.truncate_completion)
+                  truncate_completion=cfg.data.truncate_completion, long_prompts=cfg.data.long_prompts)
     train_ex = encode_demonstrations(tok, train_recs, **encode)
     eval_ex = encode_demonstrations(tok, eval_recs, **encode) if eval_recs else []
     session.report_data(run, skips, n_train=len(train_ex), n_eval=len(eval_ex))
