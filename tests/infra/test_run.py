@@ -44,3 +44,47 @@ def test_a_copied_unfinished_run_resumes_where_it_now_lives(tmp_path):
     changed = load_config(SFTConfig, None, [f"run_dir={tmp_path / 'b'}", "model.name=tiny", "train.lr=0.5"])
     with pytest.raises(RunExistsError, match="train.lr"):
         RunDir.open(tmp_path / "b", changed)
+
+
+def test_an_exception_escaping_a_recipe_marks_its_run_failed_and_a_rerun_resumes(tmp_path):
+    from palate.infra.run import recorded
+
+    cfg = load_config(SFTConfig, None, [f"run_dir={tmp_path / 'r'}", "model.name=tiny"])
+
+    @recorded
+    def recipe(c, fail):
+        run = RunDir.open(c.run_dir, c)
+        if fail:
+            raise fail
+        run.mark_finished(summary={"steps": 1})
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        recipe(cfg, RuntimeError("disk full"))
+    st = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert st["state"] == "failed" and st["error"] == "RuntimeError: disk full"
+    assert st["error_at"].endswith(" in recipe") and "test_run.py:" in st["error_at"] and "failed_at" in st
+
+    recipe(cfg, None)  # the same config resumes the failed run, and finishes it
+    st = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert st["state"] == "finished" and st["last_error"] == "RuntimeError: disk full"
+    assert "error" not in st and "error_at" not in st
+
+    with pytest.raises(RunExistsError):  # a finished run is refused: the refusal does not mark it failed
+        recipe(cfg, None)
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "finished"
+
+
+def test_ctrl_c_is_recorded_as_a_failure_too(tmp_path):
+    from palate.infra.run import recorded
+
+    cfg = load_config(SFTConfig, None, [f"run_dir={tmp_path / 'r'}", "model.name=tiny"])
+
+    @recorded
+    def recipe(c):
+        RunDir.open(c.run_dir, c)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recipe(cfg)
+    st = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert (st["state"], st["error"]) == ("failed", "KeyboardInterrupt: interrupted")

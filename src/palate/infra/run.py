@@ -4,14 +4,17 @@
 
     run_dir/
       config.yaml        the resolved config (a rerun with a different config is refused)
-      status.json        running | finished, with timestamps
+      status.json        running | finished | failed (with the error), with timestamps
       metrics.jsonl      one JSON object per logged step (train and eval)
       data_report.json   rows read, skipped and truncated, by reason and row
       checkpoints/       step-XXXXXXXX/ (atomic; newest `keep_last` kept)
       final/             the trained model, loadable with transformers' from_pretrained
 
 Rerunning the same command resumes from the newest checkpoint. A finished run is never overwritten
-unless ``overwrite=True``.
+unless ``overwrite=True``. A recipe decorated with :func:`recorded` marks its run ``failed`` in
+``status.json``, with the error, when an exception escapes it; a checkpoint is written after the last
+training step, so a rerun after a failure past it (held-out evaluation, normalisation, final save) goes
+straight to finishing.
 
 In a multi-process run only the main process writes here; the others open the directory after it
 has and read from it (checkpoints to resume), their writes being no-ops.
@@ -19,10 +22,13 @@ has and read from it (checkpoints to resume), their writes being no-ops.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,27 @@ log = logging.getLogger("palate.run")
 
 class RunExistsError(RuntimeError):
     pass
+
+
+_OPENED: list["RunDir"] = []  # runs opened inside the recipes running now (see recorded)
+
+
+def recorded(recipe: Callable) -> Callable:
+    """Decorate a recipe function: an exception escaping it (Ctrl-C included) marks each run it opened and
+    did not finish ``failed`` in ``status.json``, with the error, before the exception goes on."""
+    @functools.wraps(recipe)
+    def run_recipe(*args, **kwargs):
+        mark = len(_OPENED)
+        try:
+            return recipe(*args, **kwargs)
+        except BaseException as e:
+            for run in _OPENED[mark:]:
+                run.mark_failed(e)
+            raise
+        finally:
+            del _OPENED[mark:]
+
+    return run_recipe
 
 
 class RunDir:
@@ -56,7 +83,9 @@ class RunDir:
 
         Multi-process: the main process does it and every process gets its outcome (the same error, if any)."""
         if distributed.world_size() == 1:
-            return cls._open(path, config, overwrite)
+            run = cls._open(path, config, overwrite)
+            _OPENED.append(run)
+            return run
         error = None
         if distributed.is_main():
             try:
@@ -66,7 +95,9 @@ class RunDir:
         error = distributed.broadcast(error)
         if error is not None:
             raise RunExistsError(error)
-        return cls(Path(path))
+        run = cls(Path(path))
+        _OPENED.append(run)
+        return run
 
     @classmethod
     def _open(cls, path: str | Path, config: Any, overwrite: bool) -> "RunDir":
@@ -103,7 +134,12 @@ class RunDir:
     def _write_status(self, state: str, **extra: Any) -> None:
         if not self.writes:
             return
-        status = {**self.status(), "state": state, f"{state}_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        status = self.status()
+        if state != "failed" and "error" in status:  # resumed after a failure: the error stays as history
+            status["last_error"] = status.pop("error")
+            for key in ("error_at", "resume"):
+                status.pop(key, None)
+        status = {**status, "state": state, f"{state}_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
         tmp = self.path / ".status.json.tmp"
         tmp.write_text(json.dumps(status, indent=1))
         tmp.replace(self.path / "status.json")
@@ -114,6 +150,17 @@ class RunDir:
 
     def mark_finished(self, **summary: Any) -> None:
         self._write_status("finished", **summary)
+
+    def mark_failed(self, error: BaseException) -> None:
+        """``failed``, with the error and where it was raised, unless the run already finished or failed."""
+        if not self.writes or self.status().get("state") != "running":
+            return
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
+        text = str(error) or ("interrupted" if isinstance(error, KeyboardInterrupt) else "")
+        self._write_status("failed", error=f"{type(error).__name__}: {text}", error_at=where,
+                           resume="rerun the same command to resume from the newest checkpoint")
+        log.error("run %s failed: %s: %s (status.json)", self.path, type(error).__name__, text)
 
     # ------------------------------------------------------------------ metrics
 

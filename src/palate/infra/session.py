@@ -236,7 +236,7 @@ class Loop:
         for step in range(self.start_step + 1, self.total + 1):
             self.step = step
             yield step, self.shards(self.stream.micro_batches(step))
-            if self.due(self.cfg.save_every) and step < self.total:
+            if self.due(self.cfg.save_every):  # the last step too: a rerun after a failure past it only finishes
                 self.checkpoint()
 
     def shards(self, micro: list) -> list:

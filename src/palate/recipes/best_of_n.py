@@ -21,7 +21,7 @@ from palate.config import ConfigError, DataConfig, LogConfig, LoraConfig, ModelC
 from palate.data.readers import read_prompts
 from palate.data.records import prompt_text
 from palate.infra.logging import setup_logging
-from palate.infra.run import RunDir
+from palate.infra.run import RunDir, recorded
 
 log = logging.getLogger("palate.best_of_n")
 
@@ -65,6 +65,7 @@ def check(cfg: BestOfNConfig) -> None:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
 
 
+@recorded
 def train(cfg: BestOfNConfig, *, overwrite: bool = False) -> Path:
     """Run every round; returns the last round's data file (best.jsonl or pairs.jsonl)."""
     from palate.models.heads import RewardModel

@@ -28,7 +28,7 @@ from palate.config import ConfigError, ModelConfig
 from palate.data.readers import read_prompts
 from palate.data.records import prompt_text
 from palate.infra.logging import setup_logging
-from palate.infra.run import RunDir
+from palate.infra.run import RunDir, recorded
 from palate.judges.templates import TEMPLATE_DIR, load_template, render
 
 log = logging.getLogger("palate.constitutional")
@@ -82,6 +82,7 @@ def pick_principle(principles: list[Principle], seed: int, prompt_index: int, ro
     return principles[random.Random(f"{seed}/{prompt_index}/{round_}").randrange(len(principles))]
 
 
+@recorded
 def train(cfg: ConstitutionalConfig, *, overwrite: bool = False) -> Path:
     """Run the loop over every prompt; returns the directory holding ``sft.jsonl`` and ``pairs.jsonl``."""
     from palate.infra.device import pick_device

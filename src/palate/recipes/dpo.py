@@ -31,7 +31,7 @@ from palate.data.records import Preference, Rating
 from palate.data.tokenize import Example, encode_groups, encode_responses, uses_chat_template
 from palate.eval.monitor import MonitorConfig
 from palate.infra import distributed, session
-from palate.infra.run import RunDir
+from palate.infra.run import RunDir, recorded
 from palate.losses.preference import PREFERENCE_LOSSES, kto_loss, kto_reference_point, requires_reference
 from palate.models.logprobs import sequence_logprobs
 from palate.models.lora import adapter_disabled, is_peft
@@ -264,6 +264,7 @@ def pair_metrics(out, pol, counts, ref, weights) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- the recipe
 
 
+@recorded
 def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
     check(cfg.dpo)
     spec = cfg.dpo

@@ -31,7 +31,7 @@ from palate.data.tokenize import fit_prompts
 from palate.eval.monitor import MonitorConfig
 from palate.infra import ray_layout, session
 from palate.infra.ray_layout import RayConfig
-from palate.infra.run import RunDir
+from palate.infra.run import RunDir, recorded
 from palate.models.heads import reward_model_meta
 from palate.losses.policy import (
     aggregate,
@@ -187,6 +187,7 @@ def advantages(exp: Experience, spec: GRPOSpec, n: int) -> torch.Tensor:
     return adv[:, None] * mask
 
 
+@recorded
 def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
     check(cfg)
     g, rc = cfg.grpo, cfg.rollout

@@ -27,7 +27,7 @@ from palate.data.errors import SkipLog
 from palate.eval.monitor import MonitorConfig
 from palate.infra import ray_layout, session
 from palate.infra.ray_layout import RayConfig
-from palate.infra.run import RunDir
+from palate.infra.run import RunDir, recorded
 from palate.losses.policy import (
     explained_variance,
     gae,
@@ -128,6 +128,7 @@ class ActorCritic(torch.nn.Module):
         return self.value_head(hidden).squeeze(-1).float()
 
 
+@recorded
 def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
     check(cfg)
     p, rc = cfg.ppo, cfg.rollout

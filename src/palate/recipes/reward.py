@@ -25,7 +25,7 @@ from palate.data.readers import read_preferences, read_rankings
 from palate.data.records import Preference, Ranking, ranking_pairs
 from palate.data.tokenize import encode_groups, uses_chat_template
 from palate.infra import session
-from palate.infra.run import RunDir
+from palate.infra.run import RunDir, recorded
 from palate.losses.reward import bradley_terry_loss, centering_penalty, plackett_luce_loss
 from palate.models.heads import REWARD_META, RewardModel, distinct_pad_token, init_heads, reward_scores
 from palate.recipes.sft import split_heldout
@@ -154,6 +154,7 @@ def normalisation_stats(rm: RewardModel, records: list, n: int, seed: int) -> di
     return {"mean": float(rewards.mean()), "std": float(std), "n": len(rewards), "n_skipped": len(scores.skipped)}
 
 
+@recorded
 def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
     check(cfg.reward)
     spec = cfg.reward

@@ -24,7 +24,7 @@ from palate.data.errors import SkipLog
 from palate.data.readers import read_demonstrations
 from palate.data.tokenize import encode_demonstrations
 from palate.infra import session
-from palate.infra.run import RunDir
+from palate.infra.run import RunDir, recorded
 from palate.losses.sft import sft_loss
 from palate.models.logprobs import project, target_hidden
 
@@ -71,6 +71,7 @@ def evaluate(model, batches, precision: str, device) -> float:
     return total / max(1, count)
 
 
+@recorded
 def train(cfg: SFTConfig, *, overwrite: bool = False) -> Path:
     run = RunDir.open(cfg.run_dir, cfg, overwrite=overwrite)
     env = session.start(cfg.train, cfg.model, run, cfg.log, cfg)
