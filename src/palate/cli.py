@@ -577,36 +577,34 @@ def plan(
 
 @data_app.command("check")
 def data_check(
-    path: str = typer.Argument(..., help="file, dataset dir, bundled:NAME or hub name"),
-    kind: str = typer.Option("demonstrations", help="demonstrations | preferences"),
-    model: str = typer.Option("bundled", help="tokenizer to measure lengths with"),
-    max_length: int = typer.Option(512),
+    path: str = typer.Argument(..., help="file (.jsonl/.json, compressed or not; .parquet, .csv), dataset dir, "
+                               "bundled:NAME or hub name"),
+    kind: str = typer.Option("auto", help="auto (from the first row) | demonstrations | preferences | rankings | "
+                             "ratings"),
+    model: str = typer.Option("bundled", help="tokenizer to measure lengths with (the model you will train)"),
+    max_length: int = typer.Option(512, help="data.max_length of the run"),
+    long_prompts: str = typer.Option("skip", help="data.long_prompts of the run: skip | truncate_left"),
     on_error: str = typer.Option("raise", help="raise | skip"),
+    split: str = typer.Option("train", help="split of a dataset dir or hub dataset"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Read a dataset as training would and report rows, token lengths, skips and truncations."""
-    from palate.data.errors import DataError, SkipLog
-    from palate.data.readers import read_demonstrations, read_preferences
-    from palate.data.tokenize import encode_demonstrations
+    """Read a dataset as training would (palate sft, rm, dpo, KTO) and report rows, usable records, token
+    lengths, over-long prompts, ties, skips and truncations."""
+    import json as _json
+
+    from palate.data.check import KINDS, check_dataset, detect_kind, format_check
+    from palate.data.errors import DataError
     from palate.models.load import load_tokenizer
 
-    skips = SkipLog()
+    if kind != "auto" and kind not in KINDS:
+        _fail(ValueError(f"--kind must be auto or one of {', '.join(KINDS)}, got {kind!r}"))
     try:
-        if kind == "preferences":
-            records = read_preferences(path, on_error=on_error, skips=skips)
-            typer.echo(f"{len(records)} preference pairs read")
-            typer.echo(skips.summary())
-            return
-        if kind != "demonstrations":
-            raise typer.BadParameter("kind must be demonstrations or preferences")
-        records = read_demonstrations(path, on_error=on_error, skips=skips)
+        kind = detect_kind(path, split) if kind == "auto" else kind
         tok = load_tokenizer(model)
-        examples = encode_demonstrations(tok, records, max_length, skips=skips)
-    except DataError as e:
+        report = check_dataset(path, kind, tok, max_length, long_prompts=long_prompts, on_error=on_error, split=split)
+    except (DataError, FileNotFoundError, OSError, ValueError) as e:
         _fail(e)
-    lengths = sorted(len(e) for e in examples)
-    typer.echo(f"{len(examples)} demonstrations usable of {skips.seen} rows; tokens per example: "
-               f"min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}, total {sum(lengths)}")
-    typer.echo(skips.summary())
+    typer.echo(_json.dumps(report, indent=1) if as_json else format_check(report))
 
 
 @app.command("run", context_settings={"allow_extra_args": False})

@@ -72,7 +72,8 @@ class SkipLog:
             if not items:
                 continue
             counts = ", ".join(f"{n} {r}" for r, n in self._reason_counts(items).most_common())
-            lines.append(f"{title} {len(items)} of {self.seen} rows: {counts}")
+            rows = len({(s.source, s.row) for s in items})  # a pair can have both answers cut: rows, then fields
+            lines.append(f"{title} {rows} of {self.seen} rows: {counts}")
             lines.extend(f"  {s}" for s in items[:max_examples])
             if len(items) > max_examples:
                 lines.append(f"  ... and {len(items) - max_examples} more (see data_report.json)")
@@ -82,7 +83,8 @@ class SkipLog:
         return {
             "rows_seen": self.seen,
             "skipped": len(self.skips),
-            "truncated": len(self.truncations),
+            "truncated": len(self.truncations),  # fields cut (a row may have several)
+            "truncated_rows": len({(s.source, s.row) for s in self.truncations}),
             "skipped_by_reason": dict(self._reason_counts(self.skips)),
             "truncated_by_reason": dict(self._reason_counts(self.truncations)),
             "skips": [vars(s) for s in self.skips],
