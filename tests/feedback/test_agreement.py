@@ -98,3 +98,19 @@ def test_dawid_skene_down_weights_an_adversarial_labeler():
     ds = dawid_skene(triples, 3)
     assert ds.reliability["liar"] < 0.05 < 0.8 < ds.reliability["a"]
     assert sum(ds.labels[i] == t for i, t in truth.items()) / len(truth) > 0.95
+
+
+def test_dawid_skene_one_em_step_by_hand():
+    """Items 1 (a: 0, b: 0) and 2 (a: 1, b: 0), K = 2, smoothing .01, one iteration. Start: T1 = [1, 0],
+    T2 = [.5, .5]. M-step: π = ([1.5, .5] + .01) / 2.02 = [.747525, .252475];
+    θ_a = [[1.01, .51] / 1.52, [.01, .51] / .52] = [[.664474, .335526], [.019231, .980769]];
+    θ_b = [[1.51, .01] / 1.52, [.51, .01] / .52] = [[.993421, .006579], [.980769, .019231]].
+    reliability_a = .747525 * .664474 + .252475 * .980769 = .744331; reliability_b = .747462.
+    E-step, item 2: π0 θ_a[0][1] θ_b[0][0] = .249165 vs π1 θ_a[1][1] θ_b[1][0] = .242858 -> T2 = [.506409, .493591]."""
+    ds = dawid_skene([(1, "a", 0), (1, "b", 0), (2, "a", 1), (2, "b", 0)], 2, max_iter=1)
+    assert ds.priors == pytest.approx([0.747525, 0.252475], abs=1e-6)
+    assert ds.confusion["a"][0] == pytest.approx([0.664474, 0.335526], abs=1e-6)
+    assert ds.confusion["b"][1] == pytest.approx([0.980769, 0.019231], abs=1e-6)
+    assert ds.reliability == pytest.approx({"a": 0.744331, "b": 0.747462}, abs=1e-6)
+    assert ds.soft[2] == pytest.approx([0.506409, 0.493591], abs=1e-6) and ds.labels == {1: 0, 2: 0}
+    assert ds.iterations == 1 and isinstance(ds.soft[2][0], float) and isinstance(ds.labels[2], int)

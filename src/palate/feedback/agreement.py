@@ -153,40 +153,43 @@ def dawid_skene(judgments: Iterable[tuple[Hashable, Hashable, int]], n_classes: 
                 tol: float = 1e-6, smoothing: float = 0.01) -> Aggregate:
     """Dawid–Skene EM. Each labeler j has a confusion matrix θ_j[k][l] = P(says l | truth k); items have
     posteriors T_ik ∝ π_k Π_j θ_j[k][l_ij]. Initialised from vote shares; ``smoothing`` is a Dirichlet
-    pseudo-count that keeps unseen cells off zero. ``reliability[j]`` = Σ_k π_k θ_j[k][k]."""
+    pseudo-count that keeps unseen cells off zero. ``reliability[j]`` = Σ_k π_k θ_j[k][k].
+
+    Vectorised with numpy (imported here, so that the web app starts without it): 5,000 labels × 100
+    iterations take ~0.05 s instead of ~0.7 s in plain Python. Takes and returns plain Python data."""
+    import numpy as np
+
     data = list(judgments)
     if not data:
         raise ValueError("no judgments")
     K = n_classes
-    by_item: dict = defaultdict(list)
-    for item, labeler, label in data:
+    for _, _, label in data:
         if not 0 <= label < K:
             raise ValueError(f"label {label} outside 0..{K - 1}")
-        by_item[item].append((labeler, label))
+    items = list(dict.fromkeys(i for i, _, _ in data))
     labelers = sorted({j for _, j, _ in data}, key=str)
-    T = majority_vote(data, K).soft
-    theta, pi, it = {}, [1.0 / K] * K, 0
+    item_index, labeler_index = {i: n for n, i in enumerate(items)}, {j: n for n, j in enumerate(labelers)}
+    ii = np.array([item_index[i] for i, _, _ in data])
+    jj = np.array([labeler_index[j] for _, j, _ in data])
+    ll = np.array([label for _, _, label in data])
+    N, J = len(items), len(labelers)
+    votes = np.bincount(ii * K + ll, minlength=N * K).reshape(N, K).astype(float)
+    T = votes / votes.sum(axis=1, keepdims=True)  # vote shares, as majority_vote's soft labels
+    theta, pi, it = np.zeros((J, K, K)), np.full(K, 1.0 / K), 0
     for it in range(1, max_iter + 1):
-        pi = [(sum(T[i][k] for i in by_item) + smoothing) / (len(by_item) + K * smoothing) for k in range(K)]
-        counts = {j: [[smoothing] * K for _ in range(K)] for j in labelers}
-        for i, obs in by_item.items():
-            for j, label in obs:
-                for k in range(K):
-                    counts[j][k][label] += T[i][k]
-        theta = {j: [[c / sum(row) for c in row] for row in m] for j, m in counts.items()}
-        log_theta = {j: [[math.log(c) for c in row] for row in m] for j, m in theta.items()}  # once, not per label
-        log_pi = [math.log(p) for p in pi]
-        change = 0.0
-        for i, obs in by_item.items():
-            logp = [log_pi[k] + sum(log_theta[j][k][label] for j, label in obs) for k in range(K)]
-            top = max(logp)
-            p = [math.exp(x - top) for x in logp]
-            z = sum(p)
-            new = [x / z for x in p]
-            change = max(change, max(abs(a - b) for a, b in zip(new, T[i])))
-            T[i] = new
+        pi = (T.sum(axis=0) + smoothing) / (N + K * smoothing)
+        counts = smoothing + np.stack([np.bincount(jj * K + ll, weights=T[ii, k], minlength=J * K).reshape(J, K)
+                                       for k in range(K)], axis=1)  # counts[j, k, l] += T[i, k] per label l of j on i
+        theta = counts / counts.sum(axis=2, keepdims=True)
+        log_theta = np.log(theta)
+        logp = np.log(pi) + np.stack([np.bincount(ii, weights=log_theta[jj, k, ll], minlength=N) for k in range(K)], axis=1)
+        p = np.exp(logp - logp.max(axis=1, keepdims=True))
+        new = p / p.sum(axis=1, keepdims=True)
+        change = float(np.abs(new - T).max())
+        T = new
         if change < tol:
             break
-    labels = {i: max(range(K), key=lambda k: p[k]) for i, p in T.items()}
-    reliability = {j: sum(pi[k] * theta[j][k][k] for k in range(K)) for j in labelers}
-    return Aggregate(labels, T, reliability, theta, pi, it)
+    labels = {i: int(np.argmax(T[n])) for n, i in enumerate(items)}  # the first of equal posteriors, as max() does
+    reliability = {j: float(sum(pi[k] * theta[n, k, k] for k in range(K))) for n, j in enumerate(labelers)}
+    return Aggregate(labels, {i: T[n].tolist() for n, i in enumerate(items)}, reliability,
+                     {j: theta[n].tolist() for n, j in enumerate(labelers)}, pi.tolist(), it)

@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
@@ -33,7 +34,7 @@ templates.env.filters["pct"] = lambda x: f"{100 * x:.0f}%" if isinstance(x, (int
 templates.env.filters["num"] = lambda x: "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 templates.env.filters["tojson_pretty"] = lambda x: json.dumps(x, indent=1, ensure_ascii=False)
 templates.env.filters["markdown"] = render_markdown  # prompts and responses: raw HTML stays text (richtext.py)
-templates.env.filters["utc"] = lambda t: f"{t:%H:%M} UTC"
+templates.env.filters["when"] = lambda t: Markup(f'<time datetime="{t.isoformat()}Z">{t:%H:%M} UTC</time>')  # app.js: local time
 
 DEFAULT_LIMIT = 256 * 1024  # bytes per request body
 UPLOAD_LIMIT = 50 * 1024 * 1024  # project creation with candidate files

@@ -2,6 +2,10 @@
 (function () {
   "use strict";
   document.documentElement.classList.add("js");
+  Array.prototype.forEach.call(document.querySelectorAll("time[datetime]"), function (t) {  // HH:MM UTC -> local time
+    var d = new Date(t.getAttribute("datetime"));
+    if (!isNaN(d.getTime())) { t.title = t.textContent; t.textContent = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }); }
+  });
   var form = document.getElementById("task");
   if (!form) return;
   var task = document.body.dataset.task;
@@ -14,8 +18,6 @@
   var deadline = document.getElementById("deadline"), warning = document.getElementById("expiry-warning");
   if (deadline && warning) {
     var end = started + Number(deadline.dataset.expiresIn) * 1000, warnBefore = Number(deadline.dataset.warnBefore);
-    var at = deadline.querySelector("time");
-    if (at) at.textContent = new Date(end).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     var tick = function () {
       var left = Math.round((end - Date.now()) / 1000);
       if (left > warnBefore) return;
