@@ -73,6 +73,12 @@ class TrainConfig:
     save_every: int = 50  # 0: only at the end
     keep_last: int = 2
     threads: int | None = None  # torch intra-op threads; None: torch's default (physical cores)
+    sharding: str | None = None  # none | ddp | fsdp (PyTorch FSDP2); None: ddp when launched on several processes
+    cpu_offload: bool = False  # fsdp: sharded weights, gradients and optimizer states live in CPU memory
+
+    def __post_init__(self):
+        if self.sharding not in (None, "none", "ddp", "fsdp"):
+            raise ConfigError(f"train.sharding must be none, ddp or fsdp, got {self.sharding!r}")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ What the rest of palate does with it (see :class:`palate.infra.session.Loop`):
 - every process builds the same global batches and trains on its own disjoint slice of each
   (:func:`palate.data.batching.shard`), so a step's global batch is what a one-process run uses;
 - the model is prepared by accelerate (DDP; DeepSpeed ZeRO-2 from an ``accelerate launch`` config,
-  untested; FSDP and ZeRO-3 are refused, see :func:`check_supported`) and every training forward runs
-  inside it (:class:`Forward`), so gradients synchronise;
-- non-final micro-steps run under ``no_sync``; the losses a recipe computes are normalised by
+  untested; ZeRO-3 is refused, see :func:`check_supported`) or sharded by PyTorch FSDP2
+  (``train.sharding=fsdp``, :mod:`palate.infra.fsdp`), and every training forward runs inside it
+  (:class:`Forward`), so gradients synchronise;
+- non-final micro-steps run under ``no_sync`` (FSDP2: ``set_requires_gradient_sync(False)``); the losses a recipe computes are normalised by
   global counts (summed over processes), and multiplied by the number of processes before backward
   because DDP averages gradients;
 - only the main process writes the run directory (metrics, checkpoints, final model), with a barrier
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 
 __all__ = ["world_size", "launched", "state", "rank", "is_main", "barrier", "broadcast", "all_sum",
-           "gather", "check_supported", "Forward"]
+           "gather", "check_supported", "sharding", "SHARDING", "Forward"]
 
 
 def world_size() -> int:
@@ -113,20 +114,44 @@ def all_sum(values: float | int | dict[str, float | int]) -> Any:
 
 
 def check_supported() -> str:
-    """The launcher's engine (``ddp``, ``deepspeed-zero2``, ...), or a clear error for one palate cannot
-    yet checkpoint: under FSDP and ZeRO-3 rank 0's module holds only its shard of the weights, and palate
-    writes checkpoints and ``final/`` from it (a gathered full state dict is not wired in)."""
+    """The launcher's engine (``ddp``, ``fsdp``, ``deepspeed-zero2``, ...), or a clear error for one palate cannot
+    yet checkpoint. ``accelerate launch`` with an FSDP config selects palate's own FSDP2 path
+    (:mod:`palate.infra.fsdp`; accelerate's plugin refuses CPU processes); DeepSpeed ZeRO-3 is refused: its
+    rank 0 module holds one partition of the weights, and palate writes checkpoints and ``final/`` from it."""
     env = os.environ
     if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise RuntimeError("FSDP is not supported yet: palate would save one shard of the weights as the "
-                           "checkpoint; launch with DDP (examples/accelerate/ddp.yaml) or DeepSpeed ZeRO-2")
+        return "fsdp"
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
         if stage == "3":
             raise RuntimeError("DeepSpeed ZeRO-3 is not supported yet: palate would save one partition of the "
-                               "weights as the checkpoint; use ZeRO-2 (examples/accelerate/deepspeed_zero2.yaml)")
+                               "weights as the checkpoint; use train.sharding=fsdp (PyTorch FSDP2, sharded "
+                               "checkpoints) or ZeRO-2 (examples/accelerate/deepspeed_zero2.yaml)")
         return f"deepspeed-zero{stage or '?'}"
     return "ddp"
+
+
+SHARDING = ("none", "ddp", "fsdp")
+
+
+def sharding(requested: str | None) -> str:
+    """What a run trains with: ``none`` (one process), ``ddp``, ``fsdp`` (PyTorch FSDP2) or ``deepspeed-zero2``.
+
+    ``requested`` is ``train.sharding``; ``None`` follows the launcher: ``none`` on one process, else the
+    engine its config asks for (``ddp`` for a plain ``torchrun``)."""
+    if requested is not None and requested not in SHARDING:
+        raise ValueError(f"train.sharding must be one of {', '.join(SHARDING)}, got {requested!r}")
+    engine = check_supported() if launched() else "none"
+    if requested is None:
+        return engine
+    if requested == "none" and world_size() > 1:
+        raise ValueError(f"train.sharding=none, but the run was launched on {world_size()} processes; "
+                         "use ddp or fsdp, or launch one process")
+    if requested != "none" and engine.startswith("deepspeed"):
+        raise ValueError(f"train.sharding={requested}, but the launcher's config asks for {engine}")
+    if requested == "ddp" and engine == "fsdp":
+        raise ValueError("train.sharding=ddp, but the launcher's config asks for FSDP")
+    return requested if launched() or requested == "none" else "none"
 
 
 class Forward(torch.nn.Module):

@@ -35,8 +35,8 @@ import torch
 from palate.config import LogConfig, LoraConfig, ModelConfig, TrainConfig, to_dict
 from palate.data.batching import Batch, shard
 from palate.data.errors import SkipLog
-from palate.infra import distributed
-from palate.infra.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from palate.infra import distributed, fsdp
+from palate.infra.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_sharded, temp_dir
 from palate.infra.device import (
     autocast,
     keep_freed_memory,
@@ -132,6 +132,12 @@ def policy(model_cfg: ModelConfig, lora: LoraConfig, train: TrainConfig, env: En
     return model
 
 
+def _zero_loss(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """A zero loss through the whole model (one token's forward), for a process with no data this micro-step."""
+    out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    return out.logits.float().sum() * 0.0
+
+
 def report_data(run: RunDir, skips: SkipLog, **counts: int) -> None:
     """Say what was skipped or truncated, prominently, and save it in the run dir."""
     skips.report()
@@ -185,27 +191,39 @@ class BatchStream:
 class Loop:
     """The optimizer-step loop: resume, lr schedule, clipping, logging, checkpoints, final save.
 
-    Multi-process: ``model`` is prepared by accelerate (``self.engine``: DDP, FSDP or DeepSpeed; ``self.model``
-    stays the plain model, whose parameter names the checkpoints keep)."""
+    Multi-process: ``model`` is prepared by accelerate (``self.engine``: DDP or DeepSpeed) or sharded in place by
+    FSDP2 (``train.sharding=fsdp``: ``self.engine`` is the FSDP root around it); ``self.model`` keeps the
+    parameter names the checkpoints use. Under FSDP, code that runs the model outside :meth:`forward`
+    (evaluation, scoring, generation) takes a plain copy from :meth:`whole`."""
 
     def __init__(self, run: RunDir, model: torch.nn.Module, train: TrainConfig, env: Env, stream: BatchStream,
                  lr_scale: dict[str, float] | None = None):
         self.run, self.model, self.cfg, self.env, self.stream = run, model, train, env, stream
         self.total = train.max_steps or stream.steps_for_epochs(train.epochs)
-        self.optimizer = adamw(model, train.lr, train.weight_decay, train.adam_betas, lr_scale)
-        self.scheduler = scheduler(self.optimizer, round(train.warmup_ratio * self.total), self.total, train.min_lr_ratio)
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.sharding = distributed.sharding(train.sharding)
         self.accelerator, self.engine = None, model
         self._backwards = 0  # multi-process: backward passes through :meth:`backward` since the last update
-        if distributed.launched():
-            from accelerate import Accelerator
-
+        self._micro_steps = 0  # FSDP: micro-batches in the current step (over all processes)
+        if self.sharding != "none":
             first = stream.epoch(0)[0]
             if not all(isinstance(x, Batch) for x in (first if isinstance(first, tuple) else (first,))):
                 raise RuntimeError("this recipe does not train on several processes yet (only sft, rm and dpo do); "
                                    "run it on one process")
+        if self.sharding == "fsdp":
+            if any(not p.requires_grad for p in model.parameters()):
+                raise RuntimeError("train.sharding=fsdp trains every weight: LoRA (frozen base weights) under FSDP2 "
+                                   "is not supported yet; use train.sharding=ddp with LoRA")
+            distributed.state()  # initialises the process group
+            self.engine = fsdp.shard(model, env.device, self.world, env.precision, train.cpu_offload)
+        elif train.cpu_offload:
+            raise RuntimeError("train.cpu_offload needs train.sharding=fsdp")
+        self.optimizer = adamw(model, train.lr, train.weight_decay, train.adam_betas, lr_scale)
+        self.scheduler = scheduler(self.optimizer, round(train.warmup_ratio * self.total), self.total, train.min_lr_ratio)
+        if self.sharding not in ("none", "fsdp"):
+            from accelerate import Accelerator
 
-            engine = distributed.check_supported()
+            engine = self.sharding
             if engine != "ddp":
                 log.warning("%s: untested with palate (no DeepSpeed where its tests run); each checkpoint holds "
                             "rank 0's optimizer partition only, so a resume is not exact", engine)
@@ -235,7 +253,9 @@ class Loop:
     def __iter__(self) -> Iterator[tuple[int, list[Batch]]]:
         for step in range(self.start_step + 1, self.total + 1):
             self.step = step
-            yield step, self.shards(self.stream.micro_batches(step))
+            micro = self.stream.micro_batches(step)
+            self._micro_steps = len(micro)
+            yield step, self.shards(micro)
             if self.due(self.cfg.save_every):  # the last step too: a rerun after a failure past it only finishes
                 self.checkpoint()
 
@@ -260,7 +280,12 @@ class Loop:
 
         Multi-process, every micro-step but the last runs under ``no_sync``. A process left without any
         slice this step (a batch smaller than the number of processes) still takes part in the
-        synchronising backward, with a zero loss that touches every trainable parameter."""
+        synchronising backward, with a zero loss that touches every trainable parameter. Under FSDP every
+        forward is a collective (it all-gathers weights), so each process runs one forward per micro-batch
+        of the step: those it has no slice of are dummy forwards with a zero loss."""
+        if self.sharding == "fsdp":
+            yield from self._accumulate_sharded(micro)
+            return
         if self.accelerator is None:
             yield from micro
             return
@@ -272,15 +297,29 @@ class Loop:
             with self.accelerator.no_sync(self.engine) if i < len(micro) - 1 else nullcontext():
                 yield b
 
+    def _accumulate_sharded(self, micro: list) -> Iterator:
+        n = max(self._micro_steps, len(micro))
+        for i in range(n):
+            self.engine.set_requires_gradient_sync(i == n - 1)
+            if i < len(micro):
+                yield micro[i]
+            else:  # no slice of this micro-batch here: the same collectives, no gradient
+                self.backward(self.forward(_zero_loss, self.env.device))
+        self.engine.set_requires_gradient_sync(True)
+
     def forward(self, fn: Callable[..., Any], *args, **kwargs):
         """``fn(model, *args, **kwargs)``; multi-process, run inside the prepared (DDP/FSDP/DeepSpeed) module."""
-        if self.accelerator is None:
+        if self.accelerator is None and self.sharding != "fsdp":
             return fn(self.model, *args, **kwargs)
         return self.engine(fn, *args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward of this process's share of a loss normalised by global counts. DDP averages gradients
-        over processes, so the share is scaled by their number (the sum is the one-process gradient)."""
+        """Backward of this process's share of a loss normalised by global counts. DDP and FSDP average
+        gradients over processes, so the share is scaled by their number (the sum is the one-process gradient)."""
+        if self.sharding == "fsdp":
+            (loss * self.world).backward()
+            self._backwards += 1
+            return
         if self.accelerator is None:
             loss.backward()
             return
@@ -302,12 +341,14 @@ class Loop:
 
         RL recipes make several updates per step (PPO epochs over minibatches), then call :meth:`end_step`."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.accelerator is not None and self._backwards == 0:
+        if self.sharding != "none" and self._backwards == 0:
             raise RuntimeError("this recipe does not train on several processes yet (its gradients would not be "
                                "synchronised); run it on one process")
         self._backwards = 0
         if self.accelerator is None:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, reduced over the shards
+                grad_norm = grad_norm.full_tensor()
         else:  # FSDP / DeepSpeed compute the norm over their shards
             grad_norm = self.accelerator.clip_grad_norm_(params, self.cfg.max_grad_norm)
             grad_norm = float("nan") if grad_norm is None else grad_norm
@@ -342,15 +383,27 @@ class Loop:
         the others wait until it is complete)."""
         path = self.run.checkpoints / f"step-{self.step:08d}"
         rng = distributed.gather(rng_state()) if self.world > 1 else None
+        tmp = None
+        if self.sharding == "fsdp":  # every process writes its shards into the main process's temporary dir
+            tmp = distributed.broadcast(temp_dir(self.run.checkpoints, self.step) if self.run.writes else None)
+            save_sharded(tmp, self.model, self.optimizer)
         distributed.barrier()
         if self.run.writes:
             path = save_checkpoint(
                 self.run.checkpoints, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                 data_state={"micro_batches_consumed": self.step * self.stream.grad_accum},
                 extra=self.extra_state() if self.extra_state else None, keep_last=self.cfg.keep_last, rng=rng,
+                tmp=tmp,
             )
         distributed.barrier()
         return path
+
+    def whole(self) -> torch.nn.Module:
+        """The trained model, whole, for code that runs it outside :meth:`forward` (evaluation, scoring,
+        generation): the model itself, or under FSDP a plain copy gathered on every process (a collective:
+        every process calls it; what each then runs on its copy may differ). The copy holds a whole model
+        per process until dropped."""
+        return fsdp.replica(self.model) if self.sharding == "fsdp" else self.model
 
     def finish(self, tokenizer, merge: bool = True, extra_json: dict[str, Any] | None = None,
                model: torch.nn.Module | None = None, **summary: Any) -> Path:
@@ -360,11 +413,19 @@ class Loop:
         self.progress.close()
         wall = time.perf_counter() - self._t_start
         distributed.barrier()
+        weights = None
+        if self.sharding == "fsdp":  # gathered on the main process (a collective)
+            if model is not None and model is not self.model:
+                raise RuntimeError("FSDP: saving a part of the trained module is not supported")
+            memory = distributed.gather((fsdp.local_param_bytes(self.model), fsdp.full_param_bytes(self.model)))
+            weights = fsdp.full_state_dict(self.model)
+            summary = {"sharding": "fsdp", "param_mib_per_rank": [round(m / 2**20, 3) for m, _ in memory],
+                       "param_mib_unsharded": round(memory[0][1] / 2**20, 3), **summary}
         if not self.run.writes:  # the main process saves; the others wait for final/ to exist
             distributed.barrier()
             return self.run.final
         save_model(model if model is not None else self.model, tokenizer, self.run.final, merge=merge,
-                   extra_json=extra_json)
+                   extra_json=extra_json, state_dict=weights)
         summary = {
             "steps": self.total,
             "resumed_from_step": self.start_step,

@@ -31,12 +31,14 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_model(model, tokenizer, target: Path, merge: bool = True, extra_json: dict | None = None) -> Path:
+def save_model(model, tokenizer, target: Path, merge: bool = True, extra_json: dict | None = None,
+               state_dict: dict | None = None) -> Path:
     """Save HF-loadable weights and tokenizer to ``target`` atomically (temporary dir, then rename).
 
     A LoRA model is merged into its base weights in place (``merge=True``: loads with ``AutoModelForCausalLM``) or
     saved as a PEFT adapter (``merge=False``: loads with ``peft.AutoPeftModelForCausalLM``). ``extra_json``
-    files (name -> data) are written beside the weights, inside the same atomic rename.
+    files (name -> data) are written beside the weights, inside the same atomic rename. ``state_dict``: the
+    weights to write instead of the module's own (a sharded model's, gathered).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +46,8 @@ def save_model(model, tokenizer, target: Path, merge: bool = True, extra_json: d
     try:
         if is_peft(model) and merge:
             model.merge_and_unload().save_pretrained(tmp)  # in place: training is over
+        elif state_dict is not None:
+            model.save_pretrained(tmp, state_dict=state_dict)
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -344,7 +344,7 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
         loss_sum, tokens = sums.pop("loss"), sums.pop("tokens")
         metrics = loop.optimizer_step(loss=loss_sum, tokens=tokens, **averaged(sums, n_examples))
         if eval_batches and loop.due(cfg.train.eval_every):
-            metrics.update(evaluate(model, eval_batches, eval_recs, ref_eval, live_ref, spec, env))
+            metrics.update(evaluate(loop.whole(), eval_batches, eval_recs, ref_eval, live_ref, spec, env))
             if watch is not None:
                 metrics.update(watch.measure(step, metrics.get("eval_reward_margin")))
         loop.log(step, metrics)
@@ -354,7 +354,7 @@ def train(cfg: DPOConfig, *, overwrite: bool = False) -> Path:
 
     summary = {}
     if samples_before:
-        after = held_out_samples(model, tok, shown, spec)
+        after = held_out_samples(loop.whole(), tok, shown, spec)
         rows = [{"prompt": b["prompt"], "before": b["response"], "after": a["response"],
                  **{k: b[k] for k in ("chosen", "rejected") if k in b}} for b, a in zip(samples_before, after)]
         if spec.reward_model:

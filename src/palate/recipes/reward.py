@@ -210,12 +210,12 @@ def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
         metrics = loop.optimizer_step(loss=m["loss"], accuracy=m["correct"] / m["groups"],
                                       reward_gap=m["gap"] / m["groups"], tokens=m["tokens"])
         if eval_recs and loop.due(cfg.train.eval_every) and step < loop.total:
-            metrics.update(quick_eval(model, tok, eval_recs, cfg))
+            metrics.update(quick_eval(loop.whole(), tok, eval_recs, cfg))
         loop.log(step, metrics)
 
     meta = {"max_length": cfg.data.max_length, "chat_template": uses_chat_template(tok, cfg.data.chat_template),
             "long_prompts": cfg.data.long_prompts, "heads": spec.heads, "loss": spec.loss, "base_model": cfg.model.name}
-    rm = RewardModel(model, tok, meta, env.device)
+    rm = RewardModel(loop.whole(), tok, meta, env.device)  # under FSDP a gathered copy on every process
     # the records training used (a skipped one would only be skipped again)
     meta.update(normalisation_stats(rm, [train_recs[g[0].index] for g in groups], spec.normalize_samples,
                                     cfg.train.seed))

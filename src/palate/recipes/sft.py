@@ -115,6 +115,6 @@ def train(cfg: SFTConfig, *, overwrite: bool = False) -> Path:
         measured = loop.all_sum({"loss": loss_sum, "tokens": sum(b.n_tokens for b in micro)})
         metrics = loop.optimizer_step(**measured, targets=n_targets)
         if eval_batches and loop.due(cfg.train.eval_every):
-            metrics["eval_loss"] = evaluate(model, eval_batches, env.precision, env.device)
+            metrics["eval_loss"] = evaluate(loop.whole(), eval_batches, env.precision, env.device)
         loop.log(step, metrics)
     return loop.finish(tok, merge=cfg.lora.merge)

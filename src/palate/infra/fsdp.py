@@ -1,0 +1,114 @@
+"""Fully sharded data parallel on PyTorch's own FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+``train.sharding=fsdp``: each process holds 1/N of every weight, gradient and optimizer state. The
+model is sharded per decoder layer (each layer's weights are all-gathered just before its forward and
+freed after it, again in backward) and at the root, which holds the rest (embeddings, final norm,
+LM / reward head). The root is :class:`palate.infra.distributed.Forward`, the wrapper every recipe's
+training forward already runs in, so the root's weights are gathered for exactly the span of a
+recipe's function on the model, whatever parts of the model it calls.
+
+palate uses its own ``fully_shard`` path rather than accelerate's FSDP plugin: accelerate enables FSDP
+only for GPU process types, while ``fully_shard`` runs on CPU over gloo too, so the same code is tested
+here and runs on GPUs. Precision: fp32 on CPU; on GPUs with ``train.precision=bf16`` (auto there)
+``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` — bf16 compute copies of the weights,
+fp32 gradient reduction, fp32 master weights and optimizer states. ``train.cpu_offload=true`` keeps the
+sharded weights, gradients and optimizer states in CPU memory (``CPUOffloadPolicy``); per-layer activation
+checkpointing is ``train.gradient_checkpointing=true``.
+
+Every process must take part in every forward (each one all-gathers weights), so a process without
+data for a micro-step runs a dummy forward with zero loss (see :meth:`palate.infra.session.Loop.accumulate`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from palate.infra.distributed import Forward
+
+log = logging.getLogger("palate")
+
+__all__ = ["shard", "decoder_layers", "local_param_bytes", "full_param_bytes", "full_state_dict", "replica",
+           "is_sharded"]
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's list of decoder layers (the unit each FSDP group shards): the ``ModuleList`` holding
+    ``config.num_hidden_layers`` modules."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and (n is None or len(module) == n):
+            return module
+    raise RuntimeError(f"FSDP: found no list of {n} decoder layers in {type(model).__name__}")
+
+
+def shard(model: torch.nn.Module, device: torch.device, world: int, precision: str,
+          cpu_offload: bool = False) -> torch.nn.Module:
+    """Shard ``model`` in place over ``world`` processes (one FSDP group per decoder layer, the rest in
+    the root); returns the root, a :class:`Forward` around the model: ``engine(fn, *args) == fn(model, *args)``.
+
+    The default process group (gloo on CPU, NCCL on GPUs) must be initialised; weights must be
+    identical on every process (each keeps its own shard of them)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    mp = MixedPrecisionPolicy()  # fp32: no casts
+    if device.type == "cuda" and precision == "bf16":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    kwargs = dict(mesh=mesh, mp_policy=mp, offload_policy=offload)
+    layers = decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer, **kwargs)
+    engine = fully_shard(Forward(model), **kwargs)
+    log.info("FSDP2: %d decoder layers + root sharded over %d processes (%s%s); parameters on this process "
+             "%.1f MiB of %.1f MiB", len(layers), world, "bf16 params, fp32 reduce" if mp.param_dtype else "fp32",
+             ", CPU offload" if cpu_offload else "", local_param_bytes(model) / 2**20, full_param_bytes(model) / 2**20)
+    return engine
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def local_param_bytes(model: torch.nn.Module) -> int:
+    """Bytes of parameters this process holds (its shards, for a sharded model)."""
+    from torch.distributed.tensor import DTensor
+
+    total = 0
+    for p in model.parameters():
+        t = p.to_local() if isinstance(p, DTensor) else p
+        total += t.numel() * t.element_size()
+    return total
+
+
+def full_param_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the whole (unsharded) model's parameters."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def full_state_dict(model: torch.nn.Module, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """The whole model's weights gathered (a collective: every process calls it). Default: on the main
+    process only, in CPU memory (the others get an empty dict); ``everywhere``: on every process, on
+    the model's device."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+
+
+def replica(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain (unsharded) copy of a sharded model on every process, for evaluation, generation and
+    scoring that runs outside the training forward (on one process or unevenly across them). A
+    collective; holds a whole model per process until dropped."""
+    full = full_state_dict(model, everywhere=True)
+    first = next(iter(full.values()))
+    copy = type(model)(model.config).to(device=first.device, dtype=first.dtype)
+    copy.load_state_dict(full)
+    if getattr(model, "generation_config", None) is not None:
+        copy.generation_config = model.generation_config
+    copy.train(model.training)
+    return copy
