@@ -5,6 +5,7 @@ semantics run on SQLite and on PostgreSQL (when PALATE_TEST_POSTGRES_URL is set)
 
 import random
 import re
+import threading
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
@@ -79,7 +80,8 @@ def test_progress_counts_my_judgments_items_left_for_me_and_the_project(tmp_path
         assert ann.get("/api/projects/pp/progress").json() == {
             "mine": 0, "left_for_me": 4, "judgments": 0, "target": 8, "share": 0.0, "last_judgment": None}
         task = ann.get("/api/projects/pp/next").json()
-        assert task["progress"] == {"mine": 0, "left_for_me": 4, "judgments": 0, "target": 8, "share": 0.0}  # 3 free + the open one
+        open_one = ann.get("/api/projects/pp/progress").json()
+        assert {k: open_one[k] for k in ("mine", "left_for_me", "judgments")} == {"mine": 0, "left_for_me": 4, "judgments": 0}  # 3 free + the open one
         r = ann.post("/api/projects/pp/judgments", json={"assignment_id": task["assignment_id"], "idempotency_key": "p1", "choice": "A"})
         mine = ann.get("/api/projects/pp/progress").json()
         assert {k: mine[k] for k in ("mine", "left_for_me", "judgments", "share")} == {"mine": 1, "left_for_me": 3, "judgments": 1, "share": 0.125}
@@ -142,6 +144,41 @@ def test_skip_frees_the_slot_is_never_offered_again_and_is_counted(tmp_path, bac
     assert stats["skips"] == 1 and stats["judgments"] == 3 and stats["progress"] == 1.0
     assert stats["skipped_items"] == [{"item_id": first["item_id"], "skips": 1, "reasons": ["I can't judge this language"]}]
     assert {x["labeler"]: x["skips"] for x in stats["labelers"]} == {"ann": 1, "bob": 0}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_skip_racing_a_submission_of_the_same_assignment_never_both_win(tmp_path, backend):
+    """A double click on Skip and an answer at once: exactly one of them is accepted, the other is a 409, and
+    the assignment is either judged (one judgment stored) or skipped (none), never both."""
+    st = Setup(database(backend, tmp_path))
+    st.project("race", "pairwise", tmp_path, candidate_rows(12), overlap=1)
+    st.labeler("ann", projects=["race"])
+    outcomes = []
+    with served(st), api(st, "ann") as c1, api(st, "ann") as c2:
+        while (r := c1.get("/api/projects/race/next")).status_code == 200:
+            a = r.json()["assignment_id"]
+            got = {}
+            go = threading.Barrier(2)
+
+            def post(name, client, path, body):
+                go.wait()
+                got[name] = client.post(path, json=body).status_code
+
+            racers = [threading.Thread(target=post, args=("skip", c1, "/api/projects/race/skips", {"assignment_id": a})),
+                      threading.Thread(target=post, args=("judge", c2, "/api/projects/race/judgments",
+                                                          {"assignment_id": a, "idempotency_key": uuid.uuid4().hex, "choice": "A"}))]
+            for t in racers:
+                t.start()
+            for t in racers:
+                t.join()
+            assert sorted(got.values()) == [201, 409], got
+            outcomes.append("skip" if got["skip"] == 201 else "judge")
+    with st.sessions() as s:
+        rows = s.scalars(select(Assignment).order_by(Assignment.id)).all()
+        judged = {j.item_id for j in s.scalars(select(Judgment))}
+    assert len(rows) == len(outcomes) == 12  # every item once: a skipped one is not handed to ann again
+    for a, won in zip(rows, outcomes):
+        assert (a.done, a.skipped_at is not None, a.item_id in judged) == ((True, False, True) if won == "judge" else (False, True, False))
 
 
 def test_skip_button_on_the_task_page(tmp_path):

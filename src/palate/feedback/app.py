@@ -23,8 +23,7 @@ from palate.feedback import auth
 from palate.feedback import labeling
 from palate.feedback.assignment import (MAX_ID, MAX_REASON, AnswerError, ConflictError, expires_at, form_answer,
                                        next_assignment, progress, submit)
-from palate.feedback.db import (LOCK_TIMEOUT, Assignment, DatabaseBusy, Item, Labeler, Membership, Project, open_db,
-                                utcnow)
+from palate.feedback.db import (LOCK_TIMEOUT, Assignment, DatabaseBusy, Item, Membership, Project, open_db, utcnow)
 from palate.feedback.stats import AgreementCache
 from palate.feedback.web import (DB, HERE, BodyLimit, Form, LoginRequired, SecurityHeaders, api_user, check_csrf,
                                  client_address, form_int, page_user, project_for, set_cookie, templates)
@@ -208,13 +207,13 @@ class JudgmentIn(BaseModel):
 
 
 def task_json(db: Session, project: Project, a: Assignment) -> dict:
-    """What a labeler sees: positions and texts, never model names or scores; when the assignment expires
-    (its slot may go to someone else after that) and the progress (see ``GET .../progress``)."""
+    """What a labeler sees: positions and texts, never model names or scores; and when the assignment expires
+    (its slot may go to someone else after that). Progress is ``GET .../progress`` (kept off this hot path)."""
     item = db.get(Item, a.item_id)
     return {"assignment_id": a.id, "item_id": item.id, "task_type": project.task_type, "prompt": item.prompt,
             "candidates": [{"position": p, "text": item.candidates[c]["text"]} for p, c in enumerate(a.display_order)],
             "criteria": project.criteria, "scale": [project.scale_low, project.scale_high],
-            "expires_at": labeling.iso(expires_at(a)), "progress": progress(db, project, db.get(Labeler, a.labeler_id))}
+            "expires_at": labeling.iso(expires_at(a))}
 
 
 def _api(app: FastAPI) -> None:
