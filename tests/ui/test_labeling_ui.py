@@ -134,3 +134,44 @@ def test_skip_change_last_answer_and_markdown_in_chromium(browser, site):
     page.screenshot(path=str(ARTIFACTS / "22-expiry-warning.png"), full_page=True)
     assert page.evaluate("window.__pwned") is None and not errors
     ctx.close()
+
+
+def test_changing_a_ranking_starts_from_the_stored_order(browser, tmp_path):
+    st = Setup(str(tmp_path / "rank.db"))
+    st.project("rk", "ranking", tmp_path, candidate_rows(2, per_prompt=3), k=3)
+    st.labeler("ann", password="ann-password", projects=["rk"])
+    with BackgroundServer(create_app(st.db)) as server:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        ctx.set_default_timeout(60_000)
+        page = ctx.new_page()
+        page.goto(f"{server.url}/login")
+        page.fill("input[name=name]", "ann")
+        page.fill("input[name=secret]", "ann-password")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{server.url}/")
+        page.goto(f"{server.url}/p/rk/task")
+        page.click("#start")
+        page.wait_for_selector(".rankable")
+        texts = [page.inner_text(f".rankable[data-pos='{p}'] .text") for p in range(3)]
+        for key in ("3", "1"):  # position 2 best, then 0, then 1 (implied)
+            page.keyboard.press(key)
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        with page.expect_navigation():
+            page.click("#change-last")
+        page.wait_for_selector("#editing")
+        badges = [page.inner_text(f".rankable[data-pos='{p}'] .badge") for p in range(3)]
+        assert badges == ["2", "3", "1"]  # app.js starts from the stored ranking
+        page.keyboard.press("Backspace")
+        page.keyboard.press("Backspace")
+        page.keyboard.press("2")  # now: 2, 1, then 0
+        assert [page.inner_text(f".rankable[data-pos='{p}'] .badge") for p in range(3)] == ["3", "2", "1"]
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        page.wait_for_selector("#changed")
+        ctx.close()
+    with st.sessions() as s:
+        j = s.scalar(select(Judgment))
+        got = [s.get(Item, j.item_id).candidates[c]["text"] for c in j.answer["order"]]
+        assert len(s.scalars(select(JudgmentEdit)).all()) == 1
+    assert got == [texts[2], texts[1], texts[0]]
