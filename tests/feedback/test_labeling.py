@@ -236,7 +236,7 @@ def test_change_last_answer_within_the_window_keeps_history(tmp_path, backend):
         assert j.answer == {"choice": order[1]} and j.reason == "misclicked" and j.edited_at is not None
         assert [(h.previous_answer, h.previous_reason) for h in history] == [({"choice": order[0]}, None), ({"choice": order[1]}, None)]
         assert [x["chosen"] for x in rows] == [item.candidates[order[1]]["text"]]  # exports use the latest answer
-        assert rows[0]["meta"]["reason"] == "misclicked"
+        assert rows[0]["meta"]["reason"] == "misclicked" and rows[0]["meta"]["edited_at"] == j.edited_at.isoformat() + "Z"
 
         _, j2 = judge(ann, "ed", "tie")
         older = ann.put(f"/api/projects/ed/judgments/{jid}", json={"choice": "A"})

@@ -54,6 +54,8 @@ def _base(r: Row, project: Project, agreement_share: float | None) -> tuple[dict
             "source": r.item.source}
     if r.judgment.reason:
         meta["reason"] = r.judgment.reason
+    if r.judgment.edited_at is not None:  # the labeler changed the answer (the earlier one is in judgment_edits)
+        meta["edited_at"] = r.judgment.edited_at.isoformat() + "Z"
     if agreement_share is not None:
         meta["item_agreement"] = agreement_share
     return {k: v for k, v in top.items() if v is not None}, meta
