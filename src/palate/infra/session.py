@@ -142,7 +142,7 @@ def report_data(run: RunDir, skips: SkipLog, **counts: int) -> None:
     """Say what was skipped or truncated, prominently, and save it in the run dir."""
     skips.report()
     run.write_json("data_report.json", {**counts, **skips.as_dict()})
-    log.info("data: %s", ", ".join(f"{v} {k.replace('n_', '')}" for k, v in counts.items()))
+    log.info("data: %s", ", ".join(f"{v} {k.removeprefix('n_').replace('_', ' ')}" for k, v in counts.items()))
 
 
 class BatchStream:

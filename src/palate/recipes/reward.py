@@ -145,13 +145,15 @@ def normalisation_stats(rm: RewardModel, records: list, n: int, seed: int) -> di
              for resp in ([r.chosen, r.rejected] if isinstance(r, Preference) else list(r.responses))]
     random.Random(f"normalise:{seed}").shuffle(pairs)
     pairs = pairs[:n]
-    scores = rm.score([p for p, _, _ in pairs], [r for _, r, _ in pairs], where=[w for _, _, w in pairs])
+    skips = SkipLog(seen=len(pairs))
+    scores = rm.score([p for p, _, _ in pairs], [r for _, r, _ in pairs], skips=skips, where=[w for _, _, w in pairs])
     rewards = scores.mean[~torch.isnan(scores.mean)]
     if len(rewards) == 0:
         raise ValueError(f"normalisation: none of {len(pairs)} training responses could be scored at max_length "
                          f"{rm.max_length} (every prompt too long)")
     std = rewards.std().clamp_min(1e-6) if len(rewards) > 1 else torch.tensor(1.0)
-    return {"mean": float(rewards.mean()), "std": float(std), "n": len(rewards), "n_skipped": len(scores.skipped)}
+    return {"mean": float(rewards.mean()), "std": float(std), "n": len(rewards), "n_skipped": len(scores.skipped),
+            "n_truncated": len(skips.truncations)}
 
 
 @recorded
