@@ -189,3 +189,61 @@ def test_plain_text_mode_rejects_chat_message_prompts(tok):
         encode_demonstrations(tok, [rec], max_length=64, skips=SkipLog(), chat_template=False)
     assert (ei.value.source, ei.value.row, ei.value.field) == ("f.jsonl", 3, "prompt")
     assert "chat template" in ei.value.message
+
+
+# ----------------------------------------------------------------------------- long prompts: truncate_left
+
+
+def test_fit_prompt_drops_earliest_turns_whole_keeping_the_system_message(tok):
+    from palate.data.tokenize import fit_prompt
+
+    system = {"role": "system", "content": "Be terse."}
+    turns = [{"role": "user", "content": "one " * 30}, {"role": "assistant", "content": "two " * 30},
+             {"role": "user", "content": "three " * 30}, {"role": "assistant", "content": "four"},
+             {"role": "user", "content": "And five?"}]
+    last_two = "<|im_start|>assistant\nfour<|im_end|>\n<|im_start|>user\nAnd five?<|im_end|>\n<|im_start|>assistant\n"
+    head = "<|im_start|>system\nBe terse.<|im_end|>\n"
+    budget = len(ids(tok, head + "<|im_start|>user\n" + "three " * 30 + "<|im_end|>\n" + last_two))
+    prompt, got, how = fit_prompt(tok, [system, *turns], budget, True)
+    # "two" (an assistant turn) cannot open the kept conversation: it goes with "one"
+    assert prompt == [system, *turns[2:]] and how == "2 earlier messages dropped" and len(got) == budget
+    prompt, got, how = fit_prompt(tok, [system, *turns], budget - 1, True)
+    assert prompt == [system, *turns[4:]] and how == "4 earlier messages dropped"
+    assert decode(tok, got) == head + "<|im_start|>user\nAnd five?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_fit_prompt_cuts_the_oldest_tokens_of_a_single_turn_and_keeps_text_as_text(tok):
+    from palate.data.tokenize import fit_prompt
+
+    text = " ".join(f"w{i}" for i in range(200))
+    prompt, got, how = fit_prompt(tok, text, 64, True)
+    assert isinstance(prompt, str) and text.endswith(prompt) and len(prompt) < len(text)
+    assert len(got) <= 64 and decode(tok, got) == generation_prompt(prompt)
+    assert how.startswith("first ") and how.endswith(" tokens of a message cut")
+    # plain-text mode: the text itself is cut, its last tokens kept
+    prompt, got, _ = fit_prompt(tok, text, 40, False)
+    assert text.endswith(prompt) and len(got) <= 40 and decode(tok, got) == prompt
+    # a system message alone longer than the budget cannot fit: None, the caller skips the row
+    assert fit_prompt(tok, [{"role": "system", "content": "rule " * 100}, {"role": "user", "content": "Hi"}], 50, True) is None
+
+
+def test_truncate_left_cuts_the_prompt_to_leave_the_answers_room_counted(tmp_path, tok):
+    question = "Which of these is the longest river?"
+    earlier = [{"role": "user", "content": "rivers " * 80}, {"role": "assistant", "content": "Noted."}]
+    recs = _records(tmp_path, [{"prompt": earlier + [{"role": "user", "content": question}], "response": "The Nile."},
+                               {"prompt": "Hi", "response": "Hello!"}])
+    n_prompt = len(ids(tok, tok.apply_chat_template(recs[0].prompt, tokenize=False, add_generation_prompt=True)))
+    assert n_prompt > 64
+    skips = SkipLog()
+    assert [e.index for e in encode_demonstrations(tok, recs, max_length=64, skips=skips)] == [1]  # skip: the default
+    assert [(s.row, s.reason) for s in skips.skips] == [(1, f"prompt longer than max_length ({n_prompt} >= 64 tokens)")]
+    skips = SkipLog()
+    first, second = encode_demonstrations(tok, recs, max_length=64, skips=skips, long_prompts="truncate_left")
+    assert decode(tok, first.input_ids[: first.completion_start]) == generation_prompt(question)
+    assert decode(tok, first.input_ids[first.completion_start:]) == "The Nile.<|im_end|>"
+    assert first.prompt == [{"role": "user", "content": question}] and second.prompt is None
+    (s,) = skips.truncations
+    assert (s.row, s.field) == (1, "prompt")
+    assert s.reason == f"prompt cut from the left ({n_prompt} -> {first.completion_start} tokens: 2 earlier messages dropped)"
+    with pytest.raises(ValueError, match="long_prompts must be one of skip, truncate_left, got 'cut'"):
+        encode_demonstrations(tok, recs, max_length=64, skips=SkipLog(), long_prompts="cut")
