@@ -65,6 +65,11 @@ def test_reward_judgments_higher_wins_equal_ties():
     assert reward_judgments([1.0, 2.0, 3.0, 0.5], [1.0, 1.0, 4.0, 0.5 + 1e-9]) == ["tie", "win", "loss", "tie"]
 
 
+def test_reward_judgments_of_an_unscored_prompt_are_malformed_not_losses():
+    nan = float("nan")  # the reward model skipped the prompt (data.long_prompts=skip)
+    assert reward_judgments([nan, 1.0, nan], [1.0, nan, nan]) == [None, None, None]
+
+
 def test_local_judge_on_cached_answers(tmp_path, monkeypatch):
     prompts, settings = fixed_run(tmp_path, monkeypatch)
     monkeypatch.undo()  # the judge itself loads the tiny model

@@ -10,7 +10,9 @@ the baseline, and report win rates with CIs, length-controlled win rates, reward
                ``reward:DIR``    a reward model: the higher reward wins, equal rewards (|Δ| ≤ 1e-6) tie
                ``local:MODEL``   a local AI judge, both orders, combined by :func:`palate.judges.debias.combine`
                                  (malformed verdicts are dropped and counted)
-    report     :func:`palate.eval.winrate.compare` (ties ½, bootstrap CIs, length-controlled, per category)
+    report     :func:`palate.eval.winrate.compare_policies` (ties ½, bootstrap CIs, per category; the
+               length-controlled win rates of all policies from one joint fit: shared length slope,
+               per-prompt difficulty)
                → ``OUT/eval/winrates.json`` (what ``palate report OUT`` shows); :func:`palate.eval.text.text_stats`
                and :func:`palate.eval.text.refusal_rates` → ``OUT/eval_summary.json``
     safety     with ``safety_classifier`` (:func:`palate.eval.safety.load_safety_classifier`): per policy and
@@ -30,7 +32,7 @@ from typing import Any
 from palate.data.records import Prompt
 from palate.eval.prompts import EvalPrompt, export_alpaca, read_eval_prompts
 from palate.eval.text import refusal_rates, text_stats, words
-from palate.eval.winrate import compare, write_winrates
+from palate.eval.winrate import compare_policies, write_winrates
 
 ANSWERS = "answers.jsonl"
 SUMMARY = "eval_summary.json"
@@ -149,8 +151,10 @@ def generate_answers(model_name: str, prompts: Sequence[Prompt], cache: AnswerCa
 
 
 def reward_judgments(reward_a: Sequence[float], reward_b: Sequence[float], tol: float = 1e-6) -> list[str]:
-    """win / tie / loss of A by reward: the higher reward wins, rewards within ``tol`` tie."""
-    return ["tie" if abs(a - b) <= tol else "win" if a > b else "loss" for a, b in zip(reward_a, reward_b)]
+    """win / tie / loss of A by reward: the higher reward wins, rewards within ``tol`` tie; ``None`` (malformed,
+    counted) when either is NaN (a prompt the reward model skips: its ``long_prompts`` rule)."""
+    return [None if a != a or b != b else "tie" if abs(a - b) <= tol else "win" if a > b else "loss"
+            for a, b in zip(reward_a, reward_b)]
 
 
 Judge = Callable[[list[Prompt], list[str], list[str]], list[Any]]
@@ -226,7 +230,10 @@ def evaluate(policies: list[str], prompts: str, baseline: str, out: str | Path, 
     cache.save()
 
     def mean_reward(ans: list[str]) -> float | None:
-        return float(rm.score(ps, ans, batch_size=batch_size).mean.mean()) if rm is not None else None
+        if rm is None:
+            return None
+        scores = rm.score(ps, ans, batch_size=batch_size).mean
+        return float(scores.nanmean())  # over the prompts the reward model can read (its long_prompts rule)
 
     def safety_stats(ans: list[str]) -> dict[str, Any]:
         if safety is None:
@@ -236,17 +243,23 @@ def evaluate(policies: list[str], prompts: str, baseline: str, out: str | Path, 
         return safety_summary(answer_unsafe_probs(safety, ps, ans), safety.threshold, seed=settings.seed)
 
     groups = [e.category or "none" for e in items] if any(e.category for e in items) else None
-    results, summaries, judged = [], [], []
+    summaries, judged = [], []
+    verdicts, keeps = {}, {}
     for lab in labels:
         js = pair_judge(ps, answers[lab], base_answers)
         keep = [i for i, j in enumerate(js) if j is not None]
         if not keep:
             raise ValueError(f"judge {judge} gave no usable verdict for {lab} ({len(js)} malformed)")
-        res = compare([js[i] for i in keep], [len(words(answers[lab][i])) for i in keep],
-                      [len(words(base_answers[i])) for i in keep], [groups[i] for i in keep] if groups else None,
-                      policy=lab, n_resamples=n_resamples, seed=settings.seed)
+        verdicts[lab], keeps[lab] = js, keep
+    # one length-controlled fit over all policies (same prompts, same baseline): see compare_policies
+    results = compare_policies({lab: [verdicts[lab][i] for i in keeps[lab]] for lab in labels},
+                               {lab: [len(words(answers[lab][i])) for i in keeps[lab]] for lab in labels},
+                               [len(words(a)) for a in base_answers], prompt_index=keeps,
+                               groups={lab: [groups[i] for i in keeps[lab]] for lab in labels} if groups else None,
+                               length_unit="words", n_resamples=n_resamples, seed=settings.seed)
+    for lab, res in zip(labels, results):
+        js, keep = verdicts[lab], keeps[lab]
         res["n_malformed"] = len(js) - len(keep)
-        results.append(res)
         summaries.append({**{k: res[k] for k in ("policy", "n", "wins", "ties", "losses", "win_rate", "ci")},
                           "lc_win_rate": res.get("lc_win_rate"), "lc_ci": res.get("lc_ci"),
                           "n_malformed": res["n_malformed"], "mean_reward": mean_reward(answers[lab]),

@@ -115,11 +115,18 @@ def sample_and_select(cfg: BestOfNConfig, r: int, policy: str, prompts: list, rm
     flat = [(i, j, x) for i, group in enumerate(samples) for j, x in enumerate(group)]
     rewards = rm.score([prompts[i] for i, _, _ in flat], [x.text for _, _, x in flat]).mean.tolist()
     by_prompt: dict[int, list[tuple[float, str]]] = {}
+    unscored = 0  # NaN: the reward model skips the prompt (its long_prompts rule); kept out of the selection
     with open(rdir / "samples.jsonl", "w") as f:
         for (i, j, x), reward in zip(flat, rewards):
-            by_prompt.setdefault(i, []).append((reward, x.text))
+            if reward == reward:
+                by_prompt.setdefault(i, []).append((reward, x.text))
+            else:
+                reward, unscored = None, unscored + 1
             f.write(json.dumps({"prompt": prompts[i], "sample": j, "response": x.text, "reward": reward,
                                 "finished": x.finished, "n_tokens": x.n_tokens}, ensure_ascii=False) + "\n")
+    if not by_prompt:
+        raise ValueError(f"round {r}: the reward model could score none of the {len(flat)} samples (every prompt too "
+                         f"long for its max_length {rm.max_length})")
     rows, dropped = [], 0
     for i, scored in sorted(by_prompt.items()):
         best = max(scored, key=lambda t: t[0])
@@ -136,11 +143,12 @@ def sample_and_select(cfg: BestOfNConfig, r: int, policy: str, prompts: list, rm
     tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     tmp.replace(data)
     best_mean = sum(max(t[0] for t in v) for v in by_prompt.values()) / len(by_prompt)
+    scored = [t[0] for v in by_prompt.values() for t in v]
     summary = {
         "round": r, "policy": policy, "prompts": len(prompts), "samples": len(flat), "data": str(data),
-        "rows_written": len(rows), "pairs_dropped_below_min_gap": dropped,
-        "reward_mean": sum(rewards) / len(rewards), "reward_best_mean": best_mean,
-        "best_of_n_gain": best_mean - sum(rewards) / len(rewards),
+        "rows_written": len(rows), "pairs_dropped_below_min_gap": dropped, "samples_unscored": unscored,
+        "reward_mean": sum(scored) / len(scored), "reward_best_mean": best_mean,
+        "best_of_n_gain": best_mean - sum(scored) / len(scored),
         "finished_fraction": sum(x.finished for _, _, x in flat) / len(flat),
     }
     log.info("round %d: mean reward %.3f, best-of-%d %.3f (gain %.3f), %d rows -> %s%s", r, summary["reward_mean"],
