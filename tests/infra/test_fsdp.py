@@ -40,6 +40,15 @@ def torchrun(args: list[str]) -> list[str]:
             "--master_port", str(free_port()), *args]
 
 
+def accelerate_fsdp(recipe: str, overrides: list[str]) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with the shipped FSDP config (its 8 processes overridden to 2)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/fsdp.yaml"),
+           "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "palate", recipe, *overrides]
+    out = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
 # ----------------------------------------------------------------------------- choosing the engine (pure)
 
 
@@ -70,6 +79,23 @@ def test_sharding_follows_the_launcher_and_refuses_what_cannot_work(monkeypatch)
 
 
 # ----------------------------------------------------------------------------- FSDP2 itself
+
+
+def test_lora_and_cpu_offload_on_cpu_are_refused_before_anything_is_sharded():
+    from palate.config import LoraConfig
+    from palate.infra import fsdp
+    from palate.models.load import load_model, load_tokenizer
+    from palate.models.lora import apply_lora
+
+    tok = load_tokenizer("tiny")
+    model = load_model("tiny", dtype="fp32", device="cpu", tokenizer=tok, seed=0)
+    assert len(fsdp.decoder_layers(model)) == 2
+    with pytest.raises(RuntimeError, match="drop train.cpu_offload"):
+        fsdp.shard(model, torch.device("cpu"), 2, "fp32", cpu_offload=True)
+    with pytest.raises(RuntimeError, match="LoRA .* not supported yet; use train.sharding=ddp"):
+        fsdp.shard(apply_lora(model, LoraConfig(enabled=True), task_type="CAUSAL_LM"), torch.device("cpu"), 2, "fp32")
+    assert not fsdp.is_sharded(model)
+
 
 
 @pytest.mark.slow
@@ -140,7 +166,7 @@ def test_fsdp_sft_sigkilled_resumes_on_two_and_on_one_process_on_the_one_process
 
 
 @pytest.mark.slow
-def test_fsdp_reward_model_matches_one_process(tmp_path):
+def test_fsdp_reward_model_under_accelerate_launch_fsdp_yaml_matches_one_process(tmp_path):
     from palate.recipes.reward import RewardConfig, train
 
     # 33 training pairs in batches of 4: the last batch holds one pair, so one process has no slice of that
@@ -148,9 +174,10 @@ def test_fsdp_reward_model_matches_one_process(tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", marker_preferences(44))
     common = ["model.name=tiny", f"data.path={data}", "data.eval_fraction=0.25", "train.batch_size=4",
               "train.max_steps=9", "train.lr=3e-3", "train.eval_every=4", "train.save_every=0", "log.progress=false",
-              "reward.normalize_samples=16", *FSDP]
+              "reward.normalize_samples=16"]
     one_process(train, RewardConfig, [f"run_dir={tmp_path / 'one'}", *common])
-    launch("torchrun", "rm", [f"run_dir={tmp_path / 'two'}", *common])
+    out = accelerate_fsdp("rm", [f"run_dir={tmp_path / 'two'}", *common])  # FSDP from the launcher's config
+    assert "FSDP2: 2 decoder layers + root sharded over 2 processes" in out.stderr
     assert_same_curve(tmp_path / "one", tmp_path / "two",
                       ("loss", "grad_norm", "accuracy", "reward_gap", "tokens", "eval_loss", "eval_accuracy"))
     s1, s2 = (json.loads((tmp_path / r / "status.json").read_text())["summary"] for r in ("one", "two"))
@@ -161,7 +188,7 @@ def test_fsdp_reward_model_matches_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_dpo_with_precomputed_reference_matches_one_process(tmp_path):
+def test_fsdp_dpo_with_precomputed_reference_and_activation_checkpointing_matches_one_process(tmp_path):
     from palate.recipes.dpo import DPOConfig, train
 
     data = write_jsonl(tmp_path / "prefs.jsonl", marker_preferences(40))
@@ -169,7 +196,8 @@ def test_fsdp_dpo_with_precomputed_reference_matches_one_process(tmp_path):
               "train.grad_accum=2", "train.max_steps=4", "train.lr=2e-3", "train.warmup_ratio=0",
               "train.eval_every=2", "train.save_every=0", "dpo.samples=0", "log.progress=false", *FSDP]
     one_process(train, DPOConfig, [f"run_dir={tmp_path / 'one'}", *common])
-    launch("torchrun", "dpo", [f"run_dir={tmp_path / 'two'}", *common])
+    # per-layer activation checkpointing on the sharded layers: recomputation changes no number
+    launch("torchrun", "dpo", [f"run_dir={tmp_path / 'two'}", *common, "train.gradient_checkpointing=true"])
     keys = ("loss", "grad_norm", "reward_accuracy", "reward_margin", "logp_chosen", "tokens", "eval_loss")
     assert_same_curve(tmp_path / "one", tmp_path / "two", keys)
     assert metrics(tmp_path / "one")[-1]["loss"] < metrics(tmp_path / "one")[0]["loss"]

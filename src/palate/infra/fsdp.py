@@ -29,8 +29,8 @@ from palate.infra.distributed import Forward
 
 log = logging.getLogger("palate")
 
-__all__ = ["shard", "decoder_layers", "local_param_bytes", "full_param_bytes", "full_state_dict", "replica",
-           "is_sharded"]
+__all__ = ["shard", "decoder_layers", "local_param_bytes", "full_param_bytes", "state_bytes", "full_state_dict",
+           "replica", "is_sharded"]
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -53,6 +53,12 @@ def shard(model: torch.nn.Module, device: torch.device, world: int, precision: s
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+    if any(not p.requires_grad for p in model.parameters()):
+        raise RuntimeError("train.sharding=fsdp trains every weight: LoRA (frozen base weights) under FSDP2 is not "
+                           "supported yet; use train.sharding=ddp with LoRA")
+    if cpu_offload and device.type != "cuda":
+        raise RuntimeError("train.cpu_offload moves each GPU's shards to CPU memory; this run is on "
+                           f"{device.type}, where they already are: drop train.cpu_offload")
     mesh = init_device_mesh(device.type, (world,))
     mp = MixedPrecisionPolicy()  # fp32: no casts
     if device.type == "cuda" and precision == "bf16":
@@ -86,6 +92,26 @@ def local_param_bytes(model: torch.nn.Module) -> int:
     return total
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of training state this process holds: weights, gradients (call it before they are freed)
+    and optimizer states (AdamW's moments) — what ``palate plan`` estimates as weights, gradients and
+    optimizer per device."""
+    params = list(model.parameters())
+    size = lambda t: _local(t).numel() * _local(t).element_size()  # noqa: E731
+    return {
+        "weights": sum(size(p) for p in params),
+        "gradients": sum(size(p.grad) for p in params if p.grad is not None),
+        "optimizer": sum(size(v) for st in optimizer.state.values() for v in st.values()
+                         if isinstance(v, torch.Tensor) and v.dim() > 0),
+    }
+
+
 def full_param_bytes(model: torch.nn.Module) -> int:
     """Bytes of the whole (unsharded) model's parameters."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -103,11 +129,19 @@ def full_state_dict(model: torch.nn.Module, everywhere: bool = False) -> dict[st
 def replica(model: torch.nn.Module) -> torch.nn.Module:
     """A plain (unsharded) copy of a sharded model on every process, for evaluation, generation and
     scoring that runs outside the training forward (on one process or unevenly across them). A
-    collective; holds a whole model per process until dropped."""
+    collective; holds a whole model per process until dropped (built on the meta device and given the
+    gathered tensors, so no second, randomly initialised copy is ever allocated)."""
     full = full_state_dict(model, everywhere=True)
-    first = next(iter(full.values()))
-    copy = type(model)(model.config).to(device=first.device, dtype=first.dtype)
-    copy.load_state_dict(full)
+    with torch.device("meta"):
+        copy = type(model)(model.config)
+    copy.load_state_dict(full, assign=True, strict=False)
+    for name, buf in model.named_buffers():  # FSDP leaves buffers (e.g. rotary frequencies) unsharded
+        owner, _, attr = name.rpartition(".")
+        copy.get_submodule(owner)._buffers[attr] = buf
+    copy.tie_weights()
+    missing = [n for n, t in list(copy.named_parameters()) + list(copy.named_buffers()) if t.is_meta]
+    if missing:
+        raise RuntimeError(f"FSDP: the gathered copy lacks {missing[:5]}")
     if getattr(model, "generation_config", None) is not None:
         copy.generation_config = model.generation_config
     copy.train(model.training)

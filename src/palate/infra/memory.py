@@ -246,7 +246,7 @@ def format_table(shape: Shape, base: Setup, rows: list[dict], gpu_memory_gib: fl
         lines.append(f"{len(fitting)} of {len(rows)} configurations fit in {gpu_memory_gib:g} GiB"
                      + ("" if fitting else f"; the smallest needs {min(r['total'] for r in rows):.1f} GiB"))
     lines.append("not counted: CUDA context and allocator fragmentation (often 1-3 GiB); "
-                 "palate itself runs ddp (and zero2, untested) today, see README")
+                 "palate runs ddp and zero3/fsdp (train.sharding=fsdp; zero2 untested), see README")
     return "\n".join(lines)
 
 

@@ -205,15 +205,13 @@ class Loop:
         self.accelerator, self.engine = None, model
         self._backwards = 0  # multi-process: backward passes through :meth:`backward` since the last update
         self._micro_steps = 0  # FSDP: micro-batches in the current step (over all processes)
+        self._state_bytes: dict[str, int] | None = None  # weights/gradients/optimizer held here, at the first update
         if self.sharding != "none":
             first = stream.epoch(0)[0]
             if not all(isinstance(x, Batch) for x in (first if isinstance(first, tuple) else (first,))):
                 raise RuntimeError("this recipe does not train on several processes yet (only sft, rm and dpo do); "
                                    "run it on one process")
         if self.sharding == "fsdp":
-            if any(not p.requires_grad for p in model.parameters()):
-                raise RuntimeError("train.sharding=fsdp trains every weight: LoRA (frozen base weights) under FSDP2 "
-                                   "is not supported yet; use train.sharding=ddp with LoRA")
             distributed.state()  # initialises the process group
             self.engine = fsdp.shard(model, env.device, self.world, env.precision, train.cpu_offload)
         elif train.cpu_offload:
@@ -353,6 +351,8 @@ class Loop:
             grad_norm = self.accelerator.clip_grad_norm_(params, self.cfg.max_grad_norm)
             grad_norm = float("nan") if grad_norm is None else grad_norm
         self.optimizer.step()
+        if self._state_bytes is None:  # gradients and optimizer states all allocated: what palate plan estimates
+            self._state_bytes = fsdp.state_bytes(self.model, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
@@ -414,13 +414,20 @@ class Loop:
         wall = time.perf_counter() - self._t_start
         distributed.barrier()
         weights = None
+        mib = lambda b: round(b / 2**20, 3)  # noqa: E731
+        measured = distributed.gather((self._state_bytes, round(peak_rss_gib(), 3)))
+        if self.env.device.type == "cuda":
+            summary = {"peak_gpu_gib": round(torch.cuda.max_memory_allocated(self.env.device) / 2**30, 3), **summary}
+        summary = {"sharding": self.sharding, "peak_rss_gib_per_rank": [r for _, r in measured],
+                   **({"state_mib_per_rank": [{k: mib(v) for k, v in s.items()} for s, _ in measured]}
+                      if measured[0][0] is not None else {}), **summary}
         if self.sharding == "fsdp":  # gathered on the main process (a collective)
             if model is not None and model is not self.model:
                 raise RuntimeError("FSDP: saving a part of the trained module is not supported")
             memory = distributed.gather((fsdp.local_param_bytes(self.model), fsdp.full_param_bytes(self.model)))
             weights = fsdp.full_state_dict(self.model)
-            summary = {"sharding": "fsdp", "param_mib_per_rank": [round(m / 2**20, 3) for m, _ in memory],
-                       "param_mib_unsharded": round(memory[0][1] / 2**20, 3), **summary}
+            summary = {"param_mib_per_rank": [mib(m) for m, _ in memory], "param_mib_unsharded": mib(memory[0][1]),
+                       **summary}
         if not self.run.writes:  # the main process saves; the others wait for final/ to exist
             distributed.barrier()
             return self.run.final
