@@ -375,6 +375,50 @@ def report(
     typer.echo(f"report: {path}\nsummary: {path.parent / 'report.md'}")
 
 
+@app.command()
+def winrate(
+    judgments: list[str] = typer.Argument(..., help="judgment files: AlpacaEval annotations.json (.gz/.xz), palate "
+                                          "eval/judgments.jsonl, or Preference rows naming chosen_model/rejected_model"),
+    out: str = typer.Option(..., "--out", help="output dir: eval/winrates.json and report/report.html"),
+    length_unit: str = typer.Option(..., "--length-unit", help="characters | words | tokens (recorded in the output)"),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="--length-unit tokens: tokenizer (model dir, hub name, "
+                                  "bundled)"),
+    baseline: str = typer.Option(None, "--baseline", help="the baseline's model name (needed for Preference rows)"),
+    policy: str = typer.Option(None, "--policy", help="name of the model in a single AlpacaEval file (default: its "
+                               "results/<model>/ folder, else generator_2)"),
+    lc: str = typer.Option("joint", "--lc", help="joint (palate: one fit over all policies) | alpaca_eval (also "
+                           "AlpacaEval 2's LC for AlpacaEval annotations)"),
+    alpaca_eval_repo: str = typer.Option(None, "--alpaca-eval-repo", help="--lc alpaca_eval: an alpaca_eval checkout "
+                                         "or git dir; its annotations join the difficulty fit"),
+    judge_: str = typer.Option(None, "--judge", help="name of the judge, recorded in winrates.json"),
+    n_resamples: int = typer.Option(1000, help="bootstrap resamples for the CIs"),
+    seed: int = typer.Option(0, help="bootstrap seed"),
+) -> None:
+    """Win rates (raw and length-controlled, 95% CIs) from pairwise judgments made elsewhere, written as palate's own
+    judging writes them (eval/winrates.json + the HTML report)."""
+    from palate.data.errors import DataError
+    from palate.eval.alpaca_eval import LENGTH_UNITS
+    from palate.eval.imported import format_winrates, read_judgments, winrates_from_judgments
+
+    if length_unit not in LENGTH_UNITS:
+        _fail(ValueError(f"--length-unit must be one of {', '.join(LENGTH_UNITS)}, got {length_unit!r}"))
+    if (length_unit == "tokens") != (tokenizer is not None):
+        _fail(ValueError("--tokenizer goes with --length-unit tokens (and tokens need one)"))
+    try:
+        tok = None
+        if tokenizer:
+            from palate.models.load import load_tokenizer
+
+            tok = load_tokenizer(tokenizer)
+        judged = read_judgments(judgments, baseline=baseline, unit=length_unit, tokenizer=tok, policy=policy)
+        summary = winrates_from_judgments(judged, out, unit=length_unit, tokenizer=tok, lc=lc,
+                                          alpaca_eval_repo=alpaca_eval_repo, judge=judge_, n_resamples=n_resamples,
+                                          seed=seed)
+    except (DataError, FileNotFoundError, OSError, ValueError) as e:
+        _fail(e)
+    typer.echo(format_winrates(summary))
+
+
 @app.command("rl-eval")
 def rl_eval(
     run: str = typer.Argument(..., help="a finished palate ppo or grpo run directory"),

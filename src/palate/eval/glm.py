@@ -102,6 +102,15 @@ class Design:
         return np.bincount(code, d * a.value * b.value, minlength=a.n * b.n).reshape(a.n, b.n)
 
 
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a x = b; for an exactly collinear design (e.g. a per-model bias and a constant column over one model) the
+    minimum-norm least-squares solution."""
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
 def _newton_step(design: Design, d: np.ndarray, extra: np.ndarray, grad: np.ndarray, scale: float) -> np.ndarray:
     """Solve (scale·XᵀDX + diag(extra)) step = −grad, eliminating the largest factor by its Schur complement."""
     big = int(np.argmax([f.n for f in design.factors]))
@@ -116,7 +125,7 @@ def _newton_step(design: Design, d: np.ndarray, extra: np.ndarray, grad: np.ndar
                 if i != j:
                     h[design.offsets[j]:design.offsets[j + 1], design.offsets[i]:design.offsets[i + 1]] = blk.T
         h[np.diag_indices_from(h)] += extra + 1e-12
-        return -np.linalg.solve(h, grad)
+        return -_solve(h, grad)
     rest = [j for j in range(len(design.factors)) if j != big]
     idx = np.concatenate([np.arange(design.offsets[j], design.offsets[j + 1]) for j in rest])
     lam = scale * np.bincount(fb.level, d * fb.value * fb.value, minlength=fb.n) + extra[lo:hi] + 1e-12
@@ -132,7 +141,7 @@ def _newton_step(design: Design, d: np.ndarray, extra: np.ndarray, grad: np.ndar
                 p[pos[b]:pos[b + 1], pos[a]:pos[a + 1]] = blk.T
     p[np.diag_indices_from(p)] += extra[idx] + 1e-12
     g1, g2 = grad[idx], grad[lo:hi]
-    x1 = np.linalg.solve(p - (q / lam) @ q.T, -(g1 - q @ (g2 / lam)))
+    x1 = _solve(p - (q / lam) @ q.T, -(g1 - q @ (g2 / lam)))
     x2 = -(g2 + q.T @ x1) / lam
     step = np.empty(design.k)
     step[idx], step[lo:hi] = x1, x2

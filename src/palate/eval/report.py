@@ -311,7 +311,7 @@ def _winrates(r: _Report) -> dict | None:
     if not path.exists():
         return None
     data = read_winrates(path)
-    rows, bars, md = [], [], []
+    rows, bars, md, warnings = [], [], [], []
     for res in data["results"]:
         name = str(res["policy"])
         lc = res.get("lc_win_rate")
@@ -324,9 +324,17 @@ def _winrates(r: _Report) -> dict | None:
             bars.append((f"{name} length-controlled", lc, *res["lc_ci"]))
         md.append(f"- {name} vs {data.get('baseline')}: win rate {_pct(res['win_rate'])} {_ci(res['ci'])}"
                   + (f", length-controlled {_pct(lc)} {_ci(res.get('lc_ci'))}" if lc is not None else ""))
+        if res.get("lc_warning"):
+            warnings.append(str(res["lc_warning"]))
+            md.append(f"  - warning: {res['lc_warning']}")
     judge = f", judge {escape(str(data['judge']))}" if data.get("judge") else ""
     html = (f"<p>against baseline <b>{escape(str(data.get('baseline')))}</b>{judge}; ties count ½; 95% bootstrap CIs; "
-            "length-controlled = predicted win rate at equal length (AlpacaEval 2)</p>"
+            "length-controlled = predicted win rate at equal length (AlpacaEval 2"
+            + ("; one joint fit over the policies: shared length slope, per-prompt difficulty"
+               if any(res.get("lc_method") == "joint" for res in data["results"]) else "")
+            + (f"; lengths in {escape(str(data['results'][0]['length_unit']))}"
+               if data["results"] and data["results"][0].get("length_unit") else "") + ")</p>"
+            + "".join(f'<p class="warn">warning: {escape(w)}</p>' for w in warnings)
             + _table(["policy", "n", "win/tie/loss", "win rate", "length-controlled",
                       "mean length (policy vs baseline)"], rows)
             + '<div class="charts">' + interval_svg(bars, title="Win rate against the baseline", xlabel="win rate")
