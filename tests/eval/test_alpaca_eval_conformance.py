@@ -215,3 +215,32 @@ def test_instruction_difficulty_recovers_a_known_difficulty():
     d = instruction_difficulty(anns, baseline="base")
     assert d.shape == (100,) and d[0] == 0.0
     assert np.corrcoef(d, c - c[0])[0, 1] > 0.98  # c relative to instruction 0 (treatment coding)
+
+
+def test_v1_regularisation_pulls_toward_the_gamed_baselines():
+    # gamed baselines: same quality as the baseline, the judge rewards length (P = σ(−2·tanh(Δ/sd) + d));
+    # the model: a weaker length effect and a quality term (P = σ(−0.5·tanh(Δ/sd) + 0.5·d − 1))
+    rng = np.random.default_rng(0)
+    n = 400
+    d = rng.normal(0, 1, n)
+
+    def make(name, ratio, a, b, q):
+        len_b = rng.integers(300, 1500, n).astype(float)
+        len_m = len_b * ratio * rng.lognormal(0, 0.3, n)
+        x = np.tanh((len_b - len_m) / np.std(len_b - len_m, ddof=1))
+        p = sigmoid(a * x + b * d + q)
+        rows = [{"instruction": f"q{i}", "output_1": "x" * int(len_b[i]), "output_2": "y" * int(len_m[i]),
+                 "generator_1": "gpt4_1106_preview", "generator_2": name, "preference": 1 + float(p[i])}
+                for i in range(n)]
+        return annotations_from_rows(rows, f"{name}.json")
+
+    gamed = [make("gpt4_1106_preview_verbose", 1.6, -2.0, 1.0, 0.0), make("gpt4_1106_preview_concise", 0.5, -2.0, 1.0, 0.0)]
+    model = make("m", 1.0, -0.5, 0.5, -1.0)
+    noreg = length_controlled_winrate(model, d)
+    v1 = length_controlled_winrate(model, d, gamed=gamed)
+    strong = length_controlled_winrate(model, d, gamed=gamed, regularize_to_baseline_lambda=1000.0)
+    assert (noreg["glm"], v1["glm"]) == ("length_controlled_noreg", "length_controlled_v1")
+    assert noreg["weights"]["length"] == pytest.approx(-0.5, abs=0.15)
+    assert strong["weights"]["length"] == pytest.approx(-2.0, abs=0.15)  # the gamed rows dominate
+    assert strong["weights"]["instruction_difficulty"] == pytest.approx(1.0, abs=0.15)
+    assert strong["weights"]["length"] < v1["weights"]["length"] < noreg["weights"]["length"]
