@@ -403,7 +403,7 @@ def train_policy(cfg: PipelineConfig, start: str, prefs: Path, prompts: Path, re
 def evaluate_round(cfg: PipelineConfig, policies: dict[str, Path], baseline: Path, prompts: Path, out: Path) -> None:
     """Win rates of each policy over the SFT policy by the gold judge, then by each group's labelers."""
     from palate.eval.policy import GenSettings, evaluate
-    from palate.eval.winrate import WINRATES, compare, read_winrates, write_winrates
+    from palate.eval.winrate import WINRATES, compare_policies, read_winrates, write_winrates
 
     e = cfg.eval
     settings = GenSettings(max_new_tokens=e.max_new_tokens, temperature=e.temperature,
@@ -418,19 +418,22 @@ def evaluate_round(cfg: PipelineConfig, policies: dict[str, Path], baseline: Pat
 
         judged = read_jsonl(out / "eval" / "judgments.jsonl")
         panel = panel_of(cfg.judge)
+        rows = {name: [j for j in judged if j["policy"] == res["policy"]]  # evaluate's label for this policy
+                for name, res in zip(names, data["results"])}
+        base_len = [len(words(j["response_b"])) for j in rows[names[0]]]  # every policy: the same prompts, in order
+        by: dict[str, dict[str, dict]] = {name: {} for name in names}
+        for g in cfg.judge.groups:
+            members = group_panel(panel, g)
+            js = {name: [{"a": "win", "b": "loss", "tie": "tie"}[panel_preference(
+                j["prompt"], j["response_a"], j["response_b"], members).choice] for j in rows[name]] for name in names}
+            # one joint length-controlled fit over the policies, as for the gold judge (compare_policies)
+            for name, res in zip(names, compare_policies(js, {n: [len(words(j["response_a"])) for j in rows[n]]
+                                                               for n in names}, base_len, n_resamples=e.n_resamples)):
+                by[name][g] = res
         for name, res in zip(names, data["results"]):
-            rows = [j for j in judged if j["policy"] == res["policy"]]  # evaluate's label for this policy
             res["policy"] = name
-            by = {}
-            for g in cfg.judge.groups:
-                members = group_panel(panel, g)
-                js = [{"a": "win", "b": "loss", "tie": "tie"}[panel_preference(
-                    j["prompt"], j["response_a"], j["response_b"], members).choice] for j in rows]
-                by[g] = compare(js, [len(words(j["response_a"])) for j in rows],
-                                [len(words(j["response_b"])) for j in rows], policy=name,
-                                n_resamples=e.n_resamples)
             res["by_labeler_group"] = {g: {k: v[k] for k in ("win_rate", "ci", "n", "lc_win_rate", "lc_ci")}
-                                       for g, v in by.items()}
+                                       for g, v in by[name].items()}
     write_winrates(out / "eval" / WINRATES, data["results"], baseline="sft", judge=data.get("judge"))
 
 
