@@ -20,7 +20,9 @@ in an explicit unit — ``characters`` (AlpacaEval's), ``words`` (``palate eval`
 and the unit is recorded in every result and at the top of ``winrates.json``. ``--lc alpaca_eval`` adds
 AlpacaEval 2's own LC (:mod:`palate.eval.alpaca_eval`: ``length_controlled_noreg`` with an instruction difficulty
 refitted on the imported annotations, or v1 with ``--alpaca-eval-repo`` holding the gamed baselines) as
-``alpaca_eval_lc`` beside palate's.
+``alpaca_eval_lc`` beside palate's. The difficulty is only as good as the models it is fitted on: from a handful of
+files it is a poor estimate (recorded as ``difficulty_models``); ``--alpaca-eval-repo`` adds every leaderboard
+model the repository has annotations for.
 """
 
 from __future__ import annotations

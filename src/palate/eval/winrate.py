@@ -162,9 +162,9 @@ def is_extreme_change(raw: float, lc: float, abs_diff: float = 0.10, rel_diff: f
 def _extreme_warning(policy: str, raw: float, lc: float) -> str | None:
     if not is_extreme_change(raw, lc):
         return None
-    msg = (f"{policy}: length-controlled win rate {lc:.1%} is far from the raw {raw:.1%}; the length model may not "
-           "fit (lengths of this policy and the baseline barely overlap, or the judge is not length-driven as "
-           "modelled); read LC with care")
+    msg = (f"{policy}: length-controlled win rate {lc:.1%} is far from the raw {raw:.1%} (AlpacaEval's extreme-change "
+           "rule): either the judge's length preference is that large, or the length model does not fit — e.g. this "
+           "policy's answer lengths barely overlap the baseline's, so LC extrapolates; read it with care")
     log.warning(msg)
     return msg
 
