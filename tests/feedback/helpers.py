@@ -51,6 +51,18 @@ def postgres_url() -> str | None:
     return url
 
 
+def backend_database(backend: str, tmp_path: Path, name: str = "test.db") -> str:
+    """A fresh database for a test: a SQLite file under ``tmp_path``, or the test PostgreSQL database
+    emptied (skipped when none is configured outside CI)."""
+    if backend == "sqlite":
+        return str(tmp_path / name)
+    url = postgres_url()
+    if url is None:
+        pytest.skip("PALATE_TEST_POSTGRES_URL is not set")
+    reset_postgres(url)
+    return url
+
+
 def reset_postgres(url: str) -> None:
     """Drop every table so a test starts from an empty schema (a dedicated test database)."""
     from sqlalchemy import create_engine, text

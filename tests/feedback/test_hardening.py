@@ -19,18 +19,11 @@ from palate.feedback.auth import LoginGuard, LoginThrottle
 from palate.feedback.db import Assignment, Judgment
 from palate.feedback.importing import create_project, import_items
 from palate.feedback.server import BackgroundServer
-from tests.feedback.helpers import Setup, candidate_rows, login, postgres_url, reset_postgres
+from tests.feedback.helpers import Setup, backend_database, candidate_rows, login
 
 
 def new_site(tmp_path, backend: str, **app_kw):
-    if backend == "postgres":
-        url = postgres_url()
-        if url is None:
-            pytest.skip("PALATE_TEST_POSTGRES_URL is not set")
-        reset_postgres(url)
-        db = url
-    else:
-        db = str(tmp_path / "hard.db")
+    db = backend_database(backend, tmp_path, "hard.db")
     st = Setup(db)
     st.project("ab", "pairwise", tmp_path, candidate_rows(4), overlap=1)
     st.project("solo", "pairwise", tmp_path, candidate_rows(1), overlap=1)

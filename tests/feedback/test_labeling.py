@@ -22,19 +22,9 @@ from palate.feedback.export import export_rows
 from palate.feedback.richtext import render_markdown
 from palate.feedback.server import BackgroundServer
 from tests.feedback.conftest import XSS
-from tests.feedback.helpers import Setup, candidate_rows, hidden_fields, login, postgres_url, reset_postgres
+from tests.feedback.helpers import Setup, backend_database, candidate_rows, hidden_fields, login
 
 BACKENDS = ["sqlite", "postgres"]
-
-
-def database(backend: str, tmp_path) -> str:
-    if backend == "sqlite":
-        return str(tmp_path / "labeling.db")
-    url = postgres_url()
-    if url is None:
-        pytest.skip("PALATE_TEST_POSTGRES_URL is not set")
-    reset_postgres(url)
-    return url
 
 
 @contextmanager
@@ -72,7 +62,7 @@ def backdate(st, model, row_id: int, by: timedelta) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_progress_counts_my_judgments_items_left_for_me_and_the_project(tmp_path, backend):
-    st = Setup(database(backend, tmp_path))
+    st = Setup(backend_database(backend, tmp_path, "labeling.db"))
     st.project("pp", "pairwise", tmp_path, candidate_rows(4), overlap=2)  # 4 items x 2 = 8 judgments to make
     for name in ("ann", "bob", "cat"):
         st.labeler(name, password=f"{name}-password", projects=["pp"])
@@ -105,7 +95,7 @@ def test_progress_counts_my_judgments_items_left_for_me_and_the_project(tmp_path
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_skip_frees_the_slot_is_never_offered_again_and_is_counted(tmp_path, backend):
-    st = Setup(database(backend, tmp_path))
+    st = Setup(backend_database(backend, tmp_path, "labeling.db"))
     st.project("sk", "pairwise", tmp_path, candidate_rows(3), overlap=1)
     st.labeler("ann", projects=["sk"])
     st.labeler("bob", projects=["sk"])
@@ -150,7 +140,7 @@ def test_skip_frees_the_slot_is_never_offered_again_and_is_counted(tmp_path, bac
 def test_a_skip_racing_a_submission_of_the_same_assignment_never_both_win(tmp_path, backend):
     """A double click on Skip and an answer at once: exactly one of them is accepted, the other is a 409, and
     the assignment is either judged (one judgment stored) or skipped (none), never both."""
-    st = Setup(database(backend, tmp_path))
+    st = Setup(backend_database(backend, tmp_path, "labeling.db"))
     st.project("race", "pairwise", tmp_path, candidate_rows(12), overlap=1)
     st.labeler("ann", projects=["race"])
     outcomes = []
@@ -211,7 +201,7 @@ def test_skip_button_on_the_task_page(tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_change_last_answer_within_the_window_keeps_history(tmp_path, backend):
-    st = Setup(database(backend, tmp_path))
+    st = Setup(backend_database(backend, tmp_path, "labeling.db"))
     st.project("ed", "pairwise", tmp_path, candidate_rows(3), overlap=1)
     st.labeler("ann", projects=["ed"])
     st.labeler("bob", projects=["ed"])

@@ -9,10 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from palate.feedback.db import Base, current_revision, make_engine, open_db, upgrade
+from palate.feedback.db import Assignment, Base, Judgment, JudgmentEdit, Project, current_revision, make_engine, open_db, upgrade
 from palate.feedback.export import export_rows
-from palate.feedback.db import Assignment, Judgment, JudgmentEdit, Project
-from tests.feedback.helpers import postgres_url, reset_postgres
+from tests.feedback.helpers import backend_database
 
 
 def test_upgrade_from_revision_0001_keeps_labels(tmp_path):
@@ -54,19 +53,9 @@ def test_feedback_imports_no_torch(tmp_path):
     assert (tmp_path / "x.db").exists()
 
 
-def _database(backend, tmp_path) -> str:
-    if backend == "sqlite":
-        return str(tmp_path / "rev2.db")
-    url = postgres_url()
-    if url is None:
-        pytest.skip("PALATE_TEST_POSTGRES_URL is not set")
-    reset_postgres(url)
-    return url
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_upgrade_from_revision_0002_keeps_rows_and_adds_skips_and_edits(tmp_path, backend):
-    db = _database(backend, tmp_path)
+    db = backend_database(backend, tmp_path, "rev2.db")
     engine = make_engine(db)
     upgrade(engine, "0002")
     assert "judgment_edits" not in inspect(engine).get_table_names()

@@ -3,9 +3,6 @@ the guidelines and labels pairwise, ranking and Likert tasks with mouse and keyb
 a project by uploading files and exports it; model outputs with HTML stay text. Screenshots go to
 tests/ui/artifacts/."""
 
-import json
-import os
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -16,27 +13,9 @@ from palate.feedback.db import Item, Judgment, Project
 from palate.feedback.server import BackgroundServer
 from tests.feedback.conftest import XSS
 from tests.feedback.helpers import Setup, candidate_rows, write_jsonl
+from tests.ui.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) for the browser tests"
-        if os.environ.get("PALATE_CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
-                                                              "--disable-background-networking"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

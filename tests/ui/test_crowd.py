@@ -7,37 +7,25 @@ not by timing), and every judgment a browser saw acknowledged (its form post ans
 to the next task) or an API client saw acknowledged (201/200) is stored exactly once."""
 
 import asyncio
-import os
 import re
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
 from palate.feedback.db import Judgment, database_url
-from tests.feedback.helpers import ServerProcess, Setup, candidate_rows, postgres_url, reset_postgres
+from tests.feedback.helpers import ServerProcess, Setup, backend_database, candidate_rows
+from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 BROWSERS, API_LABELERS, GUESSERS = 4, 4, 2
 BROWSER_JUDGMENTS = 200  # together
 API_QUOTA = 20  # each: the API labelers are fast and would otherwise take the slots the browsers need
 REQUEST_BOUND = 60.0  # seconds: every request must be answered within this, on a loaded machine too
 RUN_BOUND = 600.0  # the whole crowd must be done by then
 KEY = re.compile(r'name="idempotency_key" value="([0-9a-f]+)"')
-
-
-def backend_db(backend: str, tmp_path: Path) -> str:
-    if backend == "sqlite":
-        return str(tmp_path / "crowd.db")
-    url = postgres_url()
-    if url is None:
-        pytest.skip("PALATE_TEST_POSTGRES_URL is not set")
-    reset_postgres(url)
-    return url
 
 
 async def browser_labeler(browser, url: str, name: str, quota: int, acked: list, problems: list):
@@ -112,8 +100,7 @@ async def crowd(url: str, tokens: dict) -> dict:
     acked_pages, acked_api, guesses, problems = [], [], [], []
     stop = asyncio.Event()
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             side = [asyncio.create_task(api_labeler(url, tokens[f"api{i}"], stop, acked_api, problems))
                     for i in range(API_LABELERS)]
@@ -133,12 +120,8 @@ async def crowd(url: str, tokens: dict) -> dict:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_four_browsers_api_labelers_and_guessers_at_once(tmp_path, backend):
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: install Debian's chromium for the browser tests"
-        if os.environ.get("PALATE_CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    db = backend_db(backend, tmp_path)
+    require_chromium()
+    db = backend_database(backend, tmp_path)
     st = Setup(db)
     st.project("crowd", "pairwise", tmp_path, candidate_rows(160), overlap=2)
     for i in range(BROWSERS):

@@ -2,10 +2,8 @@
 uvicorn server: markdown shows as HTML elements while a ``<script>`` in a model's output stays text and
 never runs. Screenshots go to tests/ui/artifacts/."""
 
-import os
 import re
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -16,29 +14,11 @@ from palate.feedback.db import Assignment, Item, Judgment, JudgmentEdit, utcnow
 from palate.feedback.server import BackgroundServer
 from tests.feedback.conftest import XSS
 from tests.feedback.helpers import Setup, candidate_rows
+from tests.ui.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent / "artifacts"
 MARKDOWN = ("Sort it with **sorted**:\n\n```python\nxs = sorted(xs)\n```\n\nSee [the docs](https://docs.python.org) "
             "or [this](javascript:window.__pwned=3).\n\n" + XSS)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) for the browser tests"
-        if os.environ.get("PALATE_CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
-                                                              "--disable-background-networking"])
-        yield b
-        b.close()
 
 
 @pytest.fixture()
