@@ -100,18 +100,19 @@ def test_login_throttle_backs_off_exponentially_up_to_a_cap_and_forgets():
     clock = Clock()
     th = LoginThrottle(free=2, base=1.0, max_wait=10.0, window=900.0, clock=clock)
     th.failed("k")
-    th.failed("k")
-    assert th.wait("k") == 0.0  # two free failures
-    th.failed("k")  # excess 1: 1 s after the last failure
+    assert th.wait("k") == 0.0  # one free failure, and the next attempt is free too
+    th.failed("k")  # 2 failures = free: the next attempt waits 1 s after the last failure
     assert th.wait("k") == 1.0
     clock.t += 0.25
     assert th.wait("k") == 0.75
     clock.t += 0.75
     assert th.wait("k") == 0.0
-    th.failed("k")  # excess 2: 2 s
+    th.failed("k")  # 3 failures: 2 s
     assert th.wait("k") == 2.0
+    th.failed("k")  # 4: 4 s
+    assert th.wait("k") == 4.0
     for _ in range(20):
-        th.failed("k")  # 2**21 s would be far past the cap
+        th.failed("k")  # 2**24 s would be far past the cap
     assert th.wait("k") == 10.0
     th.succeeded("other")
     assert th.wait("k") == 10.0
@@ -132,14 +133,14 @@ def test_failed_logins_are_throttled_per_account_and_per_address_but_never_for_g
             csrf = login_form(web)  # a login that works ends the form's CSRF cookie: fetch the form each time
             return web.post("/login", data={"name": name, "secret": secret, "csrf_token": csrf, "next": "/"})
 
-        assert [attempt("boss", "guess").status_code for _ in range(4)] == [401] * 4  # 3 free, the 4th looked at
+        assert [attempt("boss", "guess").status_code for _ in range(3)] == [401] * 3  # 3 free failures
         refused = attempt("boss", "boss-password")  # now even the right password waits
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert "too many failed logins for this account" in refused.text
         clock.t += 1.0  # the wait is over: the right password works and clears the account's record
         assert attempt("boss", "boss-password").status_code == 303
         assert attempt("boss", "guess").status_code == 401  # free failures again for boss
-        # the address has failed 5 times; one more is free, then every name is refused from it
+        # the address has failed 4 times; two more are free, then every name is refused from it
         assert attempt("nobody", "x").status_code == 401
         assert attempt("nobody-else", "x").status_code == 401
         refused = attempt("ann", "ann-password")

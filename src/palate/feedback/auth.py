@@ -120,9 +120,9 @@ class _Failures:
 class LoginThrottle:
     """Failed-login backoff per key (an account name, a client address), in this server process.
 
-    A key's first ``free`` failures within ``window`` seconds cost nothing; after that each attempt must
-    come at least ``base * 2**(excess - 1)`` seconds (at most ``max_wait``) after the key's last failure,
-    else it is refused before any password is hashed. Failures older than ``window`` are forgotten and a
+    A key's first ``free`` failures within ``window`` seconds cost nothing; once a key has ``n >= free``
+    failures, its next attempt must come at least ``base * 2**(n - free)`` seconds (at most ``max_wait``)
+    after its last failure, else it is refused before any password is hashed. Failures older than ``window`` are forgotten and a
     successful login clears its account's key. Thread-safe; the lock guards only dictionary updates."""
 
     def __init__(self, free: int, base: float = 1.0, max_wait: float = 300.0, window: float = 900.0,
@@ -142,9 +142,9 @@ class LoginThrottle:
                 del self._failures[key]
                 return 0.0
             excess = f.count - self.free
-            if excess <= 0:
+            if excess < 0:
                 return 0.0
-            return max(0.0, min(self.base * 2 ** (excess - 1), self.max_wait) - since)
+            return max(0.0, min(self.base * 2 ** excess, self.max_wait) - since)
 
     def failed(self, key: str) -> None:
         with self._lock:
