@@ -118,7 +118,8 @@ class Guardrails:
         order = list(range(len(candidates)))
         if self.rm is not None and len(candidates) > 1:
             rewards = [float(r) for r in self.rm.score([messages] * len(candidates), candidates).mean.tolist()]
-            order.sort(key=lambda i: -rewards[i])  # stable: equal rewards keep the sampling order
+            # stable: equal rewards keep the sampling order; NaN (a prompt the reward model skips) ranks last
+            order.sort(key=lambda i: -rewards[i] if rewards[i] == rewards[i] else float("inf"))
         probs = None
         if self.output_threshold is not None:
             question = last_user_text(messages)
