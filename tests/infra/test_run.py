@@ -88,3 +88,18 @@ def test_ctrl_c_is_recorded_as_a_failure_too(tmp_path):
         recipe(cfg)
     st = json.loads((tmp_path / "r" / "status.json").read_text())
     assert (st["state"], st["error"]) == ("failed", "KeyboardInterrupt: interrupted")
+
+
+def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
+    import yaml
+
+    cfg = load_config(SFTConfig, None, [f"run_dir={tmp_path / 'r'}", "model.name=tiny"])
+    RunDir.open(tmp_path / "r", cfg)
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    del saved["data"]["long_prompts"]  # as written by a palate without data.long_prompts
+    (tmp_path / "r" / "config.yaml").write_text(yaml.safe_dump(saved))
+    RunDir.open(tmp_path / "r", cfg)  # the default is what that run did: resumes
+    changed = load_config(SFTConfig, None, [f"run_dir={tmp_path / 'r'}", "model.name=tiny",
+                                            "data.long_prompts=truncate_left"])
+    with pytest.raises(RunExistsError, match="data.long_prompts: 'skip' -> 'truncate_left'"):
+        RunDir.open(tmp_path / "r", changed)

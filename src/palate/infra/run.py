@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from palate.config import to_dict
+from palate.config import ConfigError, build, to_dict
 from palate.infra import distributed
 from palate.infra.checkpoint import list_checkpoints
 
@@ -113,6 +113,10 @@ class RunDir:
                 )
             elif (run.path / "config.yaml").exists():
                 saved = yaml.safe_load((run.path / "config.yaml").read_text())
+                try:  # a key added to palate since the run started takes its default: not a changed config
+                    saved = to_dict(build(type(config), saved))
+                except (ConfigError, TypeError):
+                    pass  # a key since removed, or a bad file: compared as written
                 # where the run lives is not part of what it computes: a moved or copied run dir resumes
                 diff = _diff({**saved, "run_dir": None}, {**cfg, "run_dir": None})
                 if diff:
