@@ -66,7 +66,7 @@ class SkipLog:
     def _reason_counts(self, items: list[Skip]) -> Counter:
         return Counter(s.reason.split(" (")[0] for s in items)
 
-    def summary(self, max_examples: int = 5) -> str:
+    def summary(self, max_examples: int = 5, saved_in: str | None = "data_report.json") -> str:
         lines = []
         for title, items in (("skipped", self.skips), ("truncated", self.truncations)):
             if not items:
@@ -76,7 +76,7 @@ class SkipLog:
             lines.append(f"{title} {rows} of {self.seen} rows: {counts}")
             lines.extend(f"  {s}" for s in items[:max_examples])
             if len(items) > max_examples:
-                lines.append(f"  ... and {len(items) - max_examples} more (see data_report.json)")
+                lines.append(f"  ... and {len(items) - max_examples} more" + (f" (see {saved_in})" if saved_in else ""))
         return "\n".join(lines) if lines else f"all {self.seen} rows used, none truncated"
 
     def as_dict(self) -> dict:

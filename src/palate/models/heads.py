@@ -156,7 +156,7 @@ class RewardModel:
             out.append(ex[0] if ex else None)
         if skips.skips or skips.truncations:
             log.warning("scoring at max_length %d (long_prompts=%s): %s", self.max_length, self.long_prompts,
-                        skips.summary(max_examples=3))
+                        skips.summary(max_examples=3, saved_in=None))
         return out
 
     @torch.inference_mode()
