@@ -67,6 +67,36 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
+def restart_peak_rss() -> float | None:
+    """Hand freed heap memory back to the OS and restart the kernel's peak-RSS count (Linux), so that
+    :func:`rss_since_restart_gib` measures what follows (training) rather than model loading, whose
+    transient buffers set :func:`peak_rss_gib`. Returns the current RSS in GiB, None where unsupported."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    return _proc_status_gib("VmRSS")
+
+
+def rss_since_restart_gib() -> float | None:
+    """Peak RSS since :func:`restart_peak_rss`, in GiB."""
+    return _proc_status_gib("VmHWM")
+
+
+def _proc_status_gib(key: str) -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return None
+
+
 def start(train: TrainConfig, model: ModelConfig, run: RunDir, log_cfg: LogConfig, full_config: Any) -> Env:
     """Logging, threads, seeds, allocator and device choices for a run, each choice logged."""
     setup_logging()
@@ -247,6 +277,8 @@ class Loop:
         self._t_step = time.perf_counter()
         self._t_start = time.perf_counter()
         self._tokens = 0
+        self._rss_at_start = restart_peak_rss()  # the model, its shards and optimizer are set up; loading is over
+        self._rss_training: float | None = None  # peak RSS since then, read at the end of each step
 
     def __iter__(self) -> Iterator[tuple[int, list[Batch]]]:
         for step in range(self.start_step + 1, self.total + 1):
@@ -364,6 +396,8 @@ class Loop:
         seconds, self._t_step = now - self._t_step, now
         tokens = measured.get("tokens", 0)
         self._tokens += tokens
+        if self._rss_at_start is not None:
+            self._rss_training = rss_since_restart_gib()
         return {
             **measured,
             "lr": lr,
@@ -415,6 +449,10 @@ class Loop:
         distributed.barrier()
         weights = None
         mib = lambda b: round(b / 2**20, 3)  # noqa: E731
+        rss = distributed.gather((self._rss_at_start, self._rss_training))
+        if all(a is not None and b is not None for a, b in rss):  # RSS after set-up; peak up to the last step's end
+            summary = {"rss_gib_at_start_per_rank": [round(a, 3) for a, _ in rss],
+                       "training_peak_rss_gib_per_rank": [round(b, 3) for _, b in rss], **summary}
         measured = distributed.gather((self._state_bytes, round(peak_rss_gib(), 3)))
         if self.env.device.type == "cuda":
             summary = {"peak_gpu_gib": round(torch.cuda.max_memory_allocated(self.env.device) / 2**30, 3), **summary}
