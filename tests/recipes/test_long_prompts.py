@@ -19,7 +19,7 @@ from palate.models.heads import RewardModel
 from palate.recipes import reward as reward_recipe
 from palate.recipes.dpo import DPOConfig
 from palate.recipes.dpo import train as train_dpo
-from palate.recipes.grpo import PromptsConfig, prompt_stream
+from palate.recipes.prompts import PromptsConfig, prompt_stream
 from palate.recipes.reward import RewardConfig
 from tests.conftest import write_jsonl
 

@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from palate.config import load_config
-from palate.recipes.sft import SFTConfig, split_heldout, train
+from palate.data.split import split_heldout
+from palate.recipes.sft import SFTConfig, train
 from tests.conftest import write_jsonl
 
 

@@ -172,7 +172,8 @@ def reevaluate(run_path: str | Path, *, samples: int = 8, policy: str | None = N
 
     from palate.config import ConfigError, load_config
     from palate.models.load import load_model, load_tokenizer
-    from palate.recipes.grpo import GRPOConfig, prompt_limit, prompt_stream
+    from palate.recipes.grpo import GRPOConfig
+    from palate.recipes.prompts import prompt_limit, prompt_stream
     from palate.recipes.ppo import PPOConfig
     from palate.rollout.experience import Reference, eval_seed, evaluate, record_eval
     from palate.rollout.rewards import Rewarder

@@ -200,13 +200,26 @@ def to_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def gold_correct(project: Project, answer: dict, gold: dict | None) -> bool | None:
+    """Whether an answer matches a gold item's known answer. Rankings: the top choice matches;
+    ratings: every criterion within ±1 of the gold score."""
+    if not gold:
+        return None
+    t = project.task_type
+    if t == "pairwise":
+        return answer["choice"] == gold["choice"]
+    if t == "ranking":
+        return answer["order"][0] == gold["order"][0]
+    if t == "thumbs":
+        return answer["up"] == gold["up"]
+    return all(abs(answer["scores"][c] - v) <= 1 for c, v in gold["scores"].items())
+
+
 CSV_FIELDS = ("judgment_id", "project", "item_id", "labeler", "group", "judged_at", "answer", "display_order",
               "is_gold", "gold_correct", "duration_ms", "reason")
 
 
 def judgments_csv(db: Session, project: Project) -> str:
-    from palate.feedback.stats import gold_correct
-
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_FIELDS)

@@ -15,22 +15,7 @@ from sqlalchemy.orm import Session
 
 from palate.feedback import agreement
 from palate.feedback.db import Assignment, Item, Judgment, JudgmentEdit, Labeler, Project, utcnow
-from palate.feedback.export import load, pair_class
-
-
-def gold_correct(project: Project, answer: dict, gold: dict | None) -> bool | None:
-    """Whether an answer matches a gold item's known answer. Rankings: the top choice matches;
-    ratings: every criterion within ±1 of the gold score."""
-    if not gold:
-        return None
-    t = project.task_type
-    if t == "pairwise":
-        return answer["choice"] == gold["choice"]
-    if t == "ranking":
-        return answer["order"][0] == gold["order"][0]
-    if t == "thumbs":
-        return answer["up"] == gold["up"]
-    return all(abs(answer["scores"][c] - v) <= 1 for c, v in gold["scores"].items())
+from palate.feedback.export import gold_correct, load, pair_class
 
 
 def label_of(project: Project, answer: dict):

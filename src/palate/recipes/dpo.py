@@ -28,6 +28,7 @@ from palate.data.batching import Batch, collate, group_batches, padding_stats, p
 from palate.data.errors import SkipLog
 from palate.data.readers import read_preferences, read_ratings
 from palate.data.records import Preference, Rating
+from palate.data.split import split_heldout
 from palate.data.tokenize import Example, encode_groups, encode_responses, uses_chat_template
 from palate.eval.monitor import MonitorConfig
 from palate.infra import distributed, session
@@ -35,7 +36,6 @@ from palate.infra.run import RunDir, recorded
 from palate.losses.preference import PREFERENCE_LOSSES, kto_loss, kto_reference_point, requires_reference
 from palate.models.logprobs import sequence_logprobs
 from palate.models.lora import adapter_disabled, is_peft
-from palate.recipes.sft import split_heldout
 
 log = logging.getLogger("palate.dpo")
 

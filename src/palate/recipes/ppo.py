@@ -39,7 +39,7 @@ from palate.losses.policy import (
     value_loss,
 )
 from palate.models.logprobs import response_hidden
-from palate.recipes.grpo import PromptsConfig, prompt_limit, prompt_stream
+from palate.recipes.prompts import PromptsConfig, prompt_limit, prompt_stream
 from palate.rollout.experience import (
     Experience,
     Reference,

@@ -23,12 +23,12 @@ from palate.data.batching import Batch, group_batches, padding_stats
 from palate.data.errors import SkipLog
 from palate.data.readers import read_preferences, read_rankings
 from palate.data.records import Preference, Ranking, ranking_pairs
+from palate.data.split import split_heldout
 from palate.data.tokenize import encode_groups, uses_chat_template
 from palate.infra import session
 from palate.infra.run import RunDir, recorded
 from palate.losses.reward import bradley_terry_loss, centering_penalty, plackett_luce_loss
 from palate.models.heads import REWARD_META, RewardModel, distinct_pad_token, init_heads, reward_scores
-from palate.recipes.sft import split_heldout
 
 log = logging.getLogger("palate.rm")
 

@@ -12,7 +12,6 @@ identical loss curve.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from palate.config import DataConfig, LogConfig, LoraConfig, ModelConfig, TrainC
 from palate.data.batching import epoch_batches, padding_stats
 from palate.data.errors import SkipLog
 from palate.data.readers import read_demonstrations
+from palate.data.split import split_heldout
 from palate.data.tokenize import encode_demonstrations
 from palate.infra import session
 from palate.infra.run import RunDir, recorded
@@ -39,17 +39,6 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     log: LogConfig = field(default_factory=LogConfig)
-
-
-def split_heldout(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic held-out split: ``fraction`` of records (at least one when > 0) for evaluation."""
-    if fraction <= 0 or len(records) < 2:
-        return records, []
-    order = list(range(len(records)))
-    random.Random(f"heldout:{seed}").shuffle(order)
-    n_eval = max(1, round(fraction * len(records)))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
 
 def batch_loss(model, batch, normalizer: float) -> torch.Tensor:
