@@ -47,9 +47,7 @@ difficulty fitted this way in early 2024 on the models it had then and stored on
 from __future__ import annotations
 
 import csv
-import gzip
 import json
-import lzma
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from palate.data.errors import DataError
+from palate.data.readers import open_data
 from palate.eval.glm import Design, Factor, cross_validated_logistic, sigmoid
 
 BASELINE = "gpt4_1106_preview"
@@ -89,12 +88,9 @@ class Annotations:
 
 
 def _open_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    elif path.suffix == ".xz":
-        raw = lzma.decompress(raw)
-    return raw.decode("utf-8")
+    """A (possibly compressed) text file, decompressed as palate's data readers do (.gz, .bz2, .xz, .zst)."""
+    with open_data(path) as f:
+        return f.read().decode("utf-8")
 
 
 def text_length(text: str, unit: str, tokenizer: Any = None) -> int:

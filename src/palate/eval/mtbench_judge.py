@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from palate.data.errors import DataError
+from palate.data.readers import iter_rows
 from palate.eval.prompts import MTBenchQuestion
 from palate.judges.templates import TEMPLATE_DIR
 
@@ -104,8 +105,6 @@ def placeholders(template: str, src: str, n: int) -> set[str]:
 
 def load_judge_prompts(path: str | Path | None = None) -> JudgePrompts:
     """FastChat's ``judge_prompts.jsonl`` (the shipped copy when ``path`` is None), every row checked."""
-    from palate.data.readers import iter_rows
-
     source = Path(path) if path is not None else SHIPPED
     known = {name: (mode, ref, turn) for (mode, ref, turn), name in NAMES.items()}
     prompts: dict[str, JudgePrompt] = {}

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from palate.data.errors import DataError
+from palate.data.readers import iter_rows
 
 WINNERS = ("model_1", "model_2", "tie", "error")
 
@@ -67,8 +68,6 @@ def _turn(row: dict, src: str, n: int) -> int:
 
 def read_single_judgments(source: str | Path) -> list[dict[str, Any]]:
     """The rows of a FastChat ``*_single.jsonl`` (fields checked: question_id, model, score, turn)."""
-    from palate.data.readers import iter_rows
-
     out = []
     for src, n, row in iter_rows(source):
         if "model_1" in row and "model" not in row:
@@ -87,8 +86,6 @@ def read_single_judgments(source: str | Path) -> list[dict[str, Any]]:
 
 def read_pair_judgments(source: str | Path) -> list[dict[str, Any]]:
     """The rows of a FastChat ``*_pair.jsonl`` (fields checked: question_id, model_1, model_2, g1/g2_winner)."""
-    from palate.data.readers import iter_rows
-
     out = []
     for src, n, row in iter_rows(source):
         if "model" in row and "model_1" not in row:

@@ -26,7 +26,8 @@ from palate.feedback.assignment import (MAX_ID, MAX_REASON, AnswerError, Conflic
 from palate.feedback.db import (LOCK_TIMEOUT, Assignment, DatabaseBusy, Item, Membership, Project, open_db, utcnow)
 from palate.feedback.stats import AgreementCache
 from palate.feedback.web import (DB, HERE, BodyLimit, Form, LoginRequired, SecurityHeaders, api_user, check_csrf,
-                                 client_address, form_int, page_user, project_for, set_cookie, templates)
+                                 client_address, form_int, page_user, project_for, project_form, set_cookie,
+                                 templates)
 
 
 def create_app(db: str = "palate_feedback.db", migrate: bool = True, secure_cookies: bool = False,
@@ -155,9 +156,7 @@ def _pages(app: FastAPI) -> None:
 
     @app.post("/p/{slug}/task")
     def task_submit(slug: str, request: Request, form: Form, db: DB):
-        me, ws = page_user(request, db)
-        project = project_for(db, slug, me)
-        check_csrf(ws, form)
+        me, ws, project = project_form(request, db, slug, form)
         try:
             assignment_id = form_int(form, "assignment_id", required=True)
             duration = form_int(form, "duration_ms", low=0)

@@ -15,7 +15,7 @@ from palate.feedback import edits
 from palate.feedback.assignment import (ASSIGNMENT_TTL, EXPIRY_WARNING, MAX_ID, MAX_REASON, AnswerError, ConflictError,
                                         expires_at, form_answer, progress, skip)
 from palate.feedback.db import Assignment, Item, Labeler, Project, utcnow
-from palate.feedback.web import DB, Form, api_user, check_csrf, form_int, page_user, project_for, templates
+from palate.feedback.web import DB, Form, api_user, form_int, page_user, project_for, project_form, templates
 
 router = APIRouter()
 
@@ -47,9 +47,7 @@ def status(db: Session, project: Project, me: Labeler, a: Assignment | None = No
 
 @router.post("/p/{slug}/skip")
 def skip_page(slug: str, request: Request, form: Form, db: DB):
-    me, ws = page_user(request, db)
-    project = project_for(db, slug, me)
-    check_csrf(ws, form)
+    me, ws, project = project_form(request, db, slug, form)
     try:
         skip(db, project, me, form_int(form, "assignment_id", required=True), str(form.get("skip_reason") or ""))
     except AnswerError as e:
@@ -73,9 +71,7 @@ def last_page(slug: str, request: Request, db: DB):
 
 @router.post("/p/{slug}/last")
 def last_submit(slug: str, request: Request, form: Form, db: DB):
-    me, ws = page_user(request, db)
-    project = project_for(db, slug, me)
-    check_csrf(ws, form)
+    me, ws, project = project_form(request, db, slug, form)
     try:
         judgment_id = form_int(form, "judgment_id", required=True)
         edits.edit(db, project, me, judgment_id, form_answer(project, form), reason=str(form.get("reason") or ""))

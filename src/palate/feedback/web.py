@@ -203,6 +203,15 @@ def check_csrf(ws: auth.WebSession, form) -> None:
         raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and try again")
 
 
+def project_form(request: Request, db: Session, slug: str, form) -> tuple[Labeler, auth.WebSession, Project]:
+    """A form post to one of a project's pages: the logged-in labeler, its session and the project, once the
+    form's CSRF token is checked."""
+    me, ws = page_user(request, db)
+    project = project_for(db, slug, me)
+    check_csrf(ws, form)
+    return me, ws, project
+
+
 def project_for(db: Session, slug: str, labeler: Labeler) -> Project:
     """The project, if this labeler may see it; 404 alike for an unknown project and for someone else's
     (the answer does not tell which slugs exist)."""
