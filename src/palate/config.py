@@ -70,8 +70,8 @@ class TrainConfig:
     gradient_checkpointing: bool | None = None  # None: auto (off on CPU, where memory is rarely the limit)
     log_every: int = 1
     eval_every: int = 50  # 0: only at the end
-    save_every: int = 50  # 0: only at the end
-    keep_last: int = 2
+    save_every: int = 50  # 0: only after the last step; -1: never (a run that fails starts over)
+    keep_last: int = 2  # checkpoints kept (the newest); 0: all
     threads: int | None = None  # torch intra-op threads; None: torch's default (physical cores)
     sharding: str | None = None  # none | ddp | fsdp (PyTorch FSDP2); None: ddp when launched on several processes
     cpu_offload: bool = False  # fsdp: sharded weights, gradients and optimizer states live in CPU memory
@@ -79,6 +79,11 @@ class TrainConfig:
     def __post_init__(self):
         if self.sharding not in (None, "none", "ddp", "fsdp"):
             raise ConfigError(f"train.sharding must be none, ddp or fsdp, got {self.sharding!r}")
+        if self.save_every < -1:
+            raise ConfigError(f"train.save_every must be a number of steps, 0 (only after the last) or -1 (never), "
+                              f"got {self.save_every}")
+        if self.keep_last < 0:
+            raise ConfigError(f"train.keep_last must be >= 0 (0 keeps all), got {self.keep_last}")
 
 
 @dataclass(frozen=True)

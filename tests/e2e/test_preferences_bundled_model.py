@@ -24,7 +24,7 @@ def test_bundled_reward_model_beats_chance_on_held_out_pairs(tmp_path):
     run = tmp_path / "rm"
     out = run_cli("rm", f"run_dir={run}", "model.name=bundled", "data.path=bundled:preferences", "data.max_length=192",
                   "data.eval_fraction=0.2", "train.batch_size=4", "train.max_steps=12", "train.lr=2e-5",
-                  "train.warmup_ratio=0.1", "train.eval_every=0", "train.save_every=0", "reward.normalize_samples=32",
+                  "train.warmup_ratio=0.1", "train.eval_every=0", "train.save_every=-1", "reward.normalize_samples=32",
                   "log.progress=false")
     report = json.loads((run / "eval" / "rm_eval.json").read_text())
     acc = report["accuracy"]
@@ -45,7 +45,7 @@ def test_bundled_dpo_raises_held_out_implicit_reward_accuracy(tmp_path):
     run = tmp_path / "dpo"
     run_cli("dpo", f"run_dir={run}", "model.name=bundled", f"data.path={data}", "data.max_length=192",
             "data.eval_fraction=0.25", "train.batch_size=4", "train.max_steps=8", "train.lr=5e-6",
-            "train.warmup_ratio=0.1", "train.eval_every=4", "train.save_every=0", "dpo.samples=2",
+            "train.warmup_ratio=0.1", "train.eval_every=4", "train.save_every=-1", "dpo.samples=2",
             "dpo.sample_max_new_tokens=32", "log.progress=false")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in rows if "eval_reward_accuracy" in m]

@@ -58,6 +58,19 @@ def test_adapter_only_save(tmp_path, arithmetic_jsonl):
     final = train(config(tmp_path / "a", arithmetic_jsonl, "train.max_steps=2", "lora.enabled=true",
                          "lora.merge=false"))
     assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
+    assert [c.name for c in (tmp_path / "a" / "checkpoints").iterdir()] == ["step-00000002"]  # the last step is always saved
+
+
+def test_save_every_minus_one_writes_no_checkpoint_and_bad_values_are_refused(tmp_path, arithmetic_jsonl):
+    from palate.config import ConfigError
+
+    final = train(config(tmp_path / "n", arithmetic_jsonl, "train.max_steps=2", "train.save_every=-1"))
+    assert (final / "model.safetensors").exists()
+    assert not (tmp_path / "n" / "checkpoints").exists() or not any((tmp_path / "n" / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="train.save_every"):
+        config(tmp_path / "m", arithmetic_jsonl, "train.save_every=-2")
+    with pytest.raises(ConfigError, match="train.keep_last"):
+        config(tmp_path / "m", arithmetic_jsonl, "train.keep_last=-1")
 
 
 def test_resume_in_process_is_exact_with_lora_dropout(tmp_path, arithmetic_jsonl):

@@ -286,7 +286,7 @@ class Loop:
             micro = self.stream.micro_batches(step)
             self._micro_steps = len(micro)
             yield step, self.shards(micro)
-            if self.due(self.cfg.save_every):  # the last step too: a rerun after a failure past it only finishes
+            if self.cfg.save_every >= 0 and self.due(self.cfg.save_every):  # the last step too: a rerun after a failure past it only finishes
                 self.checkpoint()
 
     def shards(self, micro: list) -> list:
