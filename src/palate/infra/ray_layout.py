@@ -140,10 +140,10 @@ class ReferenceWorker:
     def where(self) -> dict:
         return {"role": "reference", **_where(), "device": str(next(self.model.parameters()).device)}
 
-    def logprobs(self, r, temperature: float):
-        from palate.rollout.experience import sampled_logprobs
+    def response_logprobs(self, r, temperature: float):
+        from palate.models.reference import rollout_logprobs
 
-        return sampled_logprobs(self.model, r, temperature)
+        return rollout_logprobs(self.model, r, temperature)
 
 
 # ----------------------------------------------------------------------------- the trainer's side
@@ -185,8 +185,8 @@ class RemoteReference:
     def __init__(self, ray, actor):
         self.ray, self.actor = ray, actor
 
-    def logprobs(self, r, temperature: float):
-        return self.ray.get(self.actor.logprobs.remote(r, temperature))
+    def response_logprobs(self, r, temperature: float):
+        return self.ray.get(self.actor.response_logprobs.remote(r, temperature))
 
 
 @dataclass

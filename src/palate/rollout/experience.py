@@ -8,7 +8,6 @@ and the diagnostics every step reports: reward, KL to the reference, lengths, tr
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ import torch
 
 from palate.losses.policy import SamplerCorrection, kl_penalty, masked_mean, sampler_correction
 from palate.models.logprobs import response_hidden, response_logprobs
-from palate.models.lora import adapter_disabled, is_peft
+from palate.models.reference import Reference, rollout_logprobs
 from palate.rollout.generate import Rollout, rollout
 from palate.rollout.rewards import NonFiniteError, RewardConfig, Rewarder, Rewards
 
@@ -57,37 +56,6 @@ class RolloutConfig:
 
             if importlib.util.find_spec("vllm") is None:
                 raise ConfigError("rollout.backend=vllm needs vLLM on a CUDA machine: pip install 'palate[vllm]'")
-
-
-class Reference:
-    """π_ref for the KL term: the policy with its LoRA adapter disabled (no extra memory), or a frozen copy
-    of the starting weights for a full fine-tune, optionally on another device (``device``)."""
-
-    def __init__(self, policy, device: str = "same", copy_weights: bool = True):
-        self.adapter = is_peft(policy)
-        if self.adapter:
-            self.model = policy
-        else:  # copy_weights=False: ``policy`` is a model nobody trains (it is frozen here, not copied)
-            self.model = (copy.deepcopy(policy) if copy_weights else policy).eval().requires_grad_(False)
-            if device != "same":
-                self.model.to(device)
-
-    @torch.no_grad()
-    def logprobs(self, r: Rollout, temperature: float) -> torch.Tensor:
-        with adapter_disabled(self.model, self.adapter):
-            return sampled_logprobs(self.model, r, temperature)
-
-
-@torch.no_grad()
-def sampled_logprobs(model, r: Rollout, temperature: float) -> torch.Tensor:
-    """``model``'s log-probs of the rollout's sampled tokens under ``softmax(logits / temperature)``:
-    [B, T] float32 on the CPU, 0 at padding."""
-    was_training = model.training
-    model.eval()
-    hidden = response_hidden(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.n)
-    lp, _ = response_logprobs(model, hidden, r.response_ids, r.response_mask, temperature)
-    model.train(was_training)
-    return lp.float().cpu() * r.response_mask
 
 
 @dataclass
@@ -139,7 +107,7 @@ def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
     engine.sync(policy)
     r = engine.rollout(prompts, **settings)
     r.sampler_logprobs = r.logprobs * r.response_mask
-    r.logprobs = sampled_logprobs(policy, r, cfg.temperature)
+    r.logprobs = rollout_logprobs(policy, r, cfg.temperature)
     return r, sampler_correction(r.logprobs, r.sampler_logprobs, r.response_mask, cfg.correction_cap,
                                  cfg.correction_level)
 
@@ -151,7 +119,7 @@ def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, 
     t1 = time.perf_counter()
     rewards = score_rollout(rewarder, prompts, r)
     t2 = time.perf_counter()
-    ref = reference.logprobs(r, cfg.temperature) if reference is not None else None
+    ref = reference.response_logprobs(r, cfg.temperature) if reference is not None else None
     t3 = time.perf_counter()
     return Experience(prompts, r, rewards, ref, {"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
                       correction)
