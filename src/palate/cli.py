@@ -122,8 +122,6 @@ def grpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: boo
     from palate.recipes.grpo import GRPOConfig, train
 
     extra = [f"grpo.advantage={advantage}"] if advantage else []
-    if advantage == "reinforce_pp" and not any(a.startswith("grpo.kl_in=") for a in args or []):
-        extra.append("grpo.kl_in=reward")
     _train(GRPOConfig, train, (args or []) + extra, overwrite, print_config)
 
 
@@ -430,7 +428,8 @@ def rl_eval(
     """Held-out reward of an RL run's starting and trained policies, several samples per held-out prompt
     (the run's prompts, reward, rollout settings and seed), paired by prompt with a 95% CI."""
     from palate.config import ConfigError
-    from palate.eval.rl import format_reevaluation, reevaluate
+    from palate.eval.rl import format_reevaluation
+    from palate.recipes.rl_eval import reevaluate
     from palate.infra.device import pick_device
     from palate.infra.logging import setup_logging
 

@@ -179,11 +179,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
+# Keys that were renamed: a config using the old name is told the new one.
+RENAMED = {
+    "grpo.beta": "grpo.kl_coef (one name for the KL weight, as in ppo.kl_coef)",
+}
+
+
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict; unknown keys and bad types name the key."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
+    for k in sorted(unknown):
+        if prefix + k in RENAMED:
+            raise ConfigError(f"{prefix + k} was renamed: use {RENAMED[prefix + k]}")
     if unknown:
         raise ConfigError(
             f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; "

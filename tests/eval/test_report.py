@@ -29,7 +29,7 @@ def make_run(path: Path) -> Path:
     (path / "data_report.json").write_text(json.dumps({"n_train": 20, "skipped": 1, "truncated": 0, "skipped_by_reason":
                                                        {"empty completion": 1}, "skips": [{"source": "d.jsonl", "row": 7,
                                                        "field": "response", "reason": f"empty {XSS}"}]}))
-    (path / "config.yaml").write_text("model:\n  name: tiny\ngrpo:\n  beta: 0.04\nmonitor:\n  kl_budget: 2.5\n"
+    (path / "config.yaml").write_text("model:\n  name: tiny\ngrpo:\n  kl_coef: 0.04\nmonitor:\n  kl_budget: 2.5\n"
                                          "note: \"<b>bold</b>\"\n")
     with open(path / "metrics.jsonl", "w") as f:
         for step in range(0, 31):

@@ -90,7 +90,7 @@ def test_grpo_raises_the_reward_with_finite_kl(tmp_path, talking_tiny):
 
 
 @pytest.mark.parametrize("advantage,extra", [("rloo", ["grpo.epochs=2", "grpo.minibatches=2"]),
-                                             ("reinforce_pp", ["grpo.kl_in=reward"])])
+                                             ("reinforce_pp", [])])
 def test_rloo_and_reinforce_pp_train(tmp_path, talking_tiny, advantage, extra):
     from palate.recipes.grpo import GRPOConfig, train
 
@@ -202,6 +202,11 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="rollout.n must be >= 2"):
         check(load_config(GRPOConfig, None, ["rollout.n=1"]))
     with pytest.raises(ConfigError, match="kl_in=reward"):
-        check(load_config(GRPOConfig, None, ["grpo.advantage=reinforce_pp"]))
+        check(load_config(GRPOConfig, None, ["grpo.advantage=reinforce_pp", "grpo.kl_in=loss"]))
+    # the KL's place follows the advantage unless it is set: the same from the CLI flag and from YAML
+    assert load_config(GRPOConfig, None, ["grpo.advantage=reinforce_pp"]).grpo.kl_in == "reward"
+    assert load_config(GRPOConfig, None, ["grpo.advantage=rloo"]).grpo.kl_in == "loss"
+    with pytest.raises(ConfigError, match="grpo.beta was renamed: use grpo.kl_coef"):
+        load_config(GRPOConfig, None, ["grpo.beta=0.1"])
     with pytest.raises(ConfigError, match="advantage must be one of"):
         check(load_config(GRPOConfig, None, ["grpo.advantage=ppo"]))

@@ -61,8 +61,10 @@ ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
 class GRPOSpec:
     advantage: str = "grpo"  # grpo | rloo | reinforce_pp
     prompts_per_step: int = 4
-    beta: float = 0.04  # KL coefficient (0: no reference model at all)
-    kl_in: str = "loss"  # loss (k3 term in the loss, as GRPO) | reward (per-token k1 in the reward)
+    kl_coef: float = 0.04  # β, the KL weight (0: no reference model at all)
+    # loss (k3 term in the loss, as GRPO) | reward (per-token k1 in the reward, as REINFORCE++);
+    # None: reward for advantage=reinforce_pp, loss otherwise
+    kl_in: str | None = None
     clip_eps: float = 0.2
     clip_eps_high: float | None = None  # DAPO's asymmetric clip (e.g. 0.28); None: = clip_eps
     scale_by_std: bool = True  # grpo: divide by the group's std (Dr. GRPO turns this off)
@@ -71,6 +73,10 @@ class GRPOSpec:
     minibatches: int = 1  # updates per pass, each over whole prompt groups
     reference_device: str = "same"  # same | cpu: where a frozen reference copy lives
     sample_every: int = 10  # write a few completions to samples.jsonl every N steps (0: never)
+
+    def __post_init__(self):
+        if self.kl_in is None:  # resolved here, so the run's config.yaml says which one trained
+            object.__setattr__(self, "kl_in", "reward" if self.advantage == "reinforce_pp" else "loss")
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ def check(cfg: GRPOConfig) -> None:
         raise ConfigError(f"grpo.advantage must be one of {', '.join(ADVANTAGES)}, got {g.advantage!r}")
     if g.kl_in not in ("loss", "reward"):
         raise ConfigError(f"grpo.kl_in must be loss or reward, got {g.kl_in!r}")
-    if g.advantage == "reinforce_pp" and g.kl_in == "loss" and g.beta > 0:
+    if g.advantage == "reinforce_pp" and g.kl_in == "loss" and g.kl_coef > 0:
         raise ConfigError("reinforce_pp puts the KL in the per-token reward: set grpo.kl_in=reward")
     if cfg.rollout.n < 2 and g.advantage in ("grpo", "rloo"):
         raise ConfigError(f"grpo.advantage={g.advantage} compares samples of a prompt: rollout.n must be >= 2")
@@ -111,16 +117,16 @@ def advantages(exp: Experience, spec: GRPOSpec, n: int) -> torch.Tensor:
     """Per-token advantages [B, T] (0 at padding)."""
     mask = exp.mask
     reward = exp.rewards.total
-    kl = exp.kl_tokens("k1") if spec.kl_in == "reward" and spec.beta > 0 else None
+    kl = exp.kl_tokens("k1") if spec.kl_in == "reward" and spec.kl_coef > 0 else None
     if spec.advantage == "reinforce_pp":
         token_rewards = torch.zeros(mask.shape)
         if kl is not None:
-            token_rewards -= spec.beta * kl
+            token_rewards -= spec.kl_coef * kl
         last = mask.sum(-1) - 1
         token_rewards[torch.arange(len(reward)), last] += reward
         return masked_whiten(discounted_returns(token_rewards, mask, gamma=1.0), mask)
     if kl is not None:  # the sequence's KL penalty enters its reward before the group baseline
-        reward = reward - spec.beta * kl.sum(-1)
+        reward = reward - spec.kl_coef * kl.sum(-1)
     adv = group_advantages(reward.view(-1, n), kind=spec.advantage, scale_by_std=spec.scale_by_std).reshape(-1)
     return adv[:, None] * mask
 
@@ -136,12 +142,12 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
     stream, held = prompt_stream(cfg.prompts, g.prompts_per_step, cfg.train.seed, tok, room=rc.max_new_tokens,
                                  max_length=prompt_limit(cfg.prompts, cfg.reward), skips=skips)
     session.report_data(run, skips, n_held_out_prompts=len(held))
-    with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=g.beta > 0) as placed:
+    with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=g.kl_coef > 0) as placed:
         rewarder = placed.rewarder or Rewarder(cfg.reward)
         policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
-        reference = placed.reference or (Reference(policy, g.reference_device) if g.beta > 0 else None)
+        reference = placed.reference or (Reference(policy, g.reference_device) if g.kl_coef > 0 else None)
         log.info("%s: %d prompts x %d samples per step, β=%g (KL in %s), reward from %s; %d held-out prompts",
-                 g.advantage, g.prompts_per_step, rc.n, g.beta, g.kl_in, cfg.reward.model or cfg.reward.function,
+                 g.advantage, g.prompts_per_step, rc.n, g.kl_coef, g.kl_in, cfg.reward.model or cfg.reward.function,
                  len(held))
         loop = session.Loop(run, policy, cfg.train, env, stream)
         watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
@@ -169,9 +175,9 @@ def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: Ro
             loss = pl.loss
             parts = {"policy_loss": float(pl.loss.detach()), "clip_fraction": float(pl.clip_fraction),
                      "approx_kl": float(pl.approx_kl), "entropy": float(masked_mean(ent.detach(), mask))}
-            if g.kl_in == "loss" and g.beta > 0:
+            if g.kl_in == "loss" and g.kl_coef > 0:
                 kl_loss = aggregate(kl_penalty(logp, exp.ref_logprobs[rows].to(dev), "k3"), mask, g.loss_agg)
-                loss = loss + g.beta * kl_loss
+                loss = loss + g.kl_coef * kl_loss
                 parts["kl_loss"] = float(kl_loss.detach())
             require_finite(step, loss=loss.detach())
             loss.backward()
