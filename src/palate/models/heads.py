@@ -98,12 +98,22 @@ def scores_from_heads(heads: torch.Tensor) -> Scores:
     return Scores(heads.mean(dim=-1), std, heads)
 
 
+def resolve_reward_model(name: str | Path) -> tuple[str, str]:
+    """:func:`palate.models.load.resolve` for a reward model: a missing local path says how to train one."""
+    from palate.models.load import ModelNotFoundError, resolve
+
+    try:
+        return resolve(str(name))
+    except ModelNotFoundError:
+        raise ModelNotFoundError(str(name), f"train the reward model first (palate rm examples/rm_demo.yaml writes "
+                                            f"runs/demo-rm; palate rm CONFIG run_dir={name} for yours) or give a "
+                                            f"Hugging Face Hub name") from None
+
+
 def reward_model_meta(name: str | Path) -> dict[str, Any]:
     """A reward model's ``palate_reward.json`` (max length, long-prompt rule, normalisation stats), read
     without loading its weights; empty for a model palate did not train."""
-    from palate.models.load import resolve
-
-    kind, where = resolve(str(name))
+    kind, where = resolve_reward_model(name)
     path = Path(where) / REWARD_META
     return json.loads(path.read_text()) if kind in ("run", "dir") and path.exists() else {}
 
@@ -126,6 +136,7 @@ class RewardModel:
         from palate.infra.device import pick_device
         from palate.models.load import load_model, load_tokenizer
 
+        resolve_reward_model(name)  # a missing local path fails here, in one line, before any Hub lookup
         tok = load_tokenizer(str(name))
         dev = pick_device(device)
         model = load_model(str(name), dtype=dtype, device=str(dev), tokenizer=tok, num_labels=1)

@@ -187,10 +187,43 @@ def resolve(name: str) -> tuple[str, str]:
             return "run", str(path / "final")
         if (path / "config.json").exists():
             return "dir", str(path)
-        raise FileNotFoundError(f"{path} is a directory but holds no model (no config.json, no final/config.json)")
-    if path.suffix == ".gguf" or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model path {name} does not exist")
+        raise FileNotFoundError(f"{path} is a directory but holds no model (no config.json, no final/config.json; "
+                                f"a palate run writes final/ when it finishes)")
+    if looks_local(name):
+        raise ModelNotFoundError(name)
     return "hub", name
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is a local path (:func:`looks_local`) with nothing there; raised before any Hub lookup.
+    ``str(err)`` is one line naming the path and what to do."""
+
+    def __init__(self, name: str, hint: str | None = None):
+        self.name = name
+        super().__init__(f"{name} does not exist: " + (hint or (
+            "train it first (a palate run writes RUN_DIR/final) or give a Hugging Face Hub name "
+            "such as HuggingFaceTB/SmolLM2-135M-Instruct")))
+
+    def __str__(self) -> str:  # FileNotFoundError's would print "[Errno None]"
+        return self.args[0]
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model name that is not on disk is meant as a local path rather than a Hub name.
+
+    Local: ``./x``, ``../x``, ``/x``, ``~/x``, a ``.gguf`` file, a name with a backslash (Windows) or more than
+    one ``/`` (a Hub id is exactly ``org/name``), and ``dir/x`` whose first part is a directory here or
+    ``runs`` (where palate puts runs: ``runs/demo-rm``). ``HuggingFaceTB/SmolLM2-135M-Instruct`` stays a Hub name
+    unless a directory ``HuggingFaceTB`` exists here.
+    """
+    if name.startswith((".", "/", "~")) or name.endswith(".gguf") or "\\" in name or name.count("/") > 1:
+        return True
+    if os.sep != "/" and os.sep in name:
+        return True
+    if "/" in name:
+        first = name.split("/", 1)[0]
+        return first == "runs" or Path(first).is_dir()
+    return False
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False, revision: str | None = None):
