@@ -2,12 +2,13 @@
 #   make demo   set up and run the whole pipeline on the bundled model: SFT, sampling, a simulated labeler
 #               panel, DPO, evaluation against SFT, the HTML report (runs/demo/report/report.html)
 #   make test   set up and run the whole test suite
+#   make docs   build the documentation site into site/ (offline; open site/index.html)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.palate-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test docs bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +29,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q --timeout=900 --durations=25
+
+# the site: guides in docs/, the CLI/config/results references generated from the code by docs/gen/hooks.py
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # every benchmark writes bench/results/<name>.json; bench/table.py turns them into docs/benchmarks.md.
 # sft, reward, dpo and rl train the bundled 135M model with palate, TRL and a plain loop (slow on a CPU);
