@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from palate.errors import PalateError
 
-class ConfigError(ValueError):
+
+class ConfigError(PalateError, ValueError):
     pass
 
 

@@ -6,6 +6,8 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from palate.errors import PalateError
+
 log = logging.getLogger("palate.data")
 
 
@@ -26,7 +28,7 @@ def _is_jsonl(source: str) -> bool:
     return source.endswith(".jsonl")
 
 
-class DataError(ValueError):
+class DataError(PalateError, ValueError):
     """Malformed input. ``str(err)`` says where: file, line/row and field."""
 
     def __init__(self, source: str, row: int | None, fieldname: str | None, message: str):

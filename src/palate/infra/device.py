@@ -9,15 +9,24 @@ import logging
 
 import torch
 
+from palate.errors import PalateError
+
 log = logging.getLogger("palate.device")
+
+
+class DeviceError(PalateError, RuntimeError):
+    """A device that does not exist or is not available here."""
 
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(requested)
+    try:
+        dev = torch.device(requested)
+    except RuntimeError as e:
+        raise DeviceError(f"device {requested!r}: {e}") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} requested but CUDA is not available")
+        raise DeviceError(f"device {requested!r} requested but CUDA is not available")
     return dev
 
 

@@ -35,13 +35,14 @@ from typing import Any
 import yaml
 
 from palate.config import ConfigError, build, to_dict
+from palate.errors import PalateError
 from palate.infra import distributed
 from palate.infra.checkpoint import list_checkpoints
 
 log = logging.getLogger("palate.run")
 
 
-class RunExistsError(RuntimeError):
+class RunExistsError(PalateError, RuntimeError):
     pass
 
 

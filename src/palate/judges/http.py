@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from palate.data.records import Prompt, prompt_text
+from palate.errors import PalateError
 from palate.judges.local import DEFAULT_RUBRIC
 from palate.judges.templates import load_template, render
 from palate.judges.verdicts import Score, Verdict, parse_grade, parse_pairwise
@@ -39,11 +40,11 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _NOT_SENT = object()  # a request skipped because an earlier one failed for good
 
 
-class JudgeUnreachable(RuntimeError):
+class JudgeUnreachable(PalateError, RuntimeError):
     """A request still failed (transport error, timeout, 408/409/429, 5xx) after every retry."""
 
 
-class JudgeHTTPError(RuntimeError):
+class JudgeHTTPError(PalateError, RuntimeError):
     pass
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from palate.errors import PalateError
+
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
@@ -33,10 +35,17 @@ def placeholders(template: str) -> set[str]:
     return set(_PLACEHOLDER.findall(template))
 
 
+class TemplateError(PalateError, KeyError):
+    """A template placeholder without a value (a ``KeyError``, for callers that catch that)."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0])
+
+
 def render(template: str, **fields: str) -> str:
-    """Fill every ``{{ name }}``; a placeholder without a value raises ``KeyError`` naming it. Values are
+    """Fill every ``{{ name }}``; a placeholder without a value raises :class:`TemplateError` naming it. Values are
     inserted verbatim (braces in answers are safe: the text is not re-scanned)."""
     missing = placeholders(template) - set(fields)
     if missing:
-        raise KeyError(f"template placeholders without a value: {sorted(missing)} (given: {sorted(fields)})")
+        raise TemplateError(f"template placeholders without a value: {sorted(missing)} (given: {sorted(fields)})")
     return _PLACEHOLDER.sub(lambda m: str(fields[m.group(1)]), template)
