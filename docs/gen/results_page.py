@@ -67,7 +67,7 @@ def _provenance(data: dict) -> list[tuple[str, str]]:
 
 def render() -> str:
     table = _table_module()
-    rows, skipped = table.read_results(RESULTS)
+    rows, _skipped = table.read_results(RESULTS)
     out = ["# Measured results (bench/results)", "",
            "Generated from the JSON files in `bench/results/` by `docs/gen/results_page.py` when the site is "
            "built. Each figure holds for the machine and date it was measured on; where a file does not "
