@@ -83,3 +83,156 @@ def test_data_check_recognises_rankings_and_ratings(tmp_path):
     assert out.exit_code == 0, out.output
     assert out.output.startswith("3 ratings usable of 3 rows: what palate dpo --loss kto reads")
     assert "desirable 1, undesirable 1, at the scale's midpoint 1 (KTO skips those)" in out.output
+
+
+# ----------------------------------------------------------------------------- one config style for every command
+
+import logging  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _palate_log_handlers_restored():
+    """A command that fails after setup_logging leaves a handler on CliRunner's closed stream; drop it."""
+    log = logging.getLogger("palate")
+    before = list(log.handlers)
+    yield
+    log.handlers[:] = before
+
+# command: (arguments that make a config, a flag, the key=value it is a shortcut for, the YAML line it gives)
+CONFIGURED = {
+    "eval": (["tiny", "out=ev"], ["--temperature", "0.7"], "temperature=0.7", "temperature: 0.7"),
+    "judge": (["pairs.jsonl", "--out", "o.jsonl"], ["--mode", "weight"], "mode=weight", "mode: weight"),
+    "serve": (["tiny"], ["--port", "9001"], "port=9001", "port: 9001"),
+    "redteam": (["tiny"], ["--threshold", "0.25"], "threshold=0.25", "threshold: 0.25"),
+    "plan": (["--params", "7B"], ["--seq-len", "512"], "seq_len=512", "seq_len: 512"),
+}
+
+
+def _printed(*args) -> str:
+    out = runner.invoke(app, [*map(str, args), "--print-config"])
+    assert out.exit_code == 0, out.output
+    return out.output
+
+
+@pytest.mark.parametrize("command", CONFIGURED)
+def test_print_config_round_trips_through_a_config_file(command, tmp_path):
+    base, flag_, _, _ = CONFIGURED[command]
+    printed = _printed(command, *base, *flag_)
+    f = tmp_path / "cfg.yaml"
+    f.write_text(printed)
+    assert _printed(command, f) == printed
+
+
+@pytest.mark.parametrize("command", CONFIGURED)
+def test_key_value_override_shows_up_and_the_flag_is_the_same_key(command):
+    base, flag_, override, line = CONFIGURED[command]
+    default = _printed(command, *base)
+    by_key = _printed(command, *base, override)
+    assert line not in default.splitlines() and line in by_key.splitlines()
+    assert _printed(command, *base, *flag_) == by_key
+
+
+@pytest.mark.parametrize("command", CONFIGURED)
+def test_unknown_key_is_refused_by_name(command):
+    base = CONFIGURED[command][0]
+    out = runner.invoke(app, [command, *base, "no_such_key=3", "--print-config"])
+    assert out.exit_code == 2
+    assert "unknown config key(s) no_such_key" in out.output and "valid keys here" in out.output
+
+
+def test_a_flag_wins_over_its_key_and_a_key_over_the_file(tmp_path):
+    f = tmp_path / "ev.yaml"
+    f.write_text("policies: [tiny]\nout: ev\ntemperature: 0.3\nlimit: 4\n")
+    printed = _printed("eval", f, "temperature=0.5", "--limit", "2").splitlines()
+    assert "temperature: 0.5" in printed and "limit: 2" in printed and "out: ev" in printed
+    printed = _printed("eval", f, "limit=9", "--limit", "2").splitlines()
+    assert "limit: 2" in printed
+
+
+def test_positionals_repeated_flags_and_bool_flags_are_their_keys():
+    assert _printed("eval", "a", "b", "out=o") == _printed("eval", "policies=[a, b]", "out=o")
+    assert _printed("eval", "a", "out=o", "--k", "1", "--k", "5") == _printed("eval", "a", "out=o", "k=[1, 5]")
+    assert _printed("plan", "m", "--lora") == _printed("plan", "model=m", "lora=true")
+    assert _printed("plan", "m", "--json") == _printed("plan", "m", "json=true")
+    assert _printed("serve", "tiny", "--host", "0.0.0.0") == _printed("serve", "model=tiny", "host=0.0.0.0")
+    assert _printed("judge", "p.jsonl", "--judge", "http://h:1/v1") == _printed("judge", "input=p.jsonl",
+                                                                                  "judge=http://h:1/v1")
+    assert "judge: reward:runs/rm" in _printed("redteam", "tiny", "--judge", "reward:runs/rm").splitlines()
+
+
+def test_a_single_valued_positional_takes_one_value_and_two_files_are_refused(tmp_path):
+    out = runner.invoke(app, ["redteam", "a", "b", "--print-config"])
+    assert out.exit_code == 2 and "one model expected, got 2: a, b" in out.output
+    f = tmp_path / "a.yaml"
+    f.write_text("{}\n")
+    out = runner.invoke(app, ["plan", str(f), str(f), "--print-config"])
+    assert out.exit_code == 2 and "two config files given" in out.output
+
+
+def test_plan_runs_from_a_config_file_as_from_flags(tmp_path):
+    f = tmp_path / "plan.yaml"
+    f.write_text(_printed("plan", "--params", "7B", "--devices", "8", "--method", "grpo", "--gpu-memory", "80"))
+    from_file = runner.invoke(app, ["plan", str(f)])
+    from_flags = runner.invoke(app, ["plan", "--params", "7B", "--devices", "8", "--method", "grpo",
+                                     "--gpu-memory", "80"])
+    assert from_file.exit_code == 0 and from_file.output == from_flags.output and "fit in 80 GiB" in from_file.output
+
+
+def test_serve_config_holds_no_api_key(monkeypatch):
+    monkeypatch.setenv("PALATE_API_KEY", "s3cret")
+    printed = _printed("serve", "tiny", "--api-key", "other-secret")
+    assert "s3cret" not in printed and "other-secret" not in printed and "api_key_env: PALATE_API_KEY" in printed
+
+
+def test_run_needs_what_printing_does_not():
+    out = runner.invoke(app, ["eval", "out=o"])
+    assert out.exit_code == 2 and "at least one policy" in out.output
+    out = runner.invoke(app, ["eval", "tiny"])
+    assert out.exit_code == 2 and "--out" in out.output
+    out = runner.invoke(app, ["eval", "tiny", "--suite", "nope", "--print-config"])
+    assert out.exit_code == 2 and "suite (--suite) must be" in out.output
+
+
+# ----------------------------------------------------------------------------- one error path
+
+
+def test_every_command_reports_palate_errors_as_one_line_and_keeps_tracebacks_for_bugs():
+    from palate.clikit import App
+    from palate.config import ConfigError
+    from palate.data.errors import DataError
+    from palate.errors import PalateError
+    from palate.infra.run import RunExistsError
+    from palate.judges.http import JudgeHTTPError, JudgeUnreachable
+
+    assert all(issubclass(e, PalateError) for e in (ConfigError, DataError, RunExistsError, JudgeUnreachable,
+                                                       JudgeHTTPError))
+    mini = App()
+    raised = {"palate": RunExistsError("runs/x exists; pass --overwrite"), "os": FileNotFoundError("no file f.jsonl"),
+              "value": ValueError("bad value"), "bug": ZeroDivisionError("a bug")}
+
+    @mini.command()
+    def boom(kind: str) -> None:
+        raise raised[kind]
+
+    @mini.command()
+    def fine() -> None:
+        pass
+
+    for kind, message in (("palate", "runs/x exists"), ("os", "no file f.jsonl"), ("value", "bad value")):
+        out = runner.invoke(mini, ["boom", kind])
+        assert out.exit_code == 2 and out.output == f"error: {raised[kind]}\n" and message in out.output
+    bug = runner.invoke(mini, ["boom", "bug"])
+    assert bug.exit_code == 1 and isinstance(bug.exception, ZeroDivisionError)
+
+
+def test_cli_has_no_command_specific_except_clauses():
+    import inspect
+    import re
+
+    import palate.cli
+    import palate.feedback.cli
+
+    for module in (palate.cli, palate.feedback.cli):
+        assert not re.search(r"^\s*(try:|except\b)", inspect.getsource(module), re.M), module.__name__

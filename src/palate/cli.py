@@ -3,76 +3,60 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="palate: align language models with human preferences.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Inspect and check datasets.", no_args_is_help=True)
+from palate.clikit import PRINT_CONFIG, App, USER_ERRORS, command_config, echo_config, flag, split_args
+from palate.eval.run import EvalConfig, RedteamConfig
+from palate.feedback.cli import label_app
+from palate.infra.memory import PlanConfig
+from palate.judges.label import JudgeConfig as _J
+from palate.serve.config import ServeConfig
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What every command reports as ``error: ...`` (exit 2): palate's own errors, bad paths and values, and a
+    reward that is not finite (a RuntimeError of palate.rollout, imported only when an error passes)."""
+    from palate.rollout.rewards import NonFiniteError
+
+    return (*USER_ERRORS, NonFiniteError)
+
+
+app = App(help="palate: align language models with human preferences.", no_args_is_help=True,
+          add_completion=False, pretty_exceptions_enable=False, errors=_user_errors)
+data_app = App(help="Inspect and check datasets.", no_args_is_help=True, errors=_user_errors)
 app.add_typer(data_app, name="data")
-safety_app = typer.Typer(help="Train and use the safety classifier (P(unsafe) of an answer).", no_args_is_help=True)
+safety_app = App(help="Train and use the safety classifier (P(unsafe) of an answer).", no_args_is_help=True,
+                 errors=_user_errors)
 app.add_typer(safety_app, name="safety")
-app.add_typer(__import__("palate.feedback.cli", fromlist=["label_app"]).label_app, name="label")  # palate label ...
+app.add_typer(label_app, name="label")  # palate label ...
 
 
 def _config_and_overrides(args: list[str] | None) -> tuple[str | None, list[str]]:
     """``[config.yaml] [key=value ...]`` in any order."""
-    config, overrides = None, []
-    for a in args or []:
-        if "=" in a:
-            overrides.append(a)
-        elif a.endswith((".yaml", ".yml")):
-            if config is not None:
-                raise typer.BadParameter(f"two config files given: {config} and {a}")
-            config = a
-        else:
-            raise typer.BadParameter(f"{a!r} is neither a .yaml config nor a key=value override")
+    config, overrides, positionals = split_args(args)
+    if positionals:
+        raise typer.BadParameter(f"{positionals[0]!r} is neither a .yaml config nor a key=value override")
     return config, overrides
 
 
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _data_stem(source: str) -> str:
-    """``data/test.jsonl.gz`` -> ``test``; ``bundled:preferences`` -> ``preferences``."""
-    from palate.data.readers import COMPRESSIONS
-
-    path = Path(source.replace("bundled:", ""))
-    if path.suffix.lower() in COMPRESSIONS:
-        path = path.with_suffix("")
-    return path.stem
-
-
 _ARGS_HELP = "an optional CONFIG.yaml and section.key=value overrides, e.g. train.lr=1e-5"
+_CONFIG_ARGS = "CONFIG.yaml and key=value overrides (flags win over keys, keys over the file; --print-config shows them)"
 
 
 def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, print_config: bool,
            label: str = "final model") -> None:
-    """Shared body of the training commands: resolve the config, run the recipe, report clear errors."""
-    from palate.config import ConfigError, dump_yaml, load_config
-    from palate.data.errors import DataError
-    from palate.infra.run import RunExistsError
-    from palate.rollout.rewards import NonFiniteError
-
-    config, overrides = _config_and_overrides(args)
-    try:
-        cfg = load_config(config_cls, config, overrides)
-        if print_config:
-            typer.echo(dump_yaml(cfg), nl=False)
-            return
-        final = train_fn(cfg, overwrite=overwrite)
-    except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
-        _fail(e)
-    except NonFiniteError as e:
-        _fail(e)
+    """Shared body of the training commands: resolve the config and run the recipe (errors: see _user_errors)."""
+    cfg = command_config(config_cls, args)
+    if print_config:
+        echo_config(cfg)
+        return
+    final = train_fn(cfg, overwrite=overwrite)
     typer.echo(f"{label}: {final}")
 
 
 _OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run in run_dir")
-_PRINT_CONFIG = typer.Option(False, "--print-config", help="print the resolved config as YAML and exit")
+_PRINT_CONFIG = PRINT_CONFIG
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -144,19 +128,18 @@ def rm_eval(
     seed: int = typer.Option(0, help="seed of the bootstrap CI and the calibration orientation"),
 ) -> None:
     """Evaluate a reward model on preference pairs: accuracy with CI, calibration, length bias, per group."""
-    from palate.data.errors import DataError
+    from pathlib import Path
+
     from palate.data.readers import read_preferences
     from palate.eval.reward import evaluate_reward_model, format_report
+    from palate.eval.scoring import data_stem
     from palate.infra.logging import setup_logging
     from palate.models.heads import RewardModel
 
     setup_logging()
-    try:
-        rm_ = RewardModel.load(model)
-        pairs = read_preferences(data)
-    except (DataError, FileNotFoundError, OSError) as e:
-        _fail(e)
-    target = Path(out) if out else Path(model) / f"eval-{_data_stem(data)}"
+    rm_ = RewardModel.load(model)
+    pairs = read_preferences(data)
+    target = Path(out) if out else Path(model) / f"eval-{data_stem(data)}"
     report = evaluate_reward_model(rm_, pairs, target, seed=seed, batch_size=batch_size)
     typer.echo(format_report(report))
     typer.echo(f"written to {target}")
@@ -171,42 +154,11 @@ def score(
     normalize: bool = typer.Option(False, help="(r - mean) / std with the stats saved at training time"),
 ) -> None:
     """Score (prompt, response) rows with a reward model; writes each row back with its reward."""
-    import json
-
-    from palate.data.errors import DataError, SkipLog
-    from palate.data.readers import iter_rows, read_demonstrations
+    from palate.eval.scoring import format_scoring, score_file
     from palate.infra.logging import setup_logging
-    from palate.models.heads import RewardModel
 
     setup_logging()
-    try:
-        rows = [row for _, _, row in iter_rows(input)]
-        records = read_demonstrations(input)  # validates every row, naming file, line and field
-        rm_ = RewardModel.load(model)
-    except (DataError, FileNotFoundError, OSError) as e:
-        _fail(e)
-    if len(records) != len(rows):
-        _fail(ValueError(f"{input}: {len(rows) - len(records)} rows have an empty response; nothing written"))
-    skips = SkipLog(seen=len(records))
-    try:
-        scores = rm_.score([r.prompt for r in records], [r.response for r in records], batch_size=batch_size,
-                           normalize=normalize, skips=skips,
-                           where=[(r.meta["source"], r.meta["row"]) for r in records])
-    except ValueError as e:
-        _fail(e)
-    target = Path(output) if output else Path(input).parent / f"{_data_stem(input)}.scored.jsonl"
-    reasons = {(s.source, s.row): s.reason for s in skips.skips}
-    with open(target, "w") as f:
-        for row, rec, mean, std in zip(rows, records, scores.mean.tolist(), scores.std.tolist()):
-            extra = {"reward_std": std} if rm_.n_heads > 1 else {}
-            if mean != mean:  # NaN: skipped by the reward model's long_prompts rule, written as null with the reason
-                row, mean, extra = {**row, "skipped": reasons.get((rec.meta["source"], rec.meta["row"]))}, None, {}
-            f.write(json.dumps({**row, "reward": mean, **extra}, ensure_ascii=False) + "\n")
-    scored = scores.mean[~scores.mean.isnan()]
-    typer.echo(f"scored {len(scored)} of {len(rows)} rows -> {target} (reward mean {scored.mean():.4f}, "
-               f"std {scored.std():.4f}{', normalised' if normalize else ''})")
-    if skips.skips or skips.truncations:
-        typer.echo(f"reward model max_length {rm_.max_length}, long_prompts={rm_.long_prompts}: {skips.summary()}")
+    typer.echo(format_scoring(score_file(model, input, output, batch_size=batch_size, normalize=normalize)))
 
 
 @app.command()
@@ -220,88 +172,61 @@ def chat(
     seed: int = typer.Option(0),
 ) -> None:
     """Talk to a model: one reply to MESSAGE, or an interactive session (empty line or Ctrl-D quits)."""
-    from transformers import TextStreamer
-
     from palate.infra.logging import setup_logging
-    from palate.models.load import load_model, load_tokenizer
-    from palate.rollout.generate import reply
+    from palate.serve.chat import chat as run_chat
 
     setup_logging()
-    try:
-        tok = load_tokenizer(model)
-        lm = load_model(model, tokenizer=tok).eval()
-    except (FileNotFoundError, OSError) as e:
-        _fail(e)
-    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, repetition_penalty=repetition_penalty, seed=seed)
-    if message is not None:
-        typer.echo(reply(lm, tok, history + [{"role": "user", "content": message}], **gen))
-        return
-    interactive = sys.stdin.isatty()
-    while True:
-        try:
-            text = input("you> ") if interactive else sys.stdin.readline()
-        except EOFError:
-            break
-        if not text.strip():
-            break
-        history.append({"role": "user", "content": text.strip()})
-        if interactive:
-            typer.echo("model> ", nl=False)
-            streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-            answer = reply(lm, tok, history, streamer=streamer, **gen)
-        else:
-            answer = reply(lm, tok, history, **gen)
-            typer.echo(f"model> {answer}")
-        history.append({"role": "assistant", "content": answer})
+    run_chat(model, message, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
+             repetition_penalty=repetition_penalty, seed=seed, stdin=sys.stdin, echo=typer.echo)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": False})
 def judge(
-    input: str = typer.Argument(..., help="candidate pairs: prompt + response_a/response_b, or chosen/rejected (any "
-                                "preference format; the label then gives agreement figures); file or bundled:NAME"),
-    out: str = typer.Option(..., "--out", help="Preference JSONL to write (+ .summary.json, .malformed.jsonl)"),
-    judge_: str = typer.Option("bundled", "--judge", help="local model name/run dir, or an OpenAI-compatible base URL "
-                               "(http://host:port/v1)"),
-    model: str = typer.Option("default", "--model", help="model name to request from an HTTP judge"),
-    mode: str = typer.Option("tie", help="what verdicts that flip with the order become: tie | weight"),
-    template: str = typer.Option("pairwise", help="template name (pairwise, reference) or path to your own"),
-    limit: int = typer.Option(None, help="judge only the first N pairs"),
-    seed: int = typer.Option(0, help="seed of the slot assignment for chosen/rejected rows"),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the HTTP judge's key"),
-    cache_dir: str = typer.Option(None, help="HTTP answer cache (default: OUT's folder/.judge-cache)"),
-    concurrency: int = typer.Option(4, help="HTTP requests in flight"),
-    rate_limit: float = typer.Option(None, help="HTTP requests per second at most"),
-    max_retries: int = typer.Option(5, help="HTTP retries (exponential backoff, or the server's Retry-After) before "
-                                    "the run stops with an error; a failed request is never a verdict"),
-    timeout: float = typer.Option(120.0, help="HTTP judge: seconds to wait for a connection and for each read"),
-    max_tokens: int = typer.Option(512, help="HTTP judge: longest answer (explanation + verdict) to ask for"),
-    batch_size: int = typer.Option(8, help="local judge: prompts per forward"),
-    min_mass: float = typer.Option(0.0, help="local judge: verdict tokens' probability below this is malformed"),
-    judge_name: str = typer.Option(None, help="name matched against model_a/model_b for the self-preference rate"),
+    args: list[str] = typer.Argument(None, help="INPUT: candidate pairs, prompt + response_a/response_b, or "
+                                     "chosen/rejected (any preference format; the label then gives agreement "
+                                     "figures); file or bundled:NAME (key input); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    out: str = flag(_J, "out", "--out", help="Preference JSONL to write (+ .summary.json, .malformed.jsonl)"),
+    judge_: str = flag(_J, "judge", "--judge", help="local model name/run dir, or an OpenAI-compatible base URL "
+                       "(http://host:port/v1)"),
+    model: str = flag(_J, "model", "--model", help="model name to request from an HTTP judge"),
+    mode: str = flag(_J, "mode", "--mode", help="what verdicts that flip with the order become: tie | weight"),
+    template: str = flag(_J, "template", "--template", help="template name (pairwise, reference) or path to your own"),
+    limit: int = flag(_J, "limit", "--limit", help="judge only the first N pairs"),
+    seed: int = flag(_J, "seed", "--seed", help="seed of the slot assignment for chosen/rejected rows"),
+    api_key_env: str = flag(_J, "api_key_env", "--api-key-env", help="environment variable holding the HTTP "
+                            "judge's key"),
+    cache_dir: str = flag(_J, "cache_dir", "--cache-dir", help="HTTP answer cache (default: OUT's "
+                          "folder/.judge-cache)"),
+    concurrency: int = flag(_J, "concurrency", "--concurrency", help="HTTP requests in flight"),
+    rate_limit: float = flag(_J, "rate_limit", "--rate-limit", help="HTTP requests per second at most"),
+    max_retries: int = flag(_J, "max_retries", "--max-retries", help="HTTP retries (exponential backoff, or the "
+                            "server's Retry-After) before the run stops with an error; a failed request is never a "
+                            "verdict"),
+    timeout: float = flag(_J, "timeout", "--timeout", help="HTTP judge: seconds to wait for a connection and for "
+                          "each read"),
+    max_tokens: int = flag(_J, "max_tokens", "--max-tokens", help="HTTP judge: longest answer (explanation + "
+                           "verdict) to ask for"),
+    batch_size: int = flag(_J, "batch_size", "--batch-size", help="local judge: prompts per forward"),
+    min_mass: float = flag(_J, "min_mass", "--min-mass", help="local judge: verdict tokens' probability below this "
+                           "is malformed"),
+    judge_name: str = flag(_J, "judge_name", "--judge-name", help="name matched against model_a/model_b for the "
+                           "self-preference rate"),
 ) -> None:
     """RLAIF: label candidate pairs with an AI judge (both orders, debiased) as preference data for rm/dpo."""
-    from palate.data.errors import DataError
     from palate.infra.logging import setup_logging
-    from palate.judges import make_judge
-    from palate.judges.http import JudgeHTTPError, JudgeUnreachable
-    from palate.judges.label import format_summary, label_file
+    from palate.judges.label import format_summary, judge_from_config
 
+    cfg = command_config(_J, args, positional="input", flags=dict(
+        out=out, judge=judge_, model=model, mode=mode, template=template, limit=limit, seed=seed,
+        api_key_env=api_key_env, cache_dir=cache_dir, concurrency=concurrency, rate_limit=rate_limit,
+        max_retries=max_retries, timeout=timeout, max_tokens=max_tokens, batch_size=batch_size, min_mass=min_mass,
+        judge_name=judge_name))
+    if print_config:
+        echo_config(cfg)
+        return
     setup_logging()
-    if mode not in ("tie", "weight"):
-        _fail(ValueError(f"--mode must be tie or weight, got {mode!r}"))
-    if judge_.startswith(("http://", "https://")):
-        kw = dict(model=model, api_key_env=api_key_env, template=template, concurrency=concurrency,
-                  rate_limit=rate_limit, max_retries=max_retries, name=judge_name, max_tokens=max_tokens,
-                  timeout=timeout, cache_dir=cache_dir or str(Path(out).resolve().parent / ".judge-cache"))
-    else:
-        kw = dict(template=template, batch_size=batch_size, min_mass=min_mass)
-    try:
-        j = make_judge(judge_, **kw)
-        summary = label_file(j, input, out, mode=mode, seed=seed, limit=limit, judge_name=judge_name)
-    except (DataError, FileNotFoundError, OSError, KeyError, ValueError, JudgeUnreachable, JudgeHTTPError) as e:
-        _fail(e)
-    typer.echo(format_summary(summary))
+    typer.echo(format_summary(judge_from_config(cfg)))
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -314,48 +239,62 @@ def constitutional(args: list[str] = typer.Argument(None, help=_ARGS_HELP), over
     _train(ConstitutionalConfig, train, args, overwrite, print_config, label="data")
 
 
-@app.command()
+_S = ServeConfig
+
+
+@app.command(context_settings={"allow_extra_args": False})
 def serve(
-    model: str = typer.Argument(..., help="run dir, HF model dir, .gguf file, hub name, 'bundled' or 'tiny'"),
-    host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0 exposes it to the network)"),
-    port: int = typer.Option(8000),
-    api_key: str = typer.Option(None, "--api-key", envvar="PALATE_API_KEY",
-                                help="require 'Authorization: Bearer KEY' (or set PALATE_API_KEY)"),
-    max_batch: int = typer.Option(8, help="requests generated together at most"),
-    batch_wait_ms: float = typer.Option(10.0, help="how long the first waiting request waits for others"),
-    max_request_bytes: int = typer.Option(1 << 20, help="larger request bodies get 413"),
-    max_tokens_limit: int = typer.Option(1024, help="largest max_tokens a request may ask for"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    safety_classifier: str = typer.Option(None, "--safety-classifier", help="guardrail: block unsafe requests and "
-                                          "answers (bundled | palate safety dir | HF classifier[#LABEL])"),
-    input_threshold: float = typer.Option(None, help="block a request whose P(unsafe) >= this (default: the "
-                                          "classifier's threshold when neither threshold is given)"),
-    output_threshold: float = typer.Option(None, help="block an answer whose P(unsafe) >= this"),
-    refusal: str = typer.Option(None, help="what a blocked request or answer gets instead"),
-    best_of: int = typer.Option(1, "--best-of", help="sample N answers, serve the reward model's best"),
-    reward_model: str = typer.Option(None, "--reward-model", help="reward model for --best-of (run or model dir)"),
-    guard_log: str = typer.Option(None, "--guard-log", help="JSONL log of blocked/replaced answers "
-                                  "(default guardrails.jsonl)"),
+    args: list[str] = typer.Argument(None, help="MODEL: run dir, HF model dir, .gguf file, hub name, 'bundled' or "
+                                     "'tiny' (key model); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    host: str = flag(_S, "host", "--host", help="interface to listen on (0.0.0.0 exposes it to the network)"),
+    port: int = flag(_S, "port", "--port"),
+    api_key: str = typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY'; not a config key (a "
+                                "secret): without it the key is read from the environment variable api_key_env "
+                                "(default PALATE_API_KEY)"),
+    api_key_env: str = flag(_S, "api_key_env", "--api-key-env", help="environment variable holding the API key"),
+    max_batch: int = flag(_S, "max_batch", "--max-batch", help="requests generated together at most"),
+    batch_wait_ms: float = flag(_S, "batch_wait_ms", "--batch-wait-ms", help="how long the first waiting request "
+                                "waits for others"),
+    max_request_bytes: int = flag(_S, "max_request_bytes", "--max-request-bytes", help="larger request bodies get "
+                                  "413"),
+    max_tokens_limit: int = flag(_S, "max_tokens_limit", "--max-tokens-limit", help="largest max_tokens a request "
+                                 "may ask for"),
+    device: str = flag(_S, "device", "--device", help="auto | cpu | cuda | cuda:N"),
+    safety_classifier: str = flag(_S, "safety_classifier", "--safety-classifier", help="guardrail: block unsafe "
+                                  "requests and answers (bundled | palate safety dir | HF classifier[#LABEL])"),
+    input_threshold: float = flag(_S, "input_threshold", "--input-threshold", help="block a request whose "
+                                  "P(unsafe) >= this (default: the classifier's threshold when neither threshold is "
+                                  "given)"),
+    output_threshold: float = flag(_S, "output_threshold", "--output-threshold", help="block an answer whose "
+                                   "P(unsafe) >= this"),
+    refusal: str = flag(_S, "refusal", "--refusal", help="what a blocked request or answer gets instead"),
+    best_of: int = flag(_S, "best_of", "--best-of", help="sample N answers, serve the reward model's best"),
+    reward_model: str = flag(_S, "reward_model", "--reward-model", help="reward model for --best-of (run or model "
+                             "dir)"),
+    guard_log: str = flag(_S, "guard_log", "--guard-log", help="JSONL log of blocked/replaced answers "
+                          "(default guardrails.jsonl)"),
 ) -> None:
     """OpenAI-compatible chat server (/v1/chat/completions with streaming, /v1/models) with request batching;
     optional guardrails (safety filter in and out, best-of-N with a reward model; counters at /v1/guardrails)."""
-    from palate.infra.device import pick_device
     from palate.infra.logging import setup_logging
-    from palate.serve.app import serve as run_server
+    from palate.serve.config import api_key_of, check_serve, exposed_without_key, serve_config
 
+    cfg = command_config(_S, args, positional="model", flags=dict(
+        host=host, port=port, api_key_env=api_key_env, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+        max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens_limit, device=device,
+        safety_classifier=safety_classifier, input_threshold=input_threshold, output_threshold=output_threshold,
+        refusal=refusal, best_of=best_of, reward_model=reward_model, guard_log=guard_log))
+    if print_config:
+        echo_config(cfg)
+        return
+    check_serve(cfg)
     setup_logging()
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        typer.secho(f"warning: serving on {host} without an API key", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C stops)")
-    try:
-        guard = dict(safety_classifier=safety_classifier, input_threshold=input_threshold,
-                     output_threshold=output_threshold, refusal=refusal, best_of=best_of, reward_model=reward_model,
-                     guard_log=guard_log)
-        run_server(model, host=host, port=port, device=str(pick_device(device)), api_key=api_key, max_batch=max_batch,
-                   batch_wait_ms=batch_wait_ms, max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens_limit,
-                   guard=guard)
-    except (FileNotFoundError, OSError, ValueError) as e:
-        _fail(e)
+    key = api_key_of(cfg, api_key)
+    if exposed_without_key(cfg, key):
+        typer.secho(f"warning: serving on {cfg.host} without an API key", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"serving {cfg.model} at http://{cfg.host}:{cfg.port}/v1 (Ctrl-C stops)")
+    serve_config(cfg, key)
 
 
 @app.command()
@@ -366,10 +305,7 @@ def report(
     """One self-contained HTML report of a run (curves, RL, reward-model eval, win rates, monitor, samples)."""
     from palate.eval.report import write_report
 
-    try:
-        path = write_report(run, out)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(e)
+    path = write_report(run, out)
     typer.echo(f"report: {path}\nsummary: {path.parent / 'report.md'}")
 
 
@@ -394,26 +330,22 @@ def winrate(
 ) -> None:
     """Win rates (raw and length-controlled, 95% CIs) from pairwise judgments made elsewhere, written as palate's own
     judging writes them (eval/winrates.json + the HTML report)."""
-    from palate.data.errors import DataError
     from palate.eval.alpaca_eval import LENGTH_UNITS
     from palate.eval.imported import format_winrates, read_judgments, winrates_from_judgments
 
     if length_unit not in LENGTH_UNITS:
-        _fail(ValueError(f"--length-unit must be one of {', '.join(LENGTH_UNITS)}, got {length_unit!r}"))
+        raise ValueError(f"--length-unit must be one of {', '.join(LENGTH_UNITS)}, got {length_unit!r}")
     if (length_unit == "tokens") != (tokenizer is not None):
-        _fail(ValueError("--tokenizer goes with --length-unit tokens (and tokens need one)"))
-    try:
-        tok = None
-        if tokenizer:
-            from palate.models.load import load_tokenizer
+        raise ValueError("--tokenizer goes with --length-unit tokens (and tokens need one)")
+    tok = None
+    if tokenizer:
+        from palate.models.load import load_tokenizer
 
-            tok = load_tokenizer(tokenizer)
-        judged = read_judgments(judgments, baseline=baseline, unit=length_unit, tokenizer=tok, policy=policy)
-        summary = winrates_from_judgments(judged, out, unit=length_unit, tokenizer=tok, lc=lc,
-                                          alpaca_eval_repo=alpaca_eval_repo, judge=judge_, n_resamples=n_resamples,
-                                          seed=seed)
-    except (DataError, FileNotFoundError, OSError, ValueError) as e:
-        _fail(e)
+        tok = load_tokenizer(tokenizer)
+    judged = read_judgments(judgments, baseline=baseline, unit=length_unit, tokenizer=tok, policy=policy)
+    summary = winrates_from_judgments(judged, out, unit=length_unit, tokenizer=tok, lc=lc,
+                                      alpaca_eval_repo=alpaca_eval_repo, judge=judge_, n_resamples=n_resamples,
+                                      seed=seed)
     typer.echo(format_winrates(summary))
 
 
@@ -427,91 +359,81 @@ def rl_eval(
 ) -> None:
     """Held-out reward of an RL run's starting and trained policies, several samples per held-out prompt
     (the run's prompts, reward, rollout settings and seed), paired by prompt with a 95% CI."""
-    from palate.config import ConfigError
     from palate.eval.rl import format_reevaluation
     from palate.recipes.rl_eval import reevaluate
     from palate.infra.device import pick_device
     from palate.infra.logging import setup_logging
 
     setup_logging()
-    try:
-        summary = reevaluate(run, samples=samples, policy=policy, max_new_tokens=max_new_tokens,
-                             device=str(pick_device(device)))
-    except (ConfigError, FileNotFoundError, OSError, ValueError) as e:
-        _fail(e)
+    summary = reevaluate(run, samples=samples, policy=policy, max_new_tokens=max_new_tokens,
+                         device=str(pick_device(device)))
     typer.echo(format_reevaluation(summary))
     typer.echo(f"written to {run}/report/rl_reeval.json (answers in {run}/report/reeval/eval_samples.jsonl)")
-
-
-_GEN = dict(max_new_tokens=typer.Option(128, help="longest answer in tokens"),
-            temperature=typer.Option(0.0, help="0 = greedy; > 0 samples with --seed"),
-            top_p=typer.Option(1.0), seed=typer.Option(0, help="sampling and bootstrap seed"),
-            batch_size=typer.Option(8, help="prompts generated / scored together"),
-            device=typer.Option("auto", help="auto | cpu | cuda | cuda:N"))
 
 
 _SAFETY_HELP = ("safety classifier for P(unsafe) of each answer: bundled | a `palate safety train` dir | "
                 "a sequence-classification model dir or hub name (NAME#LABEL names its unsafe label)")
 
 
-@app.command("eval")
+def _gen_flags(cls: type) -> dict:
+    """The generation flags eval and redteam share, each a shortcut for its key of ``cls``."""
+    return dict(max_new_tokens=flag(cls, "max_new_tokens", "--max-new-tokens", help="longest answer in tokens"),
+                temperature=flag(cls, "temperature", "--temperature", help="0 = greedy; > 0 samples with --seed"),
+                top_p=flag(cls, "top_p", "--top-p"),
+                seed=flag(cls, "seed", "--seed", help="sampling and bootstrap seed"),
+                batch_size=flag(cls, "batch_size", "--batch-size", help="prompts generated / scored together"),
+                device=flag(cls, "device", "--device", help="auto | cpu | cuda | cuda:N"))
+
+
+_E = EvalConfig
+_EG = _gen_flags(_E)
+
+
+@app.command("eval", context_settings={"allow_extra_args": False})
 def eval_(
-    policies: list[str] = typer.Argument(..., help="policies to evaluate: run dirs, model dirs, hub names, tiny"),
-    prompts: str = typer.Option(None, "--prompts", help="prompt set: JSONL/JSON, AlpacaEval JSON, MT-Bench "
-                                "question.jsonl, dataset dir, bundled:NAME"),
-    baseline: str = typer.Option(None, "--baseline", help="model every policy is compared against (e.g. the SFT "
-                                 "run); --suite mtbench: the second model of the pairwise comparison"),
-    out: str = typer.Option(..., "--out", help="output dir: answers.jsonl, eval/winrates.json, eval_summary.json"),
-    suite: str = typer.Option("winrate", "--suite", help="winrate (vs --baseline) | humaneval (sandboxed pass@k) | "
-                              "tasks (--tasks FILE: task success rate) | mtbench (--prompts question.jsonl)"),
-    tasks: str = typer.Option(None, "--tasks", help="--suite tasks: JSONL of id, prompt and a checker"),
-    n_samples: int = typer.Option(1, "--n-samples", help="--suite humaneval: completions per problem"),
-    k: list[int] = typer.Option([1], "--k", help="--suite humaneval: pass@k to report (repeatable)"),
-    judge_: str = typer.Option("panel", "--judge", help="panel | reward:RUN_DIR | local:MODEL"),
-    references: str = typer.Option(None, "--references", help="--suite mtbench: FastChat's reference_answer/"
-                                   "gpt-4.jsonl (math, reasoning and coding are graded against it)"),
-    judge_prompts: str = typer.Option(None, "--judge-prompts", help="--suite mtbench: FastChat judge_prompts.jsonl "
-                                      "(default: the copy shipped with palate)"),
-    reward_model: str = typer.Option(None, "--reward-model", help="reward model for the mean reward column"),
-    safety_classifier: str = typer.Option(None, "--safety-classifier", help=_SAFETY_HELP),
-    limit: int = typer.Option(None, help="first N prompts only"),
-    export_alpaca: str = typer.Option(None, "--export-alpaca", help="also write answers as AlpacaEval model outputs"),
-    max_new_tokens: int = _GEN["max_new_tokens"], temperature: float = _GEN["temperature"],
-    top_p: float = _GEN["top_p"], seed: int = _GEN["seed"], batch_size: int = _GEN["batch_size"],
-    device: str = _GEN["device"],
+    args: list[str] = typer.Argument(None, help="POLICY ...: policies to evaluate: run dirs, model dirs, hub names, "
+                                     "tiny (key policies); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    prompts: str = flag(_E, "prompts", "--prompts", help="prompt set: JSONL/JSON, AlpacaEval JSON, MT-Bench "
+                        "question.jsonl, dataset dir, bundled:NAME"),
+    baseline: str = flag(_E, "baseline", "--baseline", help="model every policy is compared against (e.g. the SFT "
+                         "run); --suite mtbench: the second model of the pairwise comparison"),
+    out: str = flag(_E, "out", "--out", help="output dir (needed): answers.jsonl, eval/winrates.json, "
+                    "eval_summary.json"),
+    suite: str = flag(_E, "suite", "--suite", help="winrate (vs --baseline) | humaneval (sandboxed pass@k) | "
+                      "tasks (--tasks FILE: task success rate) | mtbench (--prompts question.jsonl)"),
+    tasks: str = flag(_E, "tasks", "--tasks", help="--suite tasks: JSONL of id, prompt and a checker"),
+    n_samples: int = flag(_E, "n_samples", "--n-samples", help="--suite humaneval: completions per problem"),
+    k: list[int] = flag(_E, "k", "--k", help="--suite humaneval: pass@k to report (repeatable)"),
+    judge_: str = flag(_E, "judge", "--judge", help="panel | reward:RUN_DIR | local:MODEL"),
+    references: str = flag(_E, "references", "--references", help="--suite mtbench: FastChat's reference_answer/"
+                           "gpt-4.jsonl (math, reasoning and coding are graded against it)"),
+    judge_prompts: str = flag(_E, "judge_prompts", "--judge-prompts", help="--suite mtbench: FastChat "
+                              "judge_prompts.jsonl (default: the copy shipped with palate)"),
+    reward_model: str = flag(_E, "reward_model", "--reward-model", help="reward model for the mean reward column"),
+    safety_classifier: str = flag(_E, "safety_classifier", "--safety-classifier", help=_SAFETY_HELP),
+    limit: int = flag(_E, "limit", "--limit", help="first N prompts only"),
+    export_alpaca: str = flag(_E, "export_alpaca", "--export-alpaca", help="also write answers as AlpacaEval model "
+                              "outputs"),
+    max_new_tokens: int = _EG["max_new_tokens"], temperature: float = _EG["temperature"],
+    top_p: float = _EG["top_p"], seed: int = _EG["seed"], batch_size: int = _EG["batch_size"],
+    device: str = _EG["device"],
 ) -> None:
     """Win rates (raw, length-controlled, 95% CIs) of policies against a baseline, reward, length, diversity
-    and refusals on a prompt set. Answers are cached in OUT/answers.jsonl."""
-    from palate.data.errors import DataError
-    from palate.eval.policy import GenSettings, evaluate, format_table
-    from palate.infra.device import pick_device
+    and refusals on a prompt set, or a benchmark suite (--suite). Answers are cached in OUT/answers.jsonl."""
+    from palate.eval.run import run_eval
     from palate.infra.logging import setup_logging
 
-    setup_logging()
-    settings = GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    if suite != "winrate":
-        from palate.eval.suites import run_suite
-
-        try:
-            typer.echo(run_suite(suite, policies, out, prompts=prompts, baseline=baseline, tasks=tasks, judge=judge_,
-                                 n_samples=n_samples, ks=tuple(k), limit=limit, settings=settings,
-                                 device=str(pick_device(device)), batch_size=batch_size, references=references,
-                                 judge_prompts=judge_prompts))
-        except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
-            _fail(e)
+    cfg = command_config(_E, args, positional="policies", flags=dict(
+        prompts=prompts, baseline=baseline, out=out, suite=suite, tasks=tasks, n_samples=n_samples, k=k or None,
+        judge=judge_, references=references, judge_prompts=judge_prompts, reward_model=reward_model,
+        safety_classifier=safety_classifier, limit=limit, export_alpaca=export_alpaca, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size, device=device))
+    if print_config:
+        echo_config(cfg)
         return
-    if prompts is None or baseline is None:
-        _fail(ValueError("--suite winrate needs --prompts and --baseline"))
-    try:
-        summary = evaluate(policies, prompts, baseline, out, judge=judge_, reward_model=reward_model, limit=limit,
-                           settings=settings, device=str(pick_device(device)), batch_size=batch_size,
-                           alpaca_out=export_alpaca, safety_classifier=safety_classifier)
-    except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
-        _fail(e)
-    typer.echo(format_table(summary))
-    typer.echo(f"written to {out} (answers.jsonl, eval/winrates.json, eval_summary.json); palate report {out}")
-    for path in summary.get("alpaca_exports", []):
-        typer.echo(f"AlpacaEval model outputs: {path}")
+    setup_logging()
+    typer.echo(run_eval(cfg))
 
 
 @app.command("mtbench-show")
@@ -524,98 +446,98 @@ def mtbench_show(
     questions: str = typer.Option(None, "--questions", help="question.jsonl, for the mean per category"),
 ) -> None:
     """MT-Bench tables from judgment files, computed as FastChat's show_result.py does."""
-    from palate.data.errors import DataError
     from palate.eval import mtbench_results as res
     from palate.eval.prompts import read_mtbench
 
     if mode not in ("single", "pairwise-baseline", "pairwise-all"):
-        _fail(ValueError(f"--mode must be single, pairwise-baseline or pairwise-all, got {mode!r}"))
-    try:
-        if mode == "single":
-            rows = res.read_single_judgments(judgments)
-            cats = {q.question_id: q.category for q in read_mtbench(questions)} if questions else None
-            names = [m for m in dict.fromkeys(r["model"] for r in rows) if not model_list or m in model_list]
-            typer.echo(res.format_single(res.summarise_single(rows, cats, names)))
-        else:
-            rows = res.read_pair_judgments(judgments)
-            base = baseline_model if mode == "pairwise-baseline" else None
-            typer.echo(res.format_pairwise(res.summarise_pairwise(rows, base, model_list or None)))
-    except (DataError, FileNotFoundError, OSError) as e:
-        _fail(e)
+        raise ValueError(f"--mode must be single, pairwise-baseline or pairwise-all, got {mode!r}")
+    if mode == "single":
+        rows = res.read_single_judgments(judgments)
+        cats = {q.question_id: q.category for q in read_mtbench(questions)} if questions else None
+        names = [m for m in dict.fromkeys(r["model"] for r in rows) if not model_list or m in model_list]
+        typer.echo(res.format_single(res.summarise_single(rows, cats, names)))
+    else:
+        rows = res.read_pair_judgments(judgments)
+        base = baseline_model if mode == "pairwise-baseline" else None
+        typer.echo(res.format_pairwise(res.summarise_pairwise(rows, base, model_list or None)))
 
 
-@app.command()
+_R = RedteamConfig
+_RG = _gen_flags(_R)
+
+
+@app.command(context_settings={"allow_extra_args": False})
 def redteam(
-    model: str = typer.Argument(..., help="model to attack: run dir, model dir, hub name, tiny, or a served "
-                                "model's URL (http://HOST:PORT/v1, e.g. palate serve with guardrails)"),
-    out: str = typer.Option(None, "--out", help="output dir (default: MODEL/redteam for a run dir, "
-                            "else ./redteam-NAME; needed for a URL)"),
-    prompts: str = typer.Option("bundled:redteam", "--prompts", help="suite with prompt, harmful, category, attack"),
-    judge_: str = typer.Option(None, "--judge", help="safety reward model: an attack succeeds when its score is "
-                               "below --threshold (default: the answer is not a refusal)"),
-    threshold: float = typer.Option(0.0, help="safety score below which an answer counts as unsafe"),
-    safety_classifier: str = typer.Option(None, "--safety-classifier", help=_SAFETY_HELP + "; an attack succeeds "
-                                          "when the answer is unsafe (instead of --judge)"),
-    limit: int = typer.Option(None, help="first N prompts only"),
-    max_new_tokens: int = _GEN["max_new_tokens"], temperature: float = _GEN["temperature"],
-    top_p: float = _GEN["top_p"], seed: int = _GEN["seed"], batch_size: int = _GEN["batch_size"],
-    device: str = _GEN["device"],
+    args: list[str] = typer.Argument(None, help="MODEL to attack: run dir, model dir, hub name, tiny, or a served "
+                                     "model's URL (http://HOST:PORT/v1, e.g. palate serve with guardrails) (key model); "
+                                     "and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    out: str = flag(_R, "out", "--out", help="output dir (default: MODEL/redteam for a run dir, else "
+                    "./redteam-NAME; needed for a URL)"),
+    prompts: str = flag(_R, "prompts", "--prompts", help="suite with prompt, harmful, category, attack"),
+    judge_: str = flag(_R, "judge", "--judge", help="safety reward model: an attack succeeds when its score is "
+                       "below --threshold (default: the answer is not a refusal)"),
+    threshold: float = flag(_R, "threshold", "--threshold", help="safety score below which an answer counts as "
+                            "unsafe"),
+    safety_classifier: str = flag(_R, "safety_classifier", "--safety-classifier", help=_SAFETY_HELP + "; an attack "
+                                  "succeeds when the answer is unsafe (instead of --judge)"),
+    limit: int = flag(_R, "limit", "--limit", help="first N prompts only"),
+    max_new_tokens: int = _RG["max_new_tokens"], temperature: float = _RG["temperature"],
+    top_p: float = _RG["top_p"], seed: int = _RG["seed"], batch_size: int = _RG["batch_size"],
+    device: str = _RG["device"],
 ) -> None:
     """Red-team a model: attack success rate per category and jailbreak framing (95% CIs), over-refusal on
     benign look-alikes, worst samples; writes redteam.json and answers.jsonl."""
-    from palate.data.errors import DataError
-    from palate.eval.policy import GenSettings, is_endpoint
-    from palate.eval.redteam import format_redteam, run_redteam
-    from palate.infra.device import pick_device
+    from palate.eval.redteam import format_redteam
+    from palate.eval.run import run_redteam_config
     from palate.infra.logging import setup_logging
 
+    cfg = command_config(_R, args, positional="model", flags=dict(
+        out=out, prompts=prompts, judge=judge_, threshold=threshold, safety_classifier=safety_classifier, limit=limit,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+        device=device))
+    if print_config:
+        echo_config(cfg)
+        return
     setup_logging()
-    if out is None:
-        if is_endpoint(model):
-            _fail(ValueError("a URL needs --out (where redteam.json and answers.jsonl go)"))
-        out = str(Path(model) / "redteam") if Path(model).is_dir() else f"redteam-{Path(model).name}"
-    settings = GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    try:
-        res = run_redteam(model, out, prompts=prompts, limit=limit, settings=settings, judge=judge_,
-                          threshold=threshold, device=str(pick_device(device)), batch_size=batch_size,
-                          safety_classifier=safety_classifier)
-    except (DataError, FileNotFoundError, OSError, ValueError, RuntimeError) as e:
-        _fail(e)
+    res, out = run_redteam_config(cfg)
     typer.echo(format_redteam(res))
     typer.echo(f"written to {out} (redteam.json, answers.jsonl); palate report {out}")
 
 
-@app.command()
+_P = PlanConfig
+
+
+@app.command(context_settings={"allow_extra_args": False})
 def plan(
-    model: str = typer.Argument(None, help="model dir, run dir, 'bundled' or hub name (reads config.json)"),
-    params: str = typer.Option(None, "--params", help="a parameter count instead of a model, e.g. 7B (shape assumed)"),
-    method: str = typer.Option("sft", help="sft | rm | dpo | ppo | grpo"),
-    lora: bool = typer.Option(False, "--lora/--full", help="LoRA on all linear layers, or full fine-tuning"),
-    lora_r: int = typer.Option(16, help="LoRA rank"),
-    dtype: str = typer.Option("bf16", help="bf16 (mixed precision) | fp32"),
-    seq_len: int = typer.Option(2048, help="tokens per row"),
-    micro_batch: int = typer.Option(1, help="rows (pairs for rm/dpo) per device per forward"),
-    devices: int = typer.Option(1, help="data-parallel devices to shard over"),
-    reference: str = typer.Option("precompute", help="dpo: precompute (no reference model resident) | live"),
-    gpu_memory: float = typer.Option(None, help="GiB per device: mark which configurations fit"),
-    as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
+    args: list[str] = typer.Argument(None, help="MODEL: model dir, run dir, 'bundled' or hub name (reads "
+                                     "config.json) (key model); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    params: str = flag(_P, "params", "--params", help="a parameter count instead of a model, e.g. 7B (shape "
+                       "assumed)"),
+    method: str = flag(_P, "method", "--method", help="sft | rm | dpo | ppo | grpo"),
+    lora: bool = flag(_P, "lora", "--lora/--full", help="LoRA on all linear layers, or full fine-tuning"),
+    lora_r: int = flag(_P, "lora_r", "--lora-r", help="LoRA rank"),
+    dtype: str = flag(_P, "dtype", "--dtype", help="bf16 (mixed precision) | fp32"),
+    seq_len: int = flag(_P, "seq_len", "--seq-len", help="tokens per row"),
+    micro_batch: int = flag(_P, "micro_batch", "--micro-batch", help="rows (pairs for rm/dpo) per device per forward"),
+    devices: int = flag(_P, "devices", "--devices", help="data-parallel devices to shard over"),
+    reference: str = flag(_P, "reference", "--reference", help="dpo: precompute (no reference model resident) | "
+                          "live"),
+    gpu_memory: float = flag(_P, "gpu_memory", "--gpu-memory", help="GiB per device: mark which configurations fit"),
+    as_json: bool = flag(_P, "json", "--json", help="print the table as JSON"),
 ) -> None:
     """Estimate per-device memory (GiB) of a training run for every sharding strategy, with and without
     gradient checkpointing: weights, gradients, AdamW states, resident frozen models, activations, logits."""
-    import json as _json
+    from palate.infra.memory import plan_report
 
-    from palate.infra.memory import Setup, format_table, load_shape, parse_params, plan as make_plan, shape_from_params
-
-    try:
-        if (model is None) == (params is None):
-            raise ValueError("give a MODEL or --params (one of them)")
-        shape = shape_from_params(parse_params(params)) if params else load_shape(model)
-        base = Setup(method=method, lora=lora, lora_r=lora_r, dtype=dtype, seq_len=seq_len, micro_batch=micro_batch,
-                     devices=devices, reference=reference)
-        rows = make_plan(shape, base, gpu_memory)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        _fail(e)
-    typer.echo(_json.dumps(rows, indent=1) if as_json else format_table(shape, base, rows, gpu_memory))
+    cfg = command_config(_P, args, positional="model", flags=dict(
+        params=params, method=method, lora=lora, lora_r=lora_r, dtype=dtype, seq_len=seq_len, micro_batch=micro_batch,
+        devices=devices, reference=reference, gpu_memory=gpu_memory, json=as_json))
+    if print_config:
+        echo_config(cfg)
+        return
+    typer.echo(plan_report(cfg))
 
 
 @data_app.command("check")
@@ -636,17 +558,13 @@ def data_check(
     import json as _json
 
     from palate.data.check import KINDS, check_dataset, detect_kind, format_check
-    from palate.data.errors import DataError
     from palate.models.load import load_tokenizer
 
     if kind != "auto" and kind not in KINDS:
-        _fail(ValueError(f"--kind must be auto or one of {', '.join(KINDS)}, got {kind!r}"))
-    try:
-        kind = detect_kind(path, split) if kind == "auto" else kind
-        tok = load_tokenizer(model)
-        report = check_dataset(path, kind, tok, max_length, long_prompts=long_prompts, on_error=on_error, split=split)
-    except (DataError, FileNotFoundError, OSError, ValueError) as e:
-        _fail(e)
+        raise ValueError(f"--kind must be auto or one of {', '.join(KINDS)}, got {kind!r}")
+    kind = detect_kind(path, split) if kind == "auto" else kind
+    tok = load_tokenizer(model)
+    report = check_dataset(path, kind, tok, max_length, long_prompts=long_prompts, on_error=on_error, split=split)
     typer.echo(_json.dumps(report, indent=1) if as_json else format_check(report))
 
 
@@ -655,19 +573,14 @@ def run_cmd(args: list[str] = typer.Argument(None, help="PIPELINE.yaml and key=v
             print_config: bool = _PRINT_CONFIG) -> None:
     """The whole pipeline: SFT -> sample -> judge -> reward model -> DPO/GRPO/PPO -> eval -> report. Stages are
     cached by a hash of their config and inputs: a rerun redoes only what changed."""
-    from palate.config import ConfigError, dump_yaml
-    from palate.data.errors import DataError
     from palate.pipeline import format_summary, load_pipeline, run_pipeline
 
     config, overrides = _config_and_overrides(args)
-    try:
-        cfg = load_pipeline(config, overrides)
-        if print_config:
-            typer.echo(dump_yaml(cfg), nl=False)
-            return
-        summary = run_pipeline(cfg)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        _fail(e)
+    cfg = load_pipeline(config, overrides)
+    if print_config:
+        echo_config(cfg)
+        return
+    summary = run_pipeline(cfg)
     typer.echo(format_summary(summary))
 
 
@@ -689,21 +602,35 @@ def safety_train(
     threshold: float = typer.Option(0.5, help="P(unsafe) at or above which an answer counts as unsafe"),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a classifier already in --out"),
-    device: str = _GEN["device"],
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
 ) -> None:
     """Embed labelled answers with all-MiniLM-L6-v2 and fit a logistic-regression head; report held-out
     accuracy (95% bootstrap CI) and AUC. Use the result with --safety-classifier OUT."""
-    from palate.data.errors import DataError
     from palate.eval.safety import format_training, train_safety_classifier
     from palate.infra.device import pick_device
 
-    try:
-        meta = train_safety_classifier(data, out, heldout=heldout, l2=l2, threshold=threshold, seed=seed,
-                                       overwrite=overwrite, device=str(pick_device(device)))
-    except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
-        _fail(e)
+    meta = train_safety_classifier(data, out, heldout=heldout, l2=l2, threshold=threshold, seed=seed,
+                                   overwrite=overwrite, device=str(pick_device(device)))
     typer.echo(format_training(meta))
     typer.echo(f"written to {out}; use it with --safety-classifier {out}")
+
+
+@label_app.command("generate")
+def label_generate(
+    model: str = typer.Argument(..., help="a palate run dir, HF model dir or hub name, 'bundled' or 'tiny'"),
+    prompts: str = typer.Option(..., help="prompts (JSONL with 'prompt', or any source `palate` reads)"),
+    out: str = typer.Option(..., help="candidates JSONL to write (or extend with --append)"),
+    n: int = typer.Option(2, help="responses per prompt"),
+    name: str = typer.Option(None, help="model name recorded (hidden from labelers)"),
+    max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.8), top_p: float = typer.Option(0.95),
+    seed: int = typer.Option(0), append: bool = typer.Option(False, help="add to OUT (e.g. a second model)"),
+) -> None:
+    """Sample candidate responses with a palate model for a project (imports torch; the server does not)."""
+    from palate.judges.candidates import sample_candidates
+
+    written, empty = sample_candidates(model, prompts, out, n=n, name=name, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, top_p=top_p, seed=seed, append=append)
+    typer.echo(f"wrote {written} responses to {out}" + (f" ({empty} empty responses left out)" if empty else ""))
 
 
 def main() -> None:  # pragma: no cover

@@ -1,4 +1,7 @@
-"""``palate label``: create projects and labelers, serve the web app, export, stats, simulated panels."""
+"""``palate label``: create projects and labelers, serve the web app, export, stats, simulated panels.
+
+Imports no torch (``palate label generate``, which samples with a model, is defined in :mod:`palate.cli`).
+Errors: every command runs through :func:`palate.clikit.guarded` (``error: ...``, exit code 2)."""
 
 from __future__ import annotations
 
@@ -7,15 +10,12 @@ from pathlib import Path
 
 import typer
 
-label_app = typer.Typer(help="Human feedback web app: projects, labelers, serving, export.", no_args_is_help=True)
+from palate.clikit import App
+
+label_app = App(help="Human feedback web app: projects, labelers, serving, export.", no_args_is_help=True)
 
 DB_HELP = "database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://user:pw@host/db)"
 DB = typer.Option("palate_feedback.db", "--db", envvar="PALATE_LABEL_DB", help=DB_HELP)
-
-
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _open(db: str):
@@ -31,7 +31,7 @@ def _project(s, slug: str):
 
     p = s.scalar(select(Project).where(Project.slug == slug))
     if p is None:
-        _fail(ValueError(f"no project {slug!r}"))
+        raise ValueError(f"no project {slug!r}")
     return p
 
 
@@ -46,10 +46,7 @@ def init(db: str = DB, admin: str = typer.Option(None, help="also create an admi
     typer.echo(f"database {engine.url.render_as_string(hide_password=True)} at schema revision {current_revision(engine)}")
     if admin:
         with sessions() as s:
-            try:
-                _, token = add_labeler(s, admin, "admin", password=password)
-            except ValueError as e:
-                _fail(e)
+            _, token = add_labeler(s, admin, "admin", password=password)
             s.commit()
         typer.echo(f"admin {admin!r} token: {token}")
 
@@ -63,10 +60,7 @@ def add_labeler_cmd(name: str, db: str = DB, role: str = typer.Option("labeler",
     from palate.feedback.auth import add_labeler
 
     with _open(db) as s:
-        try:
-            _, token = add_labeler(s, name, role, group, password, project)
-        except ValueError as e:
-            _fail(e)
+        _, token = add_labeler(s, name, role, group, password, project)
         s.commit()
     typer.echo(token)
 
@@ -81,7 +75,7 @@ def deactivate(name: str, db: str = DB) -> None:
     with _open(db) as s:
         lab = s.scalar(select(Labeler).where(Labeler.name == name))
         if lab is None:
-            _fail(ValueError(f"no labeler {name!r}"))
+            raise ValueError(f"no labeler {name!r}")
         lab.active = False
         s.execute(delete(WebSession).where(WebSession.labeler_id == lab.id))
         s.commit()
@@ -105,24 +99,20 @@ def create(slug: str, db: str = DB, task: str = typer.Option("pairwise", "--type
     """Create a project from a candidates file (and optional prompts and gold files)."""
     from sqlalchemy import select
 
-    from palate.data.errors import DataError
     from palate.feedback.auth import add_member
     from palate.feedback.db import Labeler
     from palate.feedback.importing import create_project, import_items
 
     with _open(db) as s:
-        try:
-            lo, hi = (int(x) for x in scale.split(","))
-            p = create_project(s, slug, task, title, [c for c in criteria.split(",")], (lo, hi), overlap, gold_every,
-                               guidelines.read_text(encoding="utf-8") if guidelines else "")
-            report = import_items(s, p, candidates, prompts, gold, pairs_per_prompt, k, scores=scores)
-            for name in labeler:
-                lab = s.scalar(select(Labeler).where(Labeler.name == name))
-                if lab is None:
-                    raise ValueError(f"no labeler {name!r}")
-                add_member(s, slug, lab)
-        except (ValueError, DataError, OSError) as e:
-            _fail(e)
+        lo, hi = (int(x) for x in scale.split(","))
+        p = create_project(s, slug, task, title, [c for c in criteria.split(",")], (lo, hi), overlap, gold_every,
+                           guidelines.read_text(encoding="utf-8") if guidelines else "")
+        report = import_items(s, p, candidates, prompts, gold, pairs_per_prompt, k, scores=scores)
+        for name in labeler:
+            lab = s.scalar(select(Labeler).where(Labeler.name == name))
+            if lab is None:
+                raise ValueError(f"no labeler {name!r}")
+            add_member(s, slug, lab)
         s.commit()
     typer.echo(f"project {slug!r} ({task}): {json.dumps(report)}")
 
@@ -132,14 +122,10 @@ def import_cmd(slug: str, db: str = DB, candidates: Path = typer.Option(None), p
                gold: Path = typer.Option(None), scores: Path = typer.Option(None), pairs_per_prompt: int = typer.Option(1),
                k: int = typer.Option(4)) -> None:
     """Add more candidates or gold items to a project."""
-    from palate.data.errors import DataError
     from palate.feedback.importing import import_items
 
     with _open(db) as s:
-        try:
-            report = import_items(s, _project(s, slug), candidates, prompts, gold, pairs_per_prompt, k, scores=scores)
-        except (ValueError, DataError) as e:
-            _fail(e)
+        report = import_items(s, _project(s, slug), candidates, prompts, gold, pairs_per_prompt, k, scores=scores)
         s.commit()
     typer.echo(json.dumps(report))
 
@@ -174,10 +160,7 @@ def export(slug: str, db: str = DB, out: Path = typer.Option(..., help="output .
             out.write_text(judgments_csv(s, p), encoding="utf-8")
             typer.echo(f"wrote {out}")
             return
-        try:
-            rows, report = export_rows(s, p, aggregate, include_gold)
-        except ValueError as e:
-            _fail(e)
+        rows, report = export_rows(s, p, aggregate, include_gold)
     if fmt == "hf":
         import datasets
 
@@ -188,7 +171,7 @@ def export(slug: str, db: str = DB, out: Path = typer.Option(..., help="output .
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(to_jsonl(rows), encoding="utf-8")
     else:
-        _fail(ValueError(f"--format must be jsonl, csv or hf, got {fmt!r}"))
+        raise ValueError(f"--format must be jsonl, csv or hf, got {fmt!r}")
     typer.echo(f"wrote {out}: {json.dumps(report)}")
 
 
@@ -226,37 +209,3 @@ def simulate(slug: str, db: str = DB, n: int = typer.Option(6, help="simulated l
     typer.echo(json.dumps({"submitted": result.submitted, "by_labeler": result.by_labeler, "errors": result.errors}))
     if result.errors:
         raise typer.Exit(1)
-
-
-@label_app.command("generate")
-def generate(model: str = typer.Argument(..., help="a palate run dir, HF model dir or hub name, 'bundled' or 'tiny'"),
-             prompts: Path = typer.Option(..., help="prompts (JSONL with 'prompt', or any source `palate` reads)"),
-             out: Path = typer.Option(..., help="candidates JSONL to write (or extend with --append)"),
-             n: int = typer.Option(2, help="responses per prompt"), name: str = typer.Option(None, help="model name recorded (hidden from labelers)"),
-             max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.8), top_p: float = typer.Option(0.95),
-             seed: int = typer.Option(0), append: bool = typer.Option(False, help="add to OUT (e.g. a second model)")) -> None:
-    """Sample candidate responses with a palate model for a project (imports torch; the server does not)."""
-    from palate.data.errors import DataError
-    from palate.data.readers import read_prompts
-    from palate.models.load import load_model, load_tokenizer
-    from palate.rollout.generate import sample
-
-    try:
-        prompt_list = read_prompts(str(prompts))
-        tok = load_tokenizer(model)
-        lm = load_model(model, tokenizer=tok).eval()
-    except (DataError, FileNotFoundError, OSError) as e:
-        _fail(e)
-    samples = sample(lm, tok, prompt_list, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    written, empty = 0, 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a" if append else "w", encoding="utf-8") as f:
-        for prompt, group in zip(prompt_list, samples):
-            for smp in group:
-                if not smp.text.strip():
-                    empty += 1
-                    continue
-                f.write(json.dumps({"prompt": prompt, "response": smp.text, "model": name or model,
-                                    "finished": smp.finished}, ensure_ascii=False) + "\n")
-                written += 1
-    typer.echo(f"wrote {written} responses to {out}" + (f" ({empty} empty responses left out)" if empty else ""))

@@ -251,4 +251,34 @@ def format_table(shape: Shape, base: Setup, rows: list[dict], gpu_memory_gib: fl
 
 
 __all__ = ["Shape", "Setup", "estimate", "plan", "format_table", "load_shape", "shape_from_config",
-           "shape_from_params", "parse_params"]
+           "shape_from_params", "parse_params", "PlanConfig", "plan_report"]
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """``palate plan``'s config (each flag is a shortcut for the key of the same name; ``--lora/--full`` is
+    ``lora=true/false``, ``--json`` is ``json=true``)."""
+
+    model: str | None = None  # model dir, run dir, 'bundled' or hub name (reads config.json)
+    params: str | None = None  # a parameter count instead of a model, e.g. 7B (shape assumed)
+    method: str = "sft"  # sft | rm | dpo | ppo | grpo
+    lora: bool = False  # LoRA on all linear layers (else full fine-tuning)
+    lora_r: int = 16
+    dtype: str = "bf16"  # bf16 (mixed precision) | fp32
+    seq_len: int = 2048  # tokens per row
+    micro_batch: int = 1  # rows (pairs for rm/dpo) per device per forward
+    devices: int = 1  # data-parallel devices to shard over
+    reference: str = "precompute"  # dpo: precompute (no reference model resident) | live
+    gpu_memory: float | None = None  # GiB per device: mark which configurations fit
+    json: bool = False  # print the table as JSON
+
+
+def plan_report(cfg: PlanConfig) -> str:
+    """What ``palate plan`` prints for ``cfg``: the table (or its JSON) of every strategy."""
+    if (cfg.model is None) == (cfg.params is None):
+        raise ValueError("give a MODEL or --params (one of them)")
+    shape = shape_from_params(parse_params(cfg.params)) if cfg.params else load_shape(cfg.model)
+    base = Setup(method=cfg.method, lora=cfg.lora, lora_r=cfg.lora_r, dtype=cfg.dtype, seq_len=cfg.seq_len,
+                 micro_batch=cfg.micro_batch, devices=cfg.devices, reference=cfg.reference)
+    rows = plan(shape, base, cfg.gpu_memory)
+    return json.dumps(rows, indent=1) if cfg.json else format_table(shape, base, rows, cfg.gpu_memory)

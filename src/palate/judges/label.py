@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from palate.config import ConfigError
 from palate.data.errors import DataError
 from palate.data.readers import iter_rows, read_preferences
 from palate.data.records import Prompt
-from palate.judges import stats
+from palate.judges import make_judge, stats
 from palate.judges.debias import PairJudgment, combine
 
 
@@ -142,6 +143,51 @@ def label_file(judge, source: str, out: str | Path, *, mode: str = "tie", seed: 
     summary.update({"written": len(rows), "output": str(out), "mode": mode, "judge": name})
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """``palate judge``'s config (each flag is a shortcut for the key of the same name)."""
+
+    input: str | None = None  # candidate pairs: prompt + response_a/response_b, or chosen/rejected; bundled:NAME
+    out: str | None = None  # Preference JSONL to write (+ .summary.json, .malformed.jsonl)
+    judge: str = "bundled"  # local model name/run dir, or an OpenAI-compatible base URL (http://host:port/v1)
+    model: str = "default"  # model name to request from an HTTP judge
+    mode: str = "tie"  # what verdicts that flip with the order become: tie | weight
+    template: str = "pairwise"  # template name (pairwise, reference) or path to your own
+    limit: int | None = None  # judge only the first N pairs
+    seed: int = 0  # seed of the slot assignment for chosen/rejected rows
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the HTTP judge's key
+    cache_dir: str | None = None  # HTTP answer cache (default: OUT's folder/.judge-cache)
+    concurrency: int = 4  # HTTP requests in flight
+    rate_limit: float | None = None  # HTTP requests per second at most
+    max_retries: int = 5  # HTTP retries before the run stops with an error
+    timeout: float = 120.0  # HTTP judge: seconds to wait for a connection and for each read
+    max_tokens: int = 512  # HTTP judge: longest answer (explanation + verdict) to ask for
+    batch_size: int = 8  # local judge: prompts per forward
+    min_mass: float = 0.0  # local judge: verdict tokens' probability below this is malformed
+    judge_name: str | None = None  # name matched against model_a/model_b for the self-preference rate
+
+    def __post_init__(self):
+        if self.mode not in ("tie", "weight"):
+            raise ConfigError(f"--mode must be tie or weight, got {self.mode!r}")
+
+
+def judge_from_config(cfg: JudgeConfig) -> dict:
+    """Make ``cfg``'s judge (:func:`palate.judges.make_judge`) and label ``cfg.input`` with it
+    (:func:`label_file`); returns the summary."""
+    if cfg.input is None or cfg.out is None:
+        raise ConfigError("judge needs an INPUT (argument or input=...) and --out (out=...)")
+    if cfg.judge.startswith(("http://", "https://")):
+        kw = dict(model=cfg.model, api_key_env=cfg.api_key_env, template=cfg.template, concurrency=cfg.concurrency,
+                  rate_limit=cfg.rate_limit, max_retries=cfg.max_retries, name=cfg.judge_name,
+                  max_tokens=cfg.max_tokens, timeout=cfg.timeout,
+                  cache_dir=cfg.cache_dir or str(Path(cfg.out).resolve().parent / ".judge-cache"))
+    else:
+        kw = dict(template=cfg.template, batch_size=cfg.batch_size, min_mass=cfg.min_mass)
+    judge = make_judge(cfg.judge, **kw)
+    return label_file(judge, cfg.input, cfg.out, mode=cfg.mode, seed=cfg.seed, limit=cfg.limit,
+                      judge_name=cfg.judge_name)
 
 
 def _transport_counts(judge) -> dict | None:

@@ -1,0 +1,132 @@
+"""What every ``palate`` command shares: one error path, and ``[CONFIG.yaml] [key=value ...]`` configs.
+
+* :class:`App` is a ``typer.Typer`` whose commands all run through :func:`guarded`: a user-facing error
+  (:class:`palate.errors.PalateError`, and the ``OSError``/``ValueError`` a bad path or value raises) becomes one
+  line ``error: ...`` on stderr and exit code 2; anything else keeps its traceback.
+* :func:`command_config` resolves a command's frozen dataclass config from, in increasing precedence: the
+  dataclass defaults, an optional ``CONFIG.yaml``, ``key=value`` overrides, positional arguments and flags
+  (each flag is a shortcut for one key). :func:`echo_config` prints it as YAML that the same command reads back.
+
+Imports nothing above :mod:`palate.config` (the feedback app's commands use it and must not import torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+import typer
+
+from palate.errors import PalateError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (PalateError, OSError, ValueError)
+
+
+def fail(e: BaseException | str) -> NoReturn:
+    """Print ``error: ...`` and exit with code 2."""
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def guarded(fn: Callable, errors: Callable[[], tuple[type[BaseException], ...]] = lambda: USER_ERRORS) -> Callable:
+    """``fn`` with user-facing errors turned into :func:`fail`. ``errors()`` is called only when an exception
+    passes, so a command module can name error types whose modules are slow to import."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:
+            if isinstance(e, errors()):
+                fail(e)
+            raise
+
+    return run
+
+
+class App(typer.Typer):
+    """A ``typer.Typer`` whose every command runs through :func:`guarded` (``errors`` as there)."""
+
+    def __init__(self, *args, errors: Callable[[], tuple[type[BaseException], ...]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._errors = errors or (lambda: USER_ERRORS)
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(guarded(fn, self._errors))
+
+
+# ----------------------------------------------------------------------------- configs
+
+ARGS_HELP = "an optional CONFIG.yaml and key=value overrides (see --print-config for the keys)"
+PRINT_CONFIG = typer.Option(False, "--print-config", help="print the resolved config as YAML (which this command "
+                            "accepts back as CONFIG.yaml) and exit")
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def split_args(args: list[str] | None) -> tuple[str | None, list[str], list[str]]:
+    """``[config.yaml] [key=value ...] [positional ...]`` in any order -> (config, overrides, positionals).
+    A ``key=value`` starts with a dotted name (``train.lr=1e-5``); a path or URL with ``=`` later on is a
+    positional."""
+    config, overrides, positionals = None, [], []
+    for a in args or []:
+        if _OVERRIDE.match(a):
+            overrides.append(a)
+        elif a.endswith((".yaml", ".yml")):
+            if config is not None:
+                raise typer.BadParameter(f"two config files given: {config} and {a}")
+            config = a
+        else:
+            positionals.append(a)
+    return config, overrides, positionals
+
+
+def as_override(key: str, value: Any) -> str:
+    """``key=value`` whose value YAML reads back as ``value`` (JSON is YAML: text stays text, ``7`` stays 7)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def command_config(cls: type, args: list[str] | None, *, positional: str | None = None,
+                   flags: dict[str, Any] | None = None) -> Any:
+    """Resolve ``cls`` from ``args`` (``[CONFIG.yaml] [key=value ...]`` plus positionals for the key
+    ``positional``: a list field takes them all, another field one) and ``flags`` (``{key: value}``; a
+    ``None`` value is a flag not given)."""
+    from palate.config import ConfigError, load_config
+
+    config, overrides, positionals = split_args(args)
+    if positionals:
+        if positional is None:
+            raise typer.BadParameter(f"{positionals[0]!r} is neither a .yaml config nor a key=value override")
+        many = cls.__dataclass_fields__[positional].default_factory is list
+        if not many and len(positionals) > 1:
+            raise ConfigError(f"one {positional} expected, got {len(positionals)}: {', '.join(positionals)}")
+        overrides.append(as_override(positional, positionals if many else positionals[0]))
+    overrides += [as_override(k, v) for k, v in (flags or {}).items() if v is not None]
+    return load_config(cls, config, overrides)
+
+
+def flag(cls: type, key: str, *decls: str, help: str = "", **kwargs) -> Any:
+    """A ``typer.Option`` that is a shortcut for ``key=...`` of config ``cls``: not given, it is ``None`` and
+    leaves the key to the config; its help names the key and the config's default."""
+    f = cls.__dataclass_fields__[key]
+    default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    shown = "" if default is None else f", default {default}"
+    text = f"{help} " if help else ""
+    return typer.Option(None, *decls, help=f"{text}(key {key}{shown})", show_default=False, **kwargs)
+
+
+def echo_config(cfg: Any) -> None:
+    from palate.config import dump_yaml
+
+    typer.echo(dump_yaml(cfg), nl=False)
+
+
+__all__ = ["App", "ARGS_HELP", "PRINT_CONFIG", "USER_ERRORS", "as_override", "command_config", "echo_config",
+           "fail", "flag", "guarded", "split_args"]
