@@ -44,14 +44,14 @@ def _text(page: Path) -> str:
 
 
 def test_every_page_of_the_nav_is_built(site):
-    for page in ["index.html", "getting-started/index.html", "concepts/index.html", "guides/online-rl/index.html",
-                 "reference/cli/index.html", "reference/config/index.html", "reference/api/losses/index.html",
-                 "results/index.html", "results/bench/index.html"]:
+    for page in ["index.html", "getting-started.html", "concepts.html", "guides/online-rl.html",
+                 "reference/cli.html", "reference/config.html", "reference/api/losses.html",
+                 "results/index.html", "results/bench.html"]:
         assert (site / page).is_file(), page
 
 
 def test_cli_reference_lists_every_command_and_option(site):
-    page = (site / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
+    page = (site / "reference" / "cli.html").read_text(encoding="utf-8")
     root = cli_reference.root()
     commands = cli_reference.commands()
     assert {"sft", "rm", "dpo", "grpo", "ppo", "label serve", "data check"} <= set(commands)
@@ -69,7 +69,7 @@ def test_cli_reference_lists_every_command_and_option(site):
 
 
 def test_config_reference_lists_every_field(site):
-    page = (site / "reference" / "config" / "index.html").read_text(encoding="utf-8")
+    page = (site / "reference" / "config.html").read_text(encoding="utf-8")
     configs = {c.qualname: c for c in config_reference.find_configs()}
     from palate.config import DataConfig, TrainConfig
     from palate.recipes.grpo import GRPOConfig
@@ -85,7 +85,7 @@ def test_config_reference_lists_every_field(site):
         assert f'id="{c.anchor}"' in page, c.qualname
     # every command that takes a config links to it
     for cmd in config_reference.command_configs():
-        assert f"palate {cmd}" in _text(site / "reference" / "config" / "index.html"), cmd
+        assert f"palate {cmd}" in _text(site / "reference" / "config.html"), cmd
 
 
 def test_field_meanings_come_from_docstrings_or_comments(tmp_path, monkeypatch):
@@ -108,12 +108,12 @@ def test_field_meanings_come_from_docstrings_or_comments(tmp_path, monkeypatch):
 
 
 def test_loss_formulas_render_as_code(site):
-    page = (site / "reference" / "api" / "losses" / "index.html").read_text(encoding="utf-8")
+    page = (site / "reference" / "api" / "losses.html").read_text(encoding="utf-8")
     assert 'id="palate.losses.preference.dpo_loss"' in page
     assert re.search(r"<pre><span></span><code>loss = −log σ\(β·h\)", page), "DPO's formula is not a code block"
 
 
 def test_results_page_is_generated_from_every_json(site):
-    text = _text(site / "results" / "bench" / "index.html")
+    text = _text(site / "results" / "bench.html")
     for path in (REPO / "bench" / "results").glob("*.json"):
         assert f"bench/results/{path.name}" in text
