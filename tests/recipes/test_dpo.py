@@ -1,5 +1,6 @@
 """DPO-family recipe on the tiny model: learning a synthetic preference, the reference handled three
-ways with the same numbers, the cache invalidated when inputs change, KTO on ratings, resume."""
+ways with the same numbers, the cache invalidated when inputs change, each loss's own defaults, resume.
+(KTO: tests/recipes/test_kto.py.)"""
 
 import json
 import shutil
@@ -7,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from palate.config import load_config
-from palate.recipes.dpo import REFERENCE_CACHE, DPOConfig, train
+from palate.config import ConfigError, load_config
+from palate.recipes.dpo import REFERENCE_CACHE, DPOConfig, DPOSpec, train
 from tests.conftest import marker_preferences, write_jsonl
 
 
@@ -84,17 +85,17 @@ def test_lora_reference_is_the_disabled_adapter(tmp_path, marker_jsonl):
 
 
 def test_reference_cache_is_reused_and_invalidated_when_data_changes(tmp_path, marker_jsonl, caplog):
-    from palate.recipes import dpo
+    from palate.recipes import reference_cache
 
     run = tmp_path / "c"
     calls = []
-    orig = dpo.reference_logprobs
+    orig = reference_cache.reference_logprobs
 
     def counting(*a, **k):
         calls.append(1)
         return orig(*a, **k)
 
-    dpo.reference_logprobs = counting
+    reference_cache.reference_logprobs = counting
     try:
         train(config(run, marker_jsonl, "train.max_steps=2", "data.eval_fraction=0"))
         assert len(calls) == 2  # train and eval tables, once
@@ -112,38 +113,45 @@ def test_reference_cache_is_reused_and_invalidated_when_data_changes(tmp_path, m
         train(config(run, marker_jsonl, "train.max_steps=2", "data.eval_fraction=0"))
         assert len(calls) == n + 2  # key mismatch: recomputed
     finally:
-        dpo.reference_logprobs = orig
+        reference_cache.reference_logprobs = orig
 
 
 @pytest.mark.parametrize("loss", ["ipo", "cdpo", "robust", "rpo", "simpo", "orpo"])
 def test_every_pairwise_loss_trains(tmp_path, marker_jsonl, loss):
-    extra = ["dpo.beta=2.0"] if loss == "simpo" else []
-    train(config(tmp_path / loss, marker_jsonl, "train.max_steps=12", "data.eval_fraction=0", f"dpo.loss={loss}", *extra))
+    train(config(tmp_path / loss, marker_jsonl, "train.max_steps=12", "data.eval_fraction=0", f"dpo.loss={loss}"))
     rows = metrics(tmp_path / loss)
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in rows)
     assert sum(m["loss"] for m in rows[-3:]) < sum(m["loss"] for m in rows[:3])
     assert (tmp_path / loss / REFERENCE_CACHE).exists() == (loss not in ("simpo", "orpo"))
 
 
-def test_kto_runs_on_ratings(tmp_path):
-    rows = []
-    for i, r in enumerate(marker_preferences(200)):
-        good = i % 2 == 0
-        rows.append({"prompt": r["prompt"], "response": r["chosen"] if good else r["rejected"], "score": 1 if good else 0})
-    rows.append({"prompt": "p", "response": "neither", "score": 0.5})  # midpoint: neither, skipped with a count
-    data = write_jsonl(tmp_path / "ratings.jsonl", rows)
-    train(config(tmp_path / "k", data, "train.epochs=3", "dpo.loss=kto", "train.eval_every=20"))
-    report = json.loads((tmp_path / "k" / "data_report.json").read_text())
-    assert report["skipped"] == 1 and 0 < report["n_desirable"] < report["n_train"]
-    last = [m for m in metrics(tmp_path / "k") if "eval_rewards_desirable" in m][-1]
-    assert last["eval_rewards_desirable"] > last["eval_rewards_undesirable"]
-    assert last["kl_reference_point"] >= 0
+def test_each_loss_gets_its_own_defaults_when_chosen():
+    """dpo.beta left unset takes the chosen loss's default (SimPO's β is on per-token averages: 2.0, not
+    DPO's 0.1); a loss's own field is filled in only for that loss, and the resolved values are what
+    config.yaml records."""
+    resolved = {loss: DPOSpec(loss=loss) for loss in ("dpo", "ipo", "cdpo", "robust", "rpo", "simpo", "orpo")}
+    assert {loss: s.beta for loss, s in resolved.items()} == {
+        "dpo": 0.1, "ipo": 0.1, "cdpo": 0.1, "robust": 0.1, "rpo": 0.1, "simpo": 2.0, "orpo": 0.1}
+    assert (resolved["simpo"].gamma, resolved["simpo"].label_smoothing, resolved["simpo"].alpha) == (0.5, None, None)
+    assert resolved["cdpo"].label_smoothing == resolved["robust"].label_smoothing == 0.1
+    assert resolved["rpo"].alpha == 1.0 and resolved["dpo"].gamma is None
+    cfg = load_config(DPOConfig, None, ["dpo.loss=simpo"])
+    assert (cfg.dpo.beta, cfg.dpo.gamma) == (2.0, 0.5)
+    assert load_config(DPOConfig, None, ["dpo.loss=simpo", "dpo.beta=2.5", "dpo.gamma=1.4"]).dpo.beta == 2.5
+    assert load_config(DPOConfig, None, ["dpo.beta=0.05"]).dpo.beta == 0.05
 
 
-def test_kto_accepts_preference_pairs_as_unpaired_thumbs(tmp_path, marker_jsonl):
-    train(config(tmp_path / "kp", marker_jsonl, "train.max_steps=3", "dpo.loss=kto", "data.eval_fraction=0"))
-    report = json.loads((tmp_path / "kp" / "data_report.json").read_text())
-    assert report["n_train"] == 480 and report["n_desirable"] == 240
+def test_a_field_of_another_loss_and_kto_are_refused_by_name():
+    with pytest.raises(ConfigError, match=r"dpo.gamma applies to dpo.loss=simpo only, not dpo"):
+        load_config(DPOConfig, None, ["dpo.gamma=1.0"])
+    with pytest.raises(ConfigError, match=r"dpo.label_smoothing applies to dpo.loss=cdpo \| robust only, not simpo"):
+        load_config(DPOConfig, None, ["dpo.loss=simpo", "dpo.label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match="dpo.alpha"):
+        DPOSpec(loss="orpo", alpha=1.0)
+    with pytest.raises(ConfigError, match="palate kto"):
+        load_config(DPOConfig, None, ["dpo.loss=kto"])
+    with pytest.raises(ConfigError, match="dpo.loss must be one of"):
+        DPOSpec(loss="dpoo")
 
 
 def test_resume_continues_identically(tmp_path, marker_jsonl):
