@@ -89,6 +89,15 @@ def dpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool
 
 
 @app.command(context_settings={"allow_extra_args": False})
+def kto(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
+        print_config: bool = _PRINT_CONFIG) -> None:
+    """KTO on unpaired thumbs up/down (ratings), or on preference pairs split into one of each."""
+    from palate.recipes.kto import KTOConfig, train
+
+    _train(KTOConfig, train, args, overwrite, print_config)
+
+
+@app.command(context_settings={"allow_extra_args": False})
 def ppo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
         print_config: bool = _PRINT_CONFIG) -> None:
     """PPO with a value head, GAE and KL control against the starting policy (RLHF)."""
