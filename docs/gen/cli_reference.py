@@ -84,6 +84,12 @@ def _help(cmd) -> str:
     return text.split("\f")[0].strip()
 
 
+def config_commands(tree) -> list[str]:
+    """Commands whose arguments are ``[CONFIG.yaml] [key=value ...]`` (a variadic argument named ``args``)."""
+    return [" ".join(p) for p, c in tree if p and not _is_group(c)
+            and any(q.param_type_name == "argument" and q.name == "args" and q.nargs == -1 for q in c.params)]
+
+
 def render() -> str:
     top = root()
     tree = list(_walk(top, []))
@@ -91,8 +97,8 @@ def render() -> str:
            "Generated from the Typer app (`palate.cli.app`) by `docs/gen/cli_reference.py` when the site is "
            "built: every command, argument and option, with the help the command itself prints "
            "(`palate COMMAND --help`).", "",
-           "The training commands (`sft`, `rm`, `dpo`, `ppo`, `grpo`, `best-of-n`, `constitutional`, `run`) take "
-           "an optional `CONFIG.yaml` and `section.key=value` overrides; their keys are in the "
+           f"The commands that take a config ({', '.join(f'`{c}`' for c in config_commands(tree))}) read an "
+           "optional `CONFIG.yaml` and `section.key=value` overrides; their keys are in the "
            "[config reference](config.md).", "",
            "| command | what it does |", "|---|---|"]
     for path, cmd in tree:
