@@ -56,9 +56,7 @@ from palate.recipes.held_out import (
     eval_sums,
     finish,
     held_out_samples,
-    score_samples,
     start_watch,
-    watching,
 )
 from palate.recipes.reference_cache import (
     REFERENCE_CACHE,
@@ -76,12 +74,9 @@ __all__ = [
     "DPOConfig",
     "DPOSpec",
     "check",
-    "held_out_samples",
     "pair_loss",
     "reference_logprobs",
-    "score_samples",
     "train",
-    "watching",
 ]
 
 LOSSES = tuple(PREFERENCE_LOSSES)
@@ -94,7 +89,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "cdpo": {"beta": 0.1, "label_smoothing": 0.1},
     "robust": {"beta": 0.1, "label_smoothing": 0.1},
     "rpo": {"beta": 0.1, "alpha": 1.0},
-    "simpo": {"beta": 2.0, "gamma": 0.5},  # SimPO's β is on per-token averages: ~20x DPO's
+    "simpo": {"beta": 2.0, "gamma": 0.5},  # SimPO's β scales per-token average log-probs, not sums
     "orpo": {"beta": 0.1},  # β is the paper's λ, the weight of the odds-ratio term
 }
 PER_LOSS = ("label_smoothing", "gamma", "alpha")
