@@ -46,9 +46,14 @@ class ConfigClass:
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
 
+    unique: bool = True  # no other config class has this name (set by find_configs)
+
     @property
     def anchor(self) -> str:
-        return self.qualname.replace(".", "-").replace("_", "-").lower()
+        """``sftconfig``: the class name, so a link survives a move to another module; qualified by the module
+        (``palate-rollout-rewards-rewardconfig``) where two classes share the name."""
+        name = self.name if self.unique else self.qualname
+        return name.replace(".", "-").replace("_", "-").lower()
 
 
 def _comments(source: str) -> dict[int, str]:
@@ -167,6 +172,9 @@ def find_configs() -> list[ConfigClass]:
         seen[cls] = None
         todo += list(_nested(cls).values())
     found = [_describe(c) for c in seen]
+    names = [c.name for c in found]
+    for c in found:
+        c.unique = names.count(c.name) == 1
     # shared sections first, then the rest by module
     found.sort(key=lambda c: (c.module != "palate.config", c.module, c.name))
     return found
