@@ -107,11 +107,20 @@ CONFIGURED = {
     "serve": (["tiny"], ["--port", "9001"], "port=9001", "port: 9001"),
     "redteam": (["tiny"], ["--threshold", "0.25"], "threshold=0.25", "threshold: 0.25"),
     "plan": (["--params", "7B"], ["--seq-len", "512"], "seq_len=512", "seq_len: 512"),
+    # the smaller commands, the same way
+    "rm-eval": (["runs/rm", "--data", "bundled:preferences"], ["--batch-size", "4"], "batch_size=4", "batch_size: 4"),
+    "score": (["runs/rm", "--input", "rows.jsonl"], ["--normalize"], "normalize=true", "normalize: true"),
+    "chat": (["tiny", "hello there"], ["--temperature", "0.5"], "temperature=0.5", "temperature: 0.5"),
+    "report": (["runs/x"], ["--out", "r.html"], "out=r.html", "out: r.html"),
+    "winrate": (["a.json", "--length-unit", "words"], ["--lc", "alpaca_eval"], "lc=alpaca_eval", "lc: alpaca_eval"),
+    "mtbench-show": (["j.jsonl"], ["--mode", "pairwise-all"], "mode=pairwise-all", "mode: pairwise-all"),
+    "data check": (["d.jsonl"], ["--max-length", "128"], "max_length=128", "max_length: 128"),
+    "safety train": (["--out", "clf"], ["--l2", "0.01"], "l2=0.01", "l2: 0.01"),
 }
 
 
-def _printed(*args) -> str:
-    out = runner.invoke(app, [*map(str, args), "--print-config"])
+def _printed(command, *args) -> str:
+    out = runner.invoke(app, [*command.split(), *map(str, args), "--print-config"])
     assert out.exit_code == 0, out.output
     return out.output
 
@@ -137,7 +146,7 @@ def test_key_value_override_shows_up_and_the_flag_is_the_same_key(command):
 @pytest.mark.parametrize("command", CONFIGURED)
 def test_unknown_key_is_refused_by_name(command):
     base = CONFIGURED[command][0]
-    out = runner.invoke(app, [command, *base, "no_such_key=3", "--print-config"])
+    out = runner.invoke(app, [*command.split(), *base, "no_such_key=3", "--print-config"])
     assert out.exit_code == 2
     assert "unknown config key(s) no_such_key" in out.output and "valid keys here" in out.output
 
@@ -236,3 +245,12 @@ def test_cli_has_no_command_specific_except_clauses():
 
     for module in (palate.cli, palate.feedback.cli):
         assert not re.search(r"^\s*(try:|except\b)", inspect.getsource(module), re.M), module.__name__
+
+
+def test_two_positionals_fill_two_keys_and_a_third_is_refused():
+    printed = _printed("chat", "tiny", "hi there").splitlines()
+    assert "model: tiny" in printed and "message: hi there" in printed
+    out = runner.invoke(app, ["chat", "tiny", "hi", "again", "--print-config"])
+    assert out.exit_code == 2 and "at most 2 arguments (model, message) expected, got 3" in out.output
+    assert _printed("mtbench-show", "j.jsonl", "--model-list", "a", "--model-list", "b") == _printed(
+        "mtbench-show", "j.jsonl", "model_list=[a, b]")

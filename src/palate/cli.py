@@ -7,10 +7,13 @@ import sys
 import typer
 
 from palate.clikit import PRINT_CONFIG, App, USER_ERRORS, command_config, echo_config, flag, split_args
-from palate.eval.run import EvalConfig, RedteamConfig
+from palate.data.check_config import DataCheckConfig
+from palate.eval.run import EvalConfig, MTBenchShowConfig, RedteamConfig, ReportConfig, SafetyTrainConfig, WinrateConfig
+from palate.eval.scoring import RMEvalConfig, ScoreConfig
 from palate.feedback.cli import label_app
 from palate.infra.memory import PlanConfig
 from palate.judges.label import JudgeConfig as _J
+from palate.serve.chat import ChatConfig
 from palate.serve.config import ServeConfig
 
 
@@ -128,65 +131,92 @@ def best_of_n(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite
     _train(BestOfNConfig, train, args, overwrite, print_config, label="data")
 
 
-@app.command("rm-eval")
+_RM = RMEvalConfig
+
+
+@app.command("rm-eval", context_settings={"allow_extra_args": False})
 def rm_eval(
-    model: str = typer.Argument(..., help="reward model: palate run dir or HF sequence-classification model dir"),
-    data: str = typer.Option(..., "--data", help="preference pairs: file, dataset dir, bundled:NAME or hub name"),
-    out: str = typer.Option(None, "--out", help="where to write rm_eval.json and plots (default: MODEL/eval-<data>)"),
-    batch_size: int = typer.Option(16),
-    seed: int = typer.Option(0, help="seed of the bootstrap CI and the calibration orientation"),
+    args: list[str] = typer.Argument(None, help="MODEL: reward model, palate run dir or HF sequence-classification "
+                                     "model dir (key model); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    data: str = flag(_RM, "data", "--data", help="preference pairs (needed): file, dataset dir, bundled:NAME or hub "
+                     "name"),
+    out: str = flag(_RM, "out", "--out", help="where to write rm_eval.json and plots (default: MODEL/eval-<data>)"),
+    batch_size: int = flag(_RM, "batch_size", "--batch-size"),
+    seed: int = flag(_RM, "seed", "--seed", help="seed of the bootstrap CI and the calibration orientation"),
 ) -> None:
     """Evaluate a reward model on preference pairs: accuracy with CI, calibration, length bias, per group."""
-    from pathlib import Path
-
-    from palate.data.readers import read_preferences
-    from palate.eval.reward import evaluate_reward_model, format_report
-    from palate.eval.scoring import data_stem
+    from palate.eval.reward import format_report
+    from palate.eval.scoring import RMEvalConfig, rm_eval as run_rm_eval
     from palate.infra.logging import setup_logging
-    from palate.models.heads import RewardModel
 
+    cfg = command_config(RMEvalConfig, args, positional="model", flags={"data": data, "out": out, "batch_size": batch_size,
+                                                               "seed": seed})
+    if print_config:
+        echo_config(cfg)
+        return
     setup_logging()
-    rm_ = RewardModel.load(model)
-    pairs = read_preferences(data)
-    target = Path(out) if out else Path(model) / f"eval-{data_stem(data)}"
-    report = evaluate_reward_model(rm_, pairs, target, seed=seed, batch_size=batch_size)
+    report, target = run_rm_eval(cfg)
     typer.echo(format_report(report))
     typer.echo(f"written to {target}")
 
 
-@app.command()
+_SC = ScoreConfig
+
+
+@app.command(context_settings={"allow_extra_args": False})
 def score(
-    model: str = typer.Argument(..., help="reward model: palate run dir or HF sequence-classification model dir"),
-    input: str = typer.Option(..., "--input", help="JSONL/dataset with prompt and response columns"),
-    output: str = typer.Option(None, "--output", help="JSONL to write (default: INPUT with .scored.jsonl)"),
-    batch_size: int = typer.Option(16),
-    normalize: bool = typer.Option(False, help="(r - mean) / std with the stats saved at training time"),
+    args: list[str] = typer.Argument(None, help="MODEL: reward model, palate run dir or HF sequence-classification "
+                                     "model dir (key model); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    input: str = flag(_SC, "input", "--input", help="JSONL/dataset with prompt and response columns (needed)"),
+    output: str = flag(_SC, "output", "--output", help="JSONL to write (default: INPUT with .scored.jsonl)"),
+    batch_size: int = flag(_SC, "batch_size", "--batch-size"),
+    normalize: bool = flag(_SC, "normalize", "--normalize/--no-normalize", help="(r - mean) / std with the stats "
+                           "saved at training time"),
 ) -> None:
     """Score (prompt, response) rows with a reward model; writes each row back with its reward."""
-    from palate.eval.scoring import format_scoring, score_file
+    from palate.eval.scoring import ScoreConfig, format_scoring, score_config
     from palate.infra.logging import setup_logging
 
+    cfg = command_config(ScoreConfig, args, positional="model", flags={"input": input, "output": output,
+                                                               "batch_size": batch_size, "normalize": normalize})
+    if print_config:
+        echo_config(cfg)
+        return
     setup_logging()
-    typer.echo(format_scoring(score_file(model, input, output, batch_size=batch_size, normalize=normalize)))
+    typer.echo(format_scoring(score_config(cfg)))
 
 
-@app.command()
+_C = ChatConfig
+
+
+@app.command(context_settings={"allow_extra_args": False})
 def chat(
-    model: str = typer.Argument(..., help="run dir, HF model dir, .gguf file, hub name, or 'bundled'"),
-    message: str = typer.Argument(None, help="one-shot message; omit for an interactive session"),
-    system: str = typer.Option(None, help="system prompt"),
-    max_new_tokens: int = typer.Option(256),
-    temperature: float = typer.Option(0.0, help="0 = greedy"),
-    repetition_penalty: float = typer.Option(1.2, help="> 1 discourages repeating tokens (1 = off)"),
-    seed: int = typer.Option(0),
+    args: list[str] = typer.Argument(None, help="MODEL (run dir, HF model dir, .gguf file, hub name, or 'bundled'; "
+                                     "key model) and MESSAGE (one-shot; omit for an interactive session; key "
+                                     "message: a message that looks like key=value or ends in .yaml goes as "
+                                     "message='...'); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    system: str = flag(_C, "system", "--system", help="system prompt"),
+    max_new_tokens: int = flag(_C, "max_new_tokens", "--max-new-tokens"),
+    temperature: float = flag(_C, "temperature", "--temperature", help="0 = greedy"),
+    repetition_penalty: float = flag(_C, "repetition_penalty", "--repetition-penalty", help="> 1 discourages "
+                                     "repeating tokens (1 = off)"),
+    seed: int = flag(_C, "seed", "--seed"),
 ) -> None:
     """Talk to a model: one reply to MESSAGE, or an interactive session (empty line or Ctrl-D quits)."""
     from palate.infra.logging import setup_logging
-    from palate.serve.chat import chat as run_chat
+    from palate.serve.chat import ChatConfig, chat as run_chat
 
+    cfg = command_config(ChatConfig, args, positional=("model", "message"), flags={
+        "system": system, "max_new_tokens": max_new_tokens, "temperature": temperature,
+        "repetition_penalty": repetition_penalty, "seed": seed})
+    if print_config:
+        echo_config(cfg)
+        return
     setup_logging()
-    run_chat(model, message, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
-             repetition_penalty=repetition_penalty, seed=seed, stdin=sys.stdin, echo=typer.echo)
+    run_chat(cfg, stdin=sys.stdin, echo=typer.echo)
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -224,9 +254,9 @@ def judge(
 ) -> None:
     """RLAIF: label candidate pairs with an AI judge (both orders, debiased) as preference data for rm/dpo."""
     from palate.infra.logging import setup_logging
-    from palate.judges.label import format_summary, judge_from_config
+    from palate.judges.label import JudgeConfig, format_summary, judge_from_config
 
-    cfg = command_config(_J, args, positional="input", flags=dict(
+    cfg = command_config(JudgeConfig, args, positional="input", flags=dict(
         out=out, judge=judge_, model=model, mode=mode, template=template, limit=limit, seed=seed,
         api_key_env=api_key_env, cache_dir=cache_dir, concurrency=concurrency, rate_limit=rate_limit,
         max_retries=max_retries, timeout=timeout, max_tokens=max_tokens, batch_size=batch_size, min_mass=min_mass,
@@ -287,9 +317,9 @@ def serve(
     """OpenAI-compatible chat server (/v1/chat/completions with streaming, /v1/models) with request batching;
     optional guardrails (safety filter in and out, best-of-N with a reward model; counters at /v1/guardrails)."""
     from palate.infra.logging import setup_logging
-    from palate.serve.config import api_key_of, check_serve, exposed_without_key, serve_config
+    from palate.serve.config import ServeConfig, api_key_of, check_serve, exposed_without_key, serve_config
 
-    cfg = command_config(_S, args, positional="model", flags=dict(
+    cfg = command_config(ServeConfig, args, positional="model", flags=dict(
         host=host, port=port, api_key_env=api_key_env, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
         max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens_limit, device=device,
         safety_classifier=safety_classifier, input_threshold=input_threshold, output_threshold=output_threshold,
@@ -306,56 +336,60 @@ def serve(
     serve_config(cfg, key)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": False})
 def report(
-    run: str = typer.Argument(..., help="a run directory"),
-    out: str = typer.Option(None, "--out", help="HTML file to write (default: RUN/report/report.html); report.md beside it"),
+    args: list[str] = typer.Argument(None, help="RUN: a run directory (key run); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    out: str = flag(ReportConfig, "out", "--out", help="HTML file to write (default: RUN/report/report.html); "
+                    "report.md beside it"),
 ) -> None:
     """One self-contained HTML report of a run (curves, RL, reward-model eval, win rates, monitor, samples)."""
-    from palate.eval.report import write_report
+    from palate.eval.run import ReportConfig, report as write_report
 
-    path = write_report(run, out)
+    cfg = command_config(ReportConfig, args, positional="run", flags={"out": out})
+    if print_config:
+        echo_config(cfg)
+        return
+    path = write_report(cfg)
     typer.echo(f"report: {path}\nsummary: {path.parent / 'report.md'}")
 
 
-@app.command()
+_W = WinrateConfig
+
+
+@app.command(context_settings={"allow_extra_args": False})
 def winrate(
-    judgments: list[str] = typer.Argument(..., help="judgment files: AlpacaEval annotations.json (.gz/.xz), palate "
-                                          "eval/judgments.jsonl, or Preference rows naming chosen_model/rejected_model"),
-    out: str = typer.Option(..., "--out", help="output dir: eval/winrates.json and report/report.html"),
-    length_unit: str = typer.Option(..., "--length-unit", help="characters | words | tokens (recorded in the output)"),
-    tokenizer: str = typer.Option(None, "--tokenizer", help="--length-unit tokens: tokenizer (model dir, hub name, "
-                                  "bundled)"),
-    baseline: str = typer.Option(None, "--baseline", help="the baseline's model name (needed for Preference rows)"),
-    policy: str = typer.Option(None, "--policy", help="name of the model in a single AlpacaEval file (default: its "
-                               "results/<model>/ folder, else generator_2)"),
-    lc: str = typer.Option("joint", "--lc", help="joint (palate: one fit over all policies) | alpaca_eval (also "
-                           "AlpacaEval 2's LC for AlpacaEval annotations)"),
-    alpaca_eval_repo: str = typer.Option(None, "--alpaca-eval-repo", help="--lc alpaca_eval: an alpaca_eval checkout "
-                                         "or git dir; its annotations join the difficulty fit"),
-    judge_: str = typer.Option(None, "--judge", help="name of the judge, recorded in winrates.json"),
-    n_resamples: int = typer.Option(1000, help="bootstrap resamples for the CIs"),
-    seed: int = typer.Option(0, help="bootstrap seed"),
+    args: list[str] = typer.Argument(None, help="JUDGMENTS ...: AlpacaEval annotations.json (.gz/.xz), palate "
+                                     "eval/judgments.jsonl, or Preference rows naming chosen_model/rejected_model "
+                                     "(key judgments); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    out: str = flag(_W, "out", "--out", help="output dir (needed): eval/winrates.json and report/report.html"),
+    length_unit: str = flag(_W, "length_unit", "--length-unit", help="characters | words | tokens (needed; recorded "
+                            "in the output)"),
+    tokenizer: str = flag(_W, "tokenizer", "--tokenizer", help="--length-unit tokens: tokenizer (model dir, hub "
+                          "name, bundled)"),
+    baseline: str = flag(_W, "baseline", "--baseline", help="the baseline's model name (needed for Preference rows)"),
+    policy: str = flag(_W, "policy", "--policy", help="name of the model in a single AlpacaEval file (default: its "
+                       "results/<model>/ folder, else generator_2)"),
+    lc: str = flag(_W, "lc", "--lc", help="joint (palate: one fit over all policies) | alpaca_eval (also "
+                   "AlpacaEval 2's LC for AlpacaEval annotations)"),
+    alpaca_eval_repo: str = flag(_W, "alpaca_eval_repo", "--alpaca-eval-repo", help="--lc alpaca_eval: an "
+                                 "alpaca_eval checkout or git dir; its annotations join the difficulty fit"),
+    judge_: str = flag(_W, "judge", "--judge", help="name of the judge, recorded in winrates.json"),
+    n_resamples: int = flag(_W, "n_resamples", "--n-resamples", help="bootstrap resamples for the CIs"),
+    seed: int = flag(_W, "seed", "--seed", help="bootstrap seed"),
 ) -> None:
     """Win rates (raw and length-controlled, 95% CIs) from pairwise judgments made elsewhere, written as palate's own
     judging writes them (eval/winrates.json + the HTML report)."""
-    from palate.eval.alpaca_eval import LENGTH_UNITS
-    from palate.eval.imported import format_winrates, read_judgments, winrates_from_judgments
+    from palate.eval.run import WinrateConfig, winrates
 
-    if length_unit not in LENGTH_UNITS:
-        raise ValueError(f"--length-unit must be one of {', '.join(LENGTH_UNITS)}, got {length_unit!r}")
-    if (length_unit == "tokens") != (tokenizer is not None):
-        raise ValueError("--tokenizer goes with --length-unit tokens (and tokens need one)")
-    tok = None
-    if tokenizer:
-        from palate.models.load import load_tokenizer
-
-        tok = load_tokenizer(tokenizer)
-    judged = read_judgments(judgments, baseline=baseline, unit=length_unit, tokenizer=tok, policy=policy)
-    summary = winrates_from_judgments(judged, out, unit=length_unit, tokenizer=tok, lc=lc,
-                                      alpaca_eval_repo=alpaca_eval_repo, judge=judge_, n_resamples=n_resamples,
-                                      seed=seed)
-    typer.echo(format_winrates(summary))
+    cfg = command_config(WinrateConfig, args, positional="judgments", flags={
+        "out": out, "length_unit": length_unit, "tokenizer": tokenizer, "baseline": baseline, "policy": policy,
+        "lc": lc, "alpaca_eval_repo": alpaca_eval_repo, "judge": judge_, "n_resamples": n_resamples, "seed": seed})
+    if print_config:
+        echo_config(cfg)
+        return
+    typer.echo(winrates(cfg))
 
 
 @app.command("rl-eval")
@@ -430,10 +464,10 @@ def eval_(
 ) -> None:
     """Win rates (raw, length-controlled, 95% CIs) of policies against a baseline, reward, length, diversity
     and refusals on a prompt set, or a benchmark suite (--suite). Answers are cached in OUT/answers.jsonl."""
-    from palate.eval.run import run_eval
+    from palate.eval.run import EvalConfig, run_eval
     from palate.infra.logging import setup_logging
 
-    cfg = command_config(_E, args, positional="policies", flags=dict(
+    cfg = command_config(EvalConfig, args, positional="policies", flags=dict(
         prompts=prompts, baseline=baseline, out=out, suite=suite, tasks=tasks, n_samples=n_samples, k=k or None,
         judge=judge_, references=references, judge_prompts=judge_prompts, reward_model=reward_model,
         safety_classifier=safety_classifier, limit=limit, export_alpaca=export_alpaca, max_new_tokens=max_new_tokens,
@@ -445,30 +479,29 @@ def eval_(
     typer.echo(run_eval(cfg))
 
 
-@app.command("mtbench-show")
+_M = MTBenchShowConfig
+
+
+@app.command("mtbench-show", context_settings={"allow_extra_args": False})
 def mtbench_show(
-    judgments: str = typer.Argument(..., help="FastChat judgment file: model_judgment/gpt-4_single.jsonl or "
-                                    "gpt-4_pair.jsonl (or palate's OUT/mtbench/model_judgment/*.jsonl)"),
-    mode: str = typer.Option("single", "--mode", help="single | pairwise-baseline | pairwise-all"),
-    baseline_model: str = typer.Option("gpt-3.5-turbo", "--baseline-model", help="pairwise-baseline: the baseline"),
-    model_list: list[str] = typer.Option(None, "--model-list", help="only these models (repeatable)"),
-    questions: str = typer.Option(None, "--questions", help="question.jsonl, for the mean per category"),
+    args: list[str] = typer.Argument(None, help="JUDGMENTS: FastChat judgment file, model_judgment/gpt-4_single.jsonl "
+                                     "or gpt-4_pair.jsonl (or palate's OUT/mtbench/model_judgment/*.jsonl; key "
+                                     "judgments); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    mode: str = flag(_M, "mode", "--mode", help="single | pairwise-baseline | pairwise-all"),
+    baseline_model: str = flag(_M, "baseline_model", "--baseline-model", help="pairwise-baseline: the baseline"),
+    model_list: list[str] = flag(_M, "model_list", "--model-list", help="only these models (repeatable)"),
+    questions: str = flag(_M, "questions", "--questions", help="question.jsonl, for the mean per category"),
 ) -> None:
     """MT-Bench tables from judgment files, computed as FastChat's show_result.py does."""
-    from palate.eval import mtbench_results as res
-    from palate.eval.prompts import read_mtbench
+    from palate.eval.run import MTBenchShowConfig, mtbench_tables
 
-    if mode not in ("single", "pairwise-baseline", "pairwise-all"):
-        raise ValueError(f"--mode must be single, pairwise-baseline or pairwise-all, got {mode!r}")
-    if mode == "single":
-        rows = res.read_single_judgments(judgments)
-        cats = {q.question_id: q.category for q in read_mtbench(questions)} if questions else None
-        names = [m for m in dict.fromkeys(r["model"] for r in rows) if not model_list or m in model_list]
-        typer.echo(res.format_single(res.summarise_single(rows, cats, names)))
-    else:
-        rows = res.read_pair_judgments(judgments)
-        base = baseline_model if mode == "pairwise-baseline" else None
-        typer.echo(res.format_pairwise(res.summarise_pairwise(rows, base, model_list or None)))
+    cfg = command_config(MTBenchShowConfig, args, positional="judgments", flags={
+        "mode": mode, "baseline_model": baseline_model, "model_list": model_list or None, "questions": questions})
+    if print_config:
+        echo_config(cfg)
+        return
+    typer.echo(mtbench_tables(cfg))
 
 
 _R = RedteamConfig
@@ -498,10 +531,10 @@ def redteam(
     """Red-team a model: attack success rate per category and jailbreak framing (95% CIs), over-refusal on
     benign look-alikes, worst samples; writes redteam.json and answers.jsonl."""
     from palate.eval.redteam import format_redteam
-    from palate.eval.run import run_redteam_config
+    from palate.eval.run import RedteamConfig, run_redteam_config
     from palate.infra.logging import setup_logging
 
-    cfg = command_config(_R, args, positional="model", flags=dict(
+    cfg = command_config(RedteamConfig, args, positional="model", flags=dict(
         out=out, prompts=prompts, judge=judge_, threshold=threshold, safety_classifier=safety_classifier, limit=limit,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
         device=device))
@@ -538,9 +571,9 @@ def plan(
 ) -> None:
     """Estimate per-device memory (GiB) of a training run for every sharding strategy, with and without
     gradient checkpointing: weights, gradients, AdamW states, resident frozen models, activations, logits."""
-    from palate.infra.memory import plan_report
+    from palate.infra.memory import PlanConfig, plan_report
 
-    cfg = command_config(_P, args, positional="model", flags=dict(
+    cfg = command_config(PlanConfig, args, positional="model", flags=dict(
         params=params, method=method, lora=lora, lora_r=lora_r, dtype=dtype, seq_len=seq_len, micro_batch=micro_batch,
         devices=devices, reference=reference, gpu_memory=gpu_memory, json=as_json))
     if print_config:
@@ -549,32 +582,36 @@ def plan(
     typer.echo(plan_report(cfg))
 
 
-@data_app.command("check")
+_D = DataCheckConfig
+
+
+@data_app.command("check", context_settings={"allow_extra_args": False})
 def data_check(
-    path: str = typer.Argument(..., help="file (.jsonl/.json, compressed or not; .parquet, .csv), dataset dir, "
-                               "bundled:NAME or hub name"),
-    kind: str = typer.Option("auto", help="auto (from the first row) | demonstrations | preferences | rankings | "
-                             "ratings"),
-    model: str = typer.Option("bundled", help="tokenizer to measure lengths with (the model you will train)"),
-    max_length: int = typer.Option(512, help="data.max_length of the run"),
-    long_prompts: str = typer.Option("skip", help="data.long_prompts of the run: skip | truncate_left"),
-    on_error: str = typer.Option("raise", help="raise | skip"),
-    split: str = typer.Option("train", help="split of a dataset dir or hub dataset"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    args: list[str] = typer.Argument(None, help="PATH: file (.jsonl/.json, compressed or not; .parquet, .csv), "
+                                     "dataset dir, bundled:NAME or hub name (key path); and " + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    kind: str = flag(_D, "kind", "--kind", help="auto (from the first row) | demonstrations | preferences | "
+                     "rankings | ratings"),
+    model: str = flag(_D, "model", "--model", help="tokenizer to measure lengths with (the model you will train)"),
+    max_length: int = flag(_D, "max_length", "--max-length", help="data.max_length of the run"),
+    long_prompts: str = flag(_D, "long_prompts", "--long-prompts", help="data.long_prompts of the run: skip | "
+                             "truncate_left"),
+    on_error: str = flag(_D, "on_error", "--on-error", help="raise | skip"),
+    split: str = flag(_D, "split", "--split", help="split of a dataset dir or hub dataset"),
+    as_json: bool = flag(_D, "json", "--json", help="print the report as JSON"),
 ) -> None:
     """Read a dataset as training would (palate sft, rm, dpo, KTO) and report rows, usable records, token
     lengths, over-long prompts, ties, skips and truncations."""
-    import json as _json
-
-    from palate.data.check import KINDS, check_dataset, detect_kind, format_check
+    from palate.data.check_config import DataCheckConfig, check_report
     from palate.models.load import load_tokenizer
 
-    if kind != "auto" and kind not in KINDS:
-        raise ValueError(f"--kind must be auto or one of {', '.join(KINDS)}, got {kind!r}")
-    kind = detect_kind(path, split) if kind == "auto" else kind
-    tok = load_tokenizer(model)
-    report = check_dataset(path, kind, tok, max_length, long_prompts=long_prompts, on_error=on_error, split=split)
-    typer.echo(_json.dumps(report, indent=1) if as_json else format_check(report))
+    cfg = command_config(DataCheckConfig, args, positional="path", flags={
+        "kind": kind, "model": model, "max_length": max_length, "long_prompts": long_prompts, "on_error": on_error,
+        "split": split, "json": as_json})
+    if print_config:
+        echo_config(cfg)
+        return
+    typer.echo(check_report(cfg, load_tokenizer))
 
 
 @app.command("run", context_settings={"allow_extra_args": False})
@@ -601,27 +638,35 @@ def demo(args: list[str] = typer.Argument(None, help="key=value overrides of exa
     run_cmd([str(DEMO_PIPELINE), *(args or [])], False)
 
 
-@safety_app.command("train")
+_ST = SafetyTrainConfig
+
+
+@safety_app.command("train", context_settings={"allow_extra_args": False})
 def safety_train(
-    out: str = typer.Option(..., "--out", help="directory for head.safetensors and safety.json"),
-    data: str = typer.Option("bundled:safety", "--data", help="labelled answers: JSONL/JSON rows with response, "
-                             "label (safe|unsafe), optional prompt and category"),
-    heldout: float = typer.Option(0.2, help="fraction held out (stratified by label and category) for accuracy/AUC"),
-    l2: float = typer.Option(None, help="L2 penalty of the logistic head (default: chosen by 5-fold CV)"),
-    threshold: float = typer.Option(0.5, help="P(unsafe) at or above which an answer counts as unsafe"),
-    seed: int = typer.Option(0),
+    args: list[str] = typer.Argument(None, help=_CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    out: str = flag(_ST, "out", "--out", help="directory for head.safetensors and safety.json (needed)"),
+    data: str = flag(_ST, "data", "--data", help="labelled answers: JSONL/JSON rows with response, label "
+                     "(safe|unsafe), optional prompt and category"),
+    heldout: float = flag(_ST, "heldout", "--heldout", help="fraction held out (stratified by label and category) "
+                          "for accuracy/AUC"),
+    l2: float = flag(_ST, "l2", "--l2", help="L2 penalty of the logistic head (default: chosen by 5-fold CV)"),
+    threshold: float = flag(_ST, "threshold", "--threshold", help="P(unsafe) at or above which an answer counts as "
+                            "unsafe"),
+    seed: int = flag(_ST, "seed", "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a classifier already in --out"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    device: str = flag(_ST, "device", "--device", help="auto | cpu | cuda | cuda:N"),
 ) -> None:
     """Embed labelled answers with all-MiniLM-L6-v2 and fit a logistic-regression head; report held-out
     accuracy (95% bootstrap CI) and AUC. Use the result with --safety-classifier OUT."""
-    from palate.eval.safety import format_training, train_safety_classifier
-    from palate.infra.device import pick_device
+    from palate.eval.run import SafetyTrainConfig, train_safety
 
-    meta = train_safety_classifier(data, out, heldout=heldout, l2=l2, threshold=threshold, seed=seed,
-                                   overwrite=overwrite, device=str(pick_device(device)))
-    typer.echo(format_training(meta))
-    typer.echo(f"written to {out}; use it with --safety-classifier {out}")
+    cfg = command_config(SafetyTrainConfig, args, flags={"out": out, "data": data, "heldout": heldout, "l2": l2,
+                                           "threshold": threshold, "seed": seed, "device": device})
+    if print_config:
+        echo_config(cfg)
+        return
+    typer.echo(train_safety(cfg, overwrite=overwrite))
 
 
 @label_app.command("generate")
@@ -637,9 +682,10 @@ def label_generate(
     """Sample candidate responses with a palate model for a project (imports torch; the server does not)."""
     from palate.judges.candidates import sample_candidates
 
-    written, empty = sample_candidates(model, prompts, out, n=n, name=name, max_new_tokens=max_new_tokens,
-                                       temperature=temperature, top_p=top_p, seed=seed, append=append)
-    typer.echo(f"wrote {written} responses to {out}" + (f" ({empty} empty responses left out)" if empty else ""))
+    counts = sample_candidates(model, prompts, out, n=n, name=name, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, seed=seed, append=append)
+    left_out = f" ({counts[1]} empty responses left out)" if counts[1] else ""
+    typer.echo(f"wrote {counts[0]} responses to {out}{left_out}")
 
 
 def main() -> None:  # pragma: no cover

@@ -93,21 +93,25 @@ def as_override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def command_config(cls: type, args: list[str] | None, *, positional: str | None = None,
+def command_config(cls: type, args: list[str] | None, *, positional: str | tuple[str, ...] = (),
                    flags: dict[str, Any] | None = None) -> Any:
-    """Resolve ``cls`` from ``args`` (``[CONFIG.yaml] [key=value ...]`` plus positionals for the key
-    ``positional``: a list field takes them all, another field one) and ``flags`` (``{key: value}``; a
-    ``None`` value is a flag not given)."""
+    """Resolve ``cls`` from ``args`` (``[CONFIG.yaml] [key=value ...]`` plus positionals for the key(s)
+    ``positional``: one list field takes them all, else each key takes one, in order) and ``flags``
+    (``{key: value}``; a ``None`` value is a flag not given)."""
     from palate.config import ConfigError, load_config
 
     config, overrides, positionals = split_args(args)
+    keys = (positional,) if isinstance(positional, str) else tuple(positional)
     if positionals:
-        if positional is None:
+        if not keys:
             raise typer.BadParameter(f"{positionals[0]!r} is neither a .yaml config nor a key=value override")
-        many = cls.__dataclass_fields__[positional].default_factory is list
-        if not many and len(positionals) > 1:
-            raise ConfigError(f"one {positional} expected, got {len(positionals)}: {', '.join(positionals)}")
-        overrides.append(as_override(positional, positionals if many else positionals[0]))
+        if len(keys) == 1 and cls.__dataclass_fields__[keys[0]].default_factory is list:
+            overrides.append(as_override(keys[0], positionals))
+        elif len(positionals) > len(keys):
+            expected = f"one {keys[0]}" if len(keys) == 1 else f"at most {len(keys)} arguments ({', '.join(keys)})"
+            raise ConfigError(f"{expected} expected, got {len(positionals)}: {', '.join(positionals)}")
+        else:
+            overrides += [as_override(k, v) for k, v in zip(keys, positionals)]
     overrides += [as_override(k, v) for k, v in (flags or {}).items() if v is not None]
     return load_config(cls, config, overrides)
 

@@ -1,10 +1,36 @@
-"""``palate score``: score (prompt, response) rows with a reward model and write each row back with its reward."""
+"""A reward model on files: ``palate score`` (score (prompt, response) rows and write each row back with its
+reward) and ``palate rm-eval`` (accuracy, calibration and length bias on preference pairs), with their configs."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from palate.config import ConfigError
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``palate score``'s config (each flag is a shortcut for the key of the same name)."""
+
+    model: str | None = None  # reward model: palate run dir or HF sequence-classification model dir
+    input: str | None = None  # JSONL/dataset with prompt and response columns
+    output: str | None = None  # JSONL to write (default: INPUT with .scored.jsonl)
+    batch_size: int = 16
+    normalize: bool = False  # (r - mean) / std with the stats saved at training time
+
+
+@dataclass(frozen=True)
+class RMEvalConfig:
+    """``palate rm-eval``'s config (each flag is a shortcut for the key of the same name)."""
+
+    model: str | None = None  # reward model: palate run dir or HF sequence-classification model dir
+    data: str | None = None  # preference pairs: file, dataset dir, bundled:NAME or hub name
+    out: str | None = None  # where to write rm_eval.json and plots (default: MODEL/eval-<data>)
+    batch_size: int = 16
+    seed: int = 0  # seed of the bootstrap CI and the calibration orientation
 
 
 def data_stem(source: str) -> str:
@@ -15,6 +41,28 @@ def data_stem(source: str) -> str:
     if path.suffix.lower() in COMPRESSIONS:
         path = path.with_suffix("")
     return path.stem
+
+
+def score_config(cfg: ScoreConfig) -> dict[str, Any]:
+    """:func:`score_file` as ``cfg`` says."""
+    if cfg.model is None or cfg.input is None:
+        raise ConfigError("score needs a MODEL (argument or model=...) and --input (input=...)")
+    return score_file(cfg.model, cfg.input, cfg.output, batch_size=cfg.batch_size, normalize=cfg.normalize)
+
+
+def rm_eval(cfg: RMEvalConfig) -> tuple[dict[str, Any], Path]:
+    """Evaluate ``cfg.model`` on the pairs of ``cfg.data`` (:func:`palate.eval.reward.evaluate_reward_model`);
+    returns the report and where it was written."""
+    from palate.data.readers import read_preferences
+    from palate.eval.reward import evaluate_reward_model
+    from palate.models.heads import RewardModel
+
+    if cfg.model is None or cfg.data is None:
+        raise ConfigError("rm-eval needs a MODEL (argument or model=...) and --data (data=...)")
+    rm = RewardModel.load(cfg.model)
+    pairs = read_preferences(cfg.data)
+    target = Path(cfg.out) if cfg.out else Path(cfg.model) / f"eval-{data_stem(cfg.data)}"
+    return evaluate_reward_model(rm, pairs, target, seed=cfg.seed, batch_size=cfg.batch_size), target
 
 
 def score_file(model: str, input: str, output: str | None = None, *, batch_size: int = 16,

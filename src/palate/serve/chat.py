@@ -4,28 +4,45 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
+
+from palate.config import ConfigError
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """``palate chat``'s config (each flag is a shortcut for the key of the same name)."""
+
+    model: str | None = None  # run dir, HF model dir, .gguf file, hub name, or 'bundled'
+    message: str | None = None  # one-shot message; none for an interactive session
+    system: str | None = None  # system prompt
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    repetition_penalty: float = 1.2  # > 1 discourages repeating tokens (1 = off)
+    seed: int = 0
 
 
 def _print(text: str, nl: bool = True) -> None:
     print(text, end="\n" if nl else "", flush=True)
 
 
-def chat(model: str, message: str | None = None, *, system: str | None = None, max_new_tokens: int = 256,
-         temperature: float = 0.0, repetition_penalty: float = 1.2, seed: int = 0, stdin: TextIO | None = None,
-         echo: Callable[..., None] = _print) -> None:
-    """Load ``model``; answer ``message`` once, or else read user turns from ``stdin`` until an empty line or
-    EOF (a terminal gets a ``you>`` prompt and streamed answers). ``echo(text, nl=True)`` prints."""
+def chat(cfg: ChatConfig, *, stdin: TextIO | None = None, echo: Callable[..., None] = _print) -> None:
+    """Load ``cfg.model``; answer ``cfg.message`` once, or else read user turns from ``stdin`` until an empty
+    line or EOF (a terminal gets a ``you>`` prompt and streamed answers). ``echo(text, nl=True)`` prints."""
     from palate.models.load import load_model, load_tokenizer
     from palate.rollout.generate import reply
 
+    if cfg.model is None:
+        raise ConfigError("chat needs a MODEL (argument or model=...)")
     stdin = stdin or sys.stdin
-    tok = load_tokenizer(model)
-    lm = load_model(model, tokenizer=tok).eval()
-    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, repetition_penalty=repetition_penalty, seed=seed)
-    if message is not None:
-        echo(reply(lm, tok, history + [{"role": "user", "content": message}], **gen))
+    tok = load_tokenizer(cfg.model)
+    lm = load_model(cfg.model, tokenizer=tok).eval()
+    history: list[dict[str, str]] = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+               repetition_penalty=cfg.repetition_penalty, seed=cfg.seed)
+    if cfg.message is not None:
+        echo(reply(lm, tok, history + [{"role": "user", "content": cfg.message}], **gen))
         return
     interactive = stdin.isatty()
     while True:
