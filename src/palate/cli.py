@@ -1,4 +1,9 @@
-"""The ``palate`` command line. Each subcommand parses a config and calls one recipe function."""
+"""The ``palate`` command line. Each subcommand parses a config and calls one recipe function.
+
+A command takes ``[CONFIG.yaml] [key=value ...]`` (plus its positional arguments, each a key) and
+``--print-config``; its flags are shortcuts for keys (:mod:`palate.clikit`). The configs live beside the code they
+configure, never here. Every command runs through one error wrapper (:class:`palate.clikit.App`): a
+:class:`palate.errors.PalateError`, an OSError or a ValueError is one line ``error: ...`` and exit code 2."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from palate.eval.run import EvalConfig, MTBenchShowConfig, RedteamConfig, Report
 from palate.eval.scoring import RMEvalConfig, ScoreConfig
 from palate.feedback.cli import label_app
 from palate.infra.memory import PlanConfig
-from palate.judges.label import JudgeConfig as _J
+from palate.judges.label import JudgeConfig
 from palate.serve.chat import ChatConfig
 from palate.serve.config import ServeConfig
 
@@ -217,6 +222,9 @@ def chat(
         return
     setup_logging()
     run_chat(cfg, stdin=sys.stdin, echo=typer.echo)
+
+
+_J = JudgeConfig
 
 
 @app.command(context_settings={"allow_extra_args": False})
