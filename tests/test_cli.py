@@ -254,3 +254,14 @@ def test_two_positionals_fill_two_keys_and_a_third_is_refused():
     assert out.exit_code == 2 and "at most 2 arguments (model, message) expected, got 3" in out.output
     assert _printed("mtbench-show", "j.jsonl", "--model-list", "a", "--model-list", "b") == _printed(
         "mtbench-show", "j.jsonl", "model_list=[a, b]")
+
+
+def test_label_commands_import_no_torch_and_generate_still_answers_as_palate_label_generate():
+    import subprocess
+    import sys
+
+    code = ("import sys, palate.feedback.cli; "
+            "assert not [m for m in ('torch', 'transformers', 'palate.models', 'palate.rollout') if m in sys.modules]")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+    out = runner.invoke(app, ["label", "generate", "--help"])
+    assert out.exit_code == 0 and "--append" in out.output
