@@ -265,3 +265,23 @@ def test_label_commands_import_no_torch_and_generate_still_answers_as_palate_lab
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
     out = runner.invoke(app, ["label", "generate", "--help"])
     assert out.exit_code == 0 and "--append" in out.output
+
+
+def test_the_error_wrapper_lets_exits_and_usage_errors_through():
+    import typer
+
+    from palate.clikit import App
+
+    mini = App(errors=lambda: pytest.fail("errors() is asked only for an error, never for an exit"))
+
+    @mini.command()
+    def stop(code: int) -> None:
+        raise typer.Exit(code)
+
+    @mini.command()
+    def usage() -> None:
+        raise typer.BadParameter("not like that")
+
+    assert runner.invoke(mini, ["stop", "3"]).exit_code == 3
+    out = runner.invoke(mini, ["usage"])
+    assert out.exit_code == 2 and "not like that" in out.output and "error:" not in out.output

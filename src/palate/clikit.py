@@ -7,7 +7,8 @@
   dataclass defaults, an optional ``CONFIG.yaml``, ``key=value`` overrides, positional arguments and flags
   (each flag is a shortcut for one key). :func:`echo_config` prints it as YAML that the same command reads back.
 
-Imports nothing above :mod:`palate.config` (the feedback app's commands use it and must not import torch).
+Imports nothing from palate but :mod:`palate.config` and :mod:`palate.errors` (the feedback app's commands use
+it and must not import torch).
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import click
 import typer
 
+from palate.config import ConfigError, dump_yaml, load_config
 from palate.errors import PalateError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (PalateError, OSError, ValueError)
+# What a command raises to end itself or to say its usage was wrong: typer's (which vendors click since 0.2x, so
+# click's own classes are not these) and click's ClickException base, found through typer.BadParameter.
+_CLI_EXITS: tuple[type[BaseException], ...] = (
+    typer.Exit, typer.Abort, next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
 
 
 def fail(e: BaseException | str) -> NoReturn:
@@ -41,7 +46,7 @@ def guarded(fn: Callable, errors: Callable[[], tuple[type[BaseException], ...]] 
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except _CLI_EXITS:
             raise
         except Exception as e:
             if isinstance(e, errors()):
@@ -98,8 +103,6 @@ def command_config(cls: type, args: list[str] | None, *, positional: str | tuple
     """Resolve ``cls`` from ``args`` (``[CONFIG.yaml] [key=value ...]`` plus positionals for the key(s)
     ``positional``: one list field takes them all, else each key takes one, in order) and ``flags``
     (``{key: value}``; a ``None`` value is a flag not given)."""
-    from palate.config import ConfigError, load_config
-
     config, overrides, positionals = split_args(args)
     keys = (positional,) if isinstance(positional, str) else tuple(positional)
     if positionals:
@@ -127,8 +130,6 @@ def flag(cls: type, key: str, *decls: str, help: str = "", **kwargs) -> Any:
 
 
 def echo_config(cfg: Any) -> None:
-    from palate.config import dump_yaml
-
     typer.echo(dump_yaml(cfg), nl=False)
 
 
