@@ -234,6 +234,8 @@ def test_every_command_reports_palate_errors_as_one_line_and_keeps_tracebacks_fo
         assert out.exit_code == 2 and out.output == f"error: {raised[kind]}\n" and message in out.output
     bug = runner.invoke(mini, ["boom", "bug"])
     assert bug.exit_code == 1 and isinstance(bug.exception, ZeroDivisionError)
+    traced = runner.invoke(mini, ["boom", "value"], env={"PALATE_TRACEBACK": "1"})
+    assert traced.exit_code == 1 and isinstance(traced.exception, ValueError)
 
 
 def test_cli_has_no_command_specific_except_clauses():

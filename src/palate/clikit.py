@@ -2,7 +2,8 @@
 
 * :class:`App` is a ``typer.Typer`` whose commands all run through :func:`guarded`: a user-facing error
   (:class:`palate.errors.PalateError`, and the ``OSError``/``ValueError`` a bad path or value raises) becomes one
-  line ``error: ...`` on stderr and exit code 2; anything else keeps its traceback.
+  line ``error: ...`` on stderr and exit code 2; anything else keeps its traceback (and so does every error with
+  ``PALATE_TRACEBACK=1`` in the environment).
 * :func:`command_config` resolves a command's frozen dataclass config from, in increasing precedence: the
   dataclass defaults, an optional ``CONFIG.yaml``, ``key=value`` overrides, positional arguments and flags
   (each flag is a shortcut for one key). :func:`echo_config` prints it as YAML that the same command reads back.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -49,7 +51,7 @@ def guarded(fn: Callable, errors: Callable[[], tuple[type[BaseException], ...]] 
         except _CLI_EXITS:
             raise
         except Exception as e:
-            if isinstance(e, errors()):
+            if isinstance(e, errors()) and not os.environ.get("PALATE_TRACEBACK"):
                 fail(e)
             raise
 
