@@ -72,7 +72,6 @@ class App(typer.Typer):
 
 # ----------------------------------------------------------------------------- configs
 
-ARGS_HELP = "an optional CONFIG.yaml and key=value overrides (see --print-config for the keys)"
 PRINT_CONFIG = typer.Option(False, "--print-config", help="print the resolved config as YAML (which this command "
                             "accepts back as CONFIG.yaml) and exit")
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
@@ -135,5 +134,5 @@ def echo_config(cfg: Any) -> None:
     typer.echo(dump_yaml(cfg), nl=False)
 
 
-__all__ = ["App", "ARGS_HELP", "PRINT_CONFIG", "USER_ERRORS", "as_override", "command_config", "echo_config",
+__all__ = ["App", "PRINT_CONFIG", "USER_ERRORS", "as_override", "command_config", "echo_config",
            "fail", "flag", "guarded", "split_args"]
