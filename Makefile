@@ -27,7 +27,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/palate demo
 
+# lint-imports: the layer contracts in pyproject.toml ([tool.importlinter]) before the tests
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --timeout=900 --durations=25
 
 # the site: guides in docs/, the CLI/config/results references generated from the code by docs/gen/hooks.py

@@ -116,6 +116,7 @@ CONFIGURED = {
     "mtbench-show": (["j.jsonl"], ["--mode", "pairwise-all"], "mode=pairwise-all", "mode: pairwise-all"),
     "data check": (["d.jsonl"], ["--max-length", "128"], "max_length=128", "max_length: 128"),
     "safety train": (["--out", "clf"], ["--l2", "0.01"], "l2=0.01", "l2: 0.01"),
+    "rl-eval": (["runs/grpo"], ["--samples", "3"], "samples=3", "samples: 3"),
 }
 
 

@@ -36,3 +36,10 @@ def test_frozen():
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         load_config(SFTConfig, None, [override])
+
+
+def test_renamed_keys_name_their_new_place():
+    from palate.recipes.dpo import DPOConfig
+
+    with pytest.raises(ConfigError, match=r"dpo.desirable_weight was renamed: use kto.desirable_weight"):
+        load_config(DPOConfig, None, ["dpo.desirable_weight=2.0"])

@@ -11,8 +11,9 @@ import sys
 
 import typer
 
-from palate.clikit import PRINT_CONFIG, App, USER_ERRORS, command_config, echo_config, flag, split_args
+from palate.clikit import PRINT_CONFIG, App, command_config, echo_config, flag, split_args
 from palate.data.check_config import DataCheckConfig
+from palate.eval.rl import RLEvalConfig
 from palate.eval.run import EvalConfig, MTBenchShowConfig, RedteamConfig, ReportConfig, SafetyTrainConfig, WinrateConfig
 from palate.eval.scoring import RMEvalConfig, ScoreConfig
 from palate.feedback.cli import label_app
@@ -22,20 +23,11 @@ from palate.serve.chat import ChatConfig
 from palate.serve.config import ServeConfig
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """What every command reports as ``error: ...`` (exit 2): palate's own errors, bad paths and values, and a
-    reward that is not finite (a RuntimeError of palate.rollout, imported only when an error passes)."""
-    from palate.rollout.rewards import NonFiniteError
-
-    return (*USER_ERRORS, NonFiniteError)
-
-
 app = App(help="palate: align language models with human preferences.", no_args_is_help=True,
-          add_completion=False, pretty_exceptions_enable=False, errors=_user_errors)
-data_app = App(help="Inspect and check datasets.", no_args_is_help=True, errors=_user_errors)
+          add_completion=False, pretty_exceptions_enable=False)
+data_app = App(help="Inspect and check datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-safety_app = App(help="Train and use the safety classifier (P(unsafe) of an answer).", no_args_is_help=True,
-                 errors=_user_errors)
+safety_app = App(help="Train and use the safety classifier (P(unsafe) of an answer).", no_args_is_help=True)
 app.add_typer(safety_app, name="safety")
 app.add_typer(label_app, name="label")  # palate label ...
 
@@ -54,7 +46,7 @@ _CONFIG_ARGS = "CONFIG.yaml and key=value overrides (flags win over keys, keys o
 
 def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, print_config: bool,
            label: str = "final model") -> None:
-    """Shared body of the training commands: resolve the config and run the recipe (errors: see _user_errors)."""
+    """Shared body of the training commands: resolve the config and run the recipe (errors: one line, by the App wrapper)."""
     cfg = command_config(config_cls, args)
     if print_config:
         echo_config(cfg)
@@ -88,9 +80,9 @@ def rm(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool 
 @app.command(context_settings={"allow_extra_args": False})
 def dpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
         print_config: bool = _PRINT_CONFIG,
-        loss: str = typer.Option(None, "--loss", help="dpo | ipo | cdpo | robust | rpo | simpo | orpo | kto "
+        loss: str = typer.Option(None, "--loss", help="dpo | ipo | cdpo | robust | rpo | simpo | orpo "
                                  "(same as dpo.loss=...)")) -> None:
-    """Direct preference optimisation (DPO and its family) on preference pairs, or KTO on ratings."""
+    """Direct preference optimisation (DPO and its family) on preference pairs (KTO on ratings: palate kto)."""
     from palate.recipes.dpo import DPOConfig, train
 
     _train(DPOConfig, train, (args or []) + ([f"dpo.loss={loss}"] if loss else []), overwrite, print_config)
@@ -400,26 +392,38 @@ def winrate(
     typer.echo(winrates(cfg))
 
 
-@app.command("rl-eval")
+_RL = RLEvalConfig
+
+
+@app.command("rl-eval", context_settings={"allow_extra_args": False})
 def rl_eval(
-    run: str = typer.Argument(..., help="a finished palate ppo or grpo run directory"),
-    samples: int = typer.Option(8, "--samples", help="answers per held-out prompt, for each of the two policies"),
-    policy: str = typer.Option(None, "--policy", help="trained policy to compare with the start (default RUN/final)"),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="override the run's rollout.max_new_tokens"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    args: list[str] = typer.Argument(None, help="RUN: a finished palate ppo or grpo run directory (key run); and "
+                                     + _CONFIG_ARGS),
+    print_config: bool = _PRINT_CONFIG,
+    samples: int = flag(_RL, "samples", "--samples", help="answers per held-out prompt, for each of the two policies"),
+    policy: str = flag(_RL, "policy", "--policy", help="trained policy to compare with the start (default RUN/final)"),
+    max_new_tokens: int = flag(_RL, "max_new_tokens", "--max-new-tokens", help="override the run's rollout.max_new_tokens"),
+    device: str = flag(_RL, "device", "--device", help="auto | cpu | cuda | cuda:N"),
 ) -> None:
     """Held-out reward of an RL run's starting and trained policies, several samples per held-out prompt
     (the run's prompts, reward, rollout settings and seed), paired by prompt with a 95% CI."""
     from palate.eval.rl import format_reevaluation
-    from palate.recipes.rl_eval import reevaluate
     from palate.infra.device import pick_device
     from palate.infra.logging import setup_logging
+    from palate.recipes.rl_eval import reevaluate
 
+    cfg = command_config(RLEvalConfig, args, positional="run", flags={
+        "samples": samples, "policy": policy, "max_new_tokens": max_new_tokens, "device": device})
+    if print_config:
+        echo_config(cfg)
+        return
+    if cfg.run is None:
+        raise typer.BadParameter("give the run directory: palate rl-eval RUN")
     setup_logging()
-    summary = reevaluate(run, samples=samples, policy=policy, max_new_tokens=max_new_tokens,
-                         device=str(pick_device(device)))
+    summary = reevaluate(cfg.run, samples=cfg.samples, policy=cfg.policy, max_new_tokens=cfg.max_new_tokens,
+                         device=str(pick_device(cfg.device)))
     typer.echo(format_reevaluation(summary))
-    typer.echo(f"written to {run}/report/rl_reeval.json (answers in {run}/report/reeval/eval_samples.jsonl)")
+    typer.echo(f"written to {cfg.run}/report/rl_reeval.json (answers in {cfg.run}/report/reeval/eval_samples.jsonl)")
 
 
 _SAFETY_HELP = ("safety classifier for P(unsafe) of each answer: bundled | a `palate safety train` dir | "
@@ -608,7 +612,7 @@ def data_check(
     split: str = flag(_D, "split", "--split", help="split of a dataset dir or hub dataset"),
     as_json: bool = flag(_D, "json", "--json", help="print the report as JSON"),
 ) -> None:
-    """Read a dataset as training would (palate sft, rm, dpo, KTO) and report rows, usable records, token
+    """Read a dataset as training would (palate sft, rm, dpo, kto) and report rows, usable records, token
     lengths, over-long prompts, ties, skips and truncations."""
     from palate.data.check_config import DataCheckConfig, check_report
     from palate.models.load import load_tokenizer

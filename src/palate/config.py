@@ -184,6 +184,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 # Keys that were renamed: a config using the old name is told the new one.
 RENAMED = {
     "grpo.beta": "grpo.kl_coef (one name for the KL weight, as in ppo.kl_coef)",
+    "dpo.desirable_weight": "kto.desirable_weight in a palate kto config (KTO is its own recipe)",
+    "dpo.undesirable_weight": "kto.undesirable_weight in a palate kto config (KTO is its own recipe)",
+    "dpo.records": "kto.records in a palate kto config (KTO is its own recipe; dpo reads pairs)",
 }
 
 

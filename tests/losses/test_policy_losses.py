@@ -17,6 +17,7 @@ from palate.losses.policy import (
     group_advantages,
     kl_controller,
     kl_penalty,
+    kl_shaped_rewards,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -407,3 +408,13 @@ def test_grpo_advantages_match_trl_formula(trl_utils):
     trl_adv = (r - r.nanmean(dim=1, keepdim=True)) / (trl_utils.nanstd(r, dim=1, keepdim=True) + 1e-4)
     assert torch.allclose(group_advantages(r, "grpo"), trl_adv, atol=1e-6)
     assert torch.allclose(masked_var(r[0], torch.ones(6)).sqrt(), trl_utils.nanstd(r[0]), atol=1e-6)
+
+
+def test_kl_shaped_rewards_hand_values():
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, -0.5, 0.0]])
+    score = torch.tensor([1.0, 2.0])
+    # r_t = −β·KL_t, plus the score on each response's last token (β = 0.5)
+    assert close(kl_shaped_rewards(score, kl, mask, 0.5), [[-0.05, -0.1, 0.85], [-0.25, 2.25, 0.0]])
+    assert close(kl_shaped_rewards(score, None, mask, 0.5), [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    assert close(kl_shaped_rewards(score, kl, mask.bool(), 0.0), [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])

@@ -10,7 +10,7 @@ import torch
 
 from palate.config import ConfigError
 from palate.losses.policy import ppo_policy_loss, sampler_correction
-from palate.rollout.experience import RolloutConfig, sample_rollout
+from palate.rollout.sampling import RolloutConfig, sample_rollout
 from palate.rollout.generate import rollout
 
 

@@ -104,7 +104,7 @@ def format_check(report: dict[str, Any]) -> str:
     """The check as a few lines for the terminal."""
     kind, unit = report["kind"], _UNITS[report["kind"]]
     reader = {"demonstrations": "palate sft", "preferences": "palate rm / palate dpo",
-              "rankings": "palate rm (reward.records=rankings)", "ratings": "palate dpo --loss kto"}[kind]
+              "rankings": "palate rm (reward.records=rankings)", "ratings": "palate kto"}[kind]
     lines = [f"{report['usable']} {unit} usable of {report['rows']} rows: what {reader} reads from "
              f"{report['source']} at max_length {report['max_length']} (long_prompts={report['long_prompts']}); "
              f"{report['records']} {unit} read"]

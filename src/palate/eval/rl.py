@@ -18,13 +18,31 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from palate.config import ConfigError
+from palate.data.records import prompt_text
 from palate.eval.plots import line_svg
 from palate.eval.stats import bootstrap_ci
 
 EVAL_SAMPLES = "eval_samples.jsonl"
+
+
+@dataclass(frozen=True)
+class RLEvalConfig:
+    """``palate rl-eval``'s config."""
+
+    run: str | None = None  # a finished palate ppo or grpo run directory
+    samples: int = 8  # answers per held-out prompt, for each of the two policies
+    policy: str | None = None  # trained policy to compare with the start (None: RUN/final)
+    max_new_tokens: int | None = None  # override the run's rollout.max_new_tokens
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        if self.samples < 1:
+            raise ConfigError(f"samples must be >= 1, got {self.samples}")
 
 
 def write_eval_samples(run_path: Path, step: int, prompts: list[str], responses: list[str],
@@ -50,6 +68,17 @@ def write_eval_samples(run_path: Path, step: int, prompts: list[str], responses:
             if kls is not None:
                 row["kl"] = kls[b]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def record_eval(where: Path, step: int, exp) -> None:
+    """Every held-out answer of one evaluation (``exp``: a :class:`palate.rollout.experience.Experience`)
+    with its reward, score, KL and truncation, appended to ``where/eval_samples.jsonl``: the paired
+    before/after comparison and the reward/KL trade-off of :func:`rl_report` read them."""
+    kl = exp.kl_tokens("k1")
+    write_eval_samples(where, step, [prompt_text(p) for p in exp.prompts], exp.rollout.texts,
+                       exp.rewards.total.tolist(), kl.sum(-1).tolist() if kl is not None else None,
+                       samples=exp.rollout.n, scores=exp.rewards.score.tolist(),
+                       truncated=(~exp.rollout.finished).tolist())
 
 
 def read_eval_samples(run_path: Path, up_to_step: int | None = None) -> dict[int, dict[int, dict]]:

@@ -61,7 +61,7 @@ MAX_LENGTH = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 UNSAFE_LABEL_NAMES = ("unsafe", "harmful", "toxic", "toxicity", "offensive", "hate", "nsfw", "jailbreak",
                       "injection", "bad", "flagged", "violation")
-_LABELS = {"safe": 0, "unsafe": 1, False: 0, True: 1, 0: 0, 1: 1}
+_LABELS = {"safe": 0, "unsafe": 1, False: 0, True: 1}  # 0 and 1 are the same keys as False and True
 
 
 # ----------------------------------------------------------------------------- data

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from palate.data.text import _ngrams, repeated_ngram_fraction, words  # noqa: F401  (public here too)
 from palate.eval.stats import bootstrap_ci
 
 REFUSAL_WINDOW = 300
@@ -34,10 +35,6 @@ REFUSAL_PHRASES = (
 )
 
 
-def words(text: str) -> list[str]:
-    return text.split()
-
-
 def length_stats(texts: Sequence[str]) -> dict[str, Any]:
     """Word lengths: n, mean, std, min, median, p90, max (``None`` values for an empty set); mean characters."""
     lengths = np.array([len(words(t)) for t in texts], dtype=float)
@@ -50,20 +47,10 @@ def length_stats(texts: Sequence[str]) -> dict[str, Any]:
             "mean_chars": float(np.mean([len(t) for t in texts]))}
 
 
-def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-
-
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """distinct-n (Li et al. 2016) over the set: unique word n-grams / all word n-grams; 0 when none."""
     grams = [g for t in texts for g in _ngrams(words(t), n)]
     return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def repeated_ngram_fraction(text: str, n: int = 3) -> float:
-    """Fraction of word n-grams that already occurred earlier in the text (0 for short texts)."""
-    grams = _ngrams(words(text), n)
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def is_refusal(text: str, phrases: Sequence[str] = REFUSAL_PHRASES, window: int = REFUSAL_WINDOW) -> bool:

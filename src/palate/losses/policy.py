@@ -130,6 +130,25 @@ def kl_penalty(
     raise ValueError(f"kl_penalty: unknown kind {kind!r}; allowed kinds are {', '.join(KL_KINDS)}")
 
 
+def kl_shaped_rewards(
+    score: torch.Tensor,  # [B] each response's reward (reward model or function, with penalties)
+    kl: torch.Tensor | None,  # [B, T] per-token KL estimate to the reference (kl_penalty), None: no KL term
+    mask: torch.Tensor,  # [B, T] response tokens, right padded
+    kl_coef: float,  # β
+) -> torch.Tensor:  # [B, T] per-token rewards, 0 at padding
+    """Per-token rewards of RLHF with the KL in the reward (Ziegler et al. 2019; InstructGPT; REINFORCE++):
+
+        r_t = −β·KL_t + [t = last token]·score
+
+    the input of :func:`gae` (PPO) and :func:`discounted_returns` (REINFORCE++). ``kl`` should be 0 at
+    padding (``kl_penalty(...) * mask``); without it only the last token is rewarded.
+    """
+    rewards = torch.zeros(mask.shape, dtype=score.dtype, device=score.device) if kl is None else -kl_coef * kl
+    last = _as_bool(mask).sum(-1) - 1
+    rewards[torch.arange(len(last), device=rewards.device), last] += score
+    return rewards
+
+
 # --------------------------------------------------------------------------- advantages and returns
 
 

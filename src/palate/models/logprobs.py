@@ -13,6 +13,7 @@ import inspect
 import torch
 
 from palate.data.batching import IGNORE, Batch
+from palate.losses.policy import entropy_from_logits
 
 
 def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -127,7 +128,7 @@ def response_logprobs(model, hidden: torch.Tensor, response_ids: torch.Tensor, m
         lse = torch.logsumexp(logits, dim=-1)
         lps.append(logits.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse)
         if with_entropy:
-            ents.append(lse - (logits.softmax(-1) * logits).sum(-1))
+            ents.append(entropy_from_logits(logits))
     flat = torch.cat(lps) if lps else h.new_zeros(0)
     out = torch.zeros(keep.shape, device=device, dtype=flat.dtype).masked_scatter(keep, flat)
     ent = None

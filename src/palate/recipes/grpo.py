@@ -24,33 +24,33 @@ from pathlib import Path
 import torch
 
 from palate.config import ConfigError, LogConfig, LoraConfig, ModelConfig, TrainConfig
-from palate.data.errors import SkipLog
 from palate.eval.monitor import MonitorConfig
+from palate.eval.watch import Watch
 from palate.infra import ray_layout, session
 from palate.infra.ray_layout import RayConfig
-from palate.infra.run import RunDir, recorded
+from palate.infra.run import recorded
 from palate.losses.policy import (
     aggregate,
     discounted_returns,
     group_advantages,
     kl_penalty,
+    kl_shaped_rewards,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
 )
-from palate.recipes.prompts import PromptsConfig, prompt_limit, prompt_stream
+from palate.models.reference import Reference
+from palate.recipes.online import OnlineRun, start_online
+from palate.recipes.prompts import PromptsConfig
 from palate.rollout.experience import (
     Experience,
-    Reference,
-    Watch,
-    drive,
-    finish_rl,
-    RolloutConfig,
+    experience_metrics,
     minibatches,
     policy_forward,
     require_finite,
 )
 from palate.rollout.rewards import RewardConfig, Rewarder
+from palate.rollout.sampling import RolloutConfig
 
 log = logging.getLogger("palate.grpo")
 
@@ -119,11 +119,7 @@ def advantages(exp: Experience, spec: GRPOSpec, n: int) -> torch.Tensor:
     reward = exp.rewards.total
     kl = exp.kl_tokens("k1") if spec.kl_in == "reward" and spec.kl_coef > 0 else None
     if spec.advantage == "reinforce_pp":
-        token_rewards = torch.zeros(mask.shape)
-        if kl is not None:
-            token_rewards -= spec.kl_coef * kl
-        last = mask.sum(-1) - 1
-        token_rewards[torch.arange(len(reward)), last] += reward
+        token_rewards = kl_shaped_rewards(reward, kl, mask, spec.kl_coef)
         return masked_whiten(discounted_returns(token_rewards, mask, gamma=1.0), mask)
     if kl is not None:  # the sequence's KL penalty enters its reward before the group baseline
         reward = reward - spec.kl_coef * kl.sum(-1)
@@ -135,26 +131,29 @@ def advantages(exp: Experience, spec: GRPOSpec, n: int) -> torch.Tensor:
 def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
     check(cfg)
     g, rc = cfg.grpo, cfg.rollout
-    run = RunDir.open(cfg.run_dir, cfg, overwrite=overwrite)
-    env = session.start(cfg.train, cfg.model, run, cfg.log, cfg)
-    tok = session.tokenizer(cfg.model)
-    skips = SkipLog()
-    stream, held = prompt_stream(cfg.prompts, g.prompts_per_step, cfg.train.seed, tok, room=rc.max_new_tokens,
-                                 max_length=prompt_limit(cfg.prompts, cfg.reward), skips=skips)
-    session.report_data(run, skips, n_held_out_prompts=len(held))
+    run, env, tok, stream, held = start_online(cfg, g.prompts_per_step, overwrite)
     with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=g.kl_coef > 0) as placed:
         rewarder = placed.rewarder or Rewarder(cfg.reward)
         policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
         reference = placed.reference or (Reference(policy, g.reference_device) if g.kl_coef > 0 else None)
+        loop = session.Loop(run, policy, cfg.train, env, stream)
+        rl = OnlineRun(loop, run, policy, tok, held, rc, rewarder, reference,
+                       Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step), cfg.train.seed,
+                       g.sample_every, cfg.train.eval_every, cfg.prompts.eval_samples, placed.engine)
         log.info("%s: %d prompts x %d samples per step, β=%g (KL in %s), reward from %s; %d held-out prompts",
                  g.advantage, g.prompts_per_step, rc.n, g.kl_coef, g.kl_in, cfg.reward.model or cfg.reward.function,
                  len(held))
-        loop = session.Loop(run, policy, cfg.train, env, stream)
-        watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
-        drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, g.sample_every,
-              cfg.train.eval_every, lambda step, exp: update(policy, loop, exp, advantages(exp, g, rc.n), g, rc, step),
-              watch, engine=placed.engine, eval_samples=cfg.prompts.eval_samples)
-        return finish_rl(loop, run, tok, cfg.lora.merge, watch)
+        rl.before_training()
+        for step, (prompts,) in loop:
+            with rl.guard(step):  # a NaN/inf reward or loss: stop, the last good state saved
+                exp = rl.collect(step, prompts)  # sample n answers per prompt, score them, reference log-probs
+                metrics = experience_metrics(exp)
+                require_finite(step, reward=exp.rewards.total)
+                adv = advantages(exp, g, rc.n)
+                metrics.update(update(policy, loop, exp, adv, g, rc, step))  # epochs x minibatches of clipped PG
+            if rl.end_step(step, exp, metrics):  # log, samples, held-out reward, monitor (True: it stopped the run)
+                break
+        return rl.finish(cfg.lora.merge)
 
 
 def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: RolloutConfig,

@@ -23,35 +23,34 @@ from pathlib import Path
 import torch
 
 from palate.config import ConfigError, LogConfig, LoraConfig, ModelConfig, TrainConfig
-from palate.data.errors import SkipLog
 from palate.eval.monitor import MonitorConfig
+from palate.eval.watch import Watch
 from palate.infra import ray_layout, session
 from palate.infra.ray_layout import RayConfig
-from palate.infra.run import RunDir, recorded
+from palate.infra.run import recorded
 from palate.losses.policy import (
     explained_variance,
     gae,
     kl_controller,
-    kl_penalty,
+    kl_shaped_rewards,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
     value_loss,
 )
 from palate.models.logprobs import response_hidden
-from palate.recipes.prompts import PromptsConfig, prompt_limit, prompt_stream
+from palate.models.reference import Reference
+from palate.recipes.online import OnlineRun, start_online
+from palate.recipes.prompts import PromptsConfig
 from palate.rollout.experience import (
     Experience,
-    Reference,
-    Watch,
-    RolloutConfig,
-    drive,
-    finish_rl,
+    experience_metrics,
     minibatches,
     policy_forward,
     require_finite,
 )
 from palate.rollout.rewards import RewardConfig, Rewarder
+from palate.rollout.sampling import RolloutConfig
 
 log = logging.getLogger("palate.ppo")
 
@@ -132,13 +131,7 @@ class ActorCritic(torch.nn.Module):
 def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
     check(cfg)
     p, rc = cfg.ppo, cfg.rollout
-    run = RunDir.open(cfg.run_dir, cfg, overwrite=overwrite)
-    env = session.start(cfg.train, cfg.model, run, cfg.log, cfg)
-    tok = session.tokenizer(cfg.model)
-    skips = SkipLog()
-    stream, held = prompt_stream(cfg.prompts, p.prompts_per_step, cfg.train.seed, tok, room=rc.max_new_tokens,
-                                 max_length=prompt_limit(cfg.prompts, cfg.reward), skips=skips)
-    session.report_data(run, skips, n_held_out_prompts=len(held))
+    run, env, tok, stream, held = start_online(cfg, p.prompts_per_step, overwrite)
     with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=True) as placed:
         rewarder = placed.rewarder or Rewarder(cfg.reward)
         policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
@@ -152,38 +145,59 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
         if "kl_controller" in loop.resumed:
             ctl.load_state_dict(loop.resumed["kl_controller"])
         loop.extra_state = lambda: {"kl_controller": ctl.state_dict()}
+        rl = OnlineRun(loop, run, policy, tok, held, rc, rewarder, reference,
+                       Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step), cfg.train.seed,
+                       p.sample_every, cfg.train.eval_every, cfg.prompts.eval_samples, placed.engine)
         log.info("ppo: %d prompts x %d per step, %d epochs x %d minibatches, critic %s, β=%g (%s), reward from %s",
                  p.prompts_per_step, rc.n, p.ppo_epochs, p.minibatches, p.critic, p.kl_coef, p.kl_controller,
                  cfg.reward.model or cfg.reward.function)
-        watch = Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step)
-        drive(loop, run, policy, tok, held, rc, rewarder, reference, cfg.train.seed, p.sample_every,
-              cfg.train.eval_every, lambda step, exp: update(ac, loop, exp, ctl, p, rc, step), watch,
-              engine=placed.engine, eval_samples=cfg.prompts.eval_samples)
-        return finish_rl(loop, run, tok, cfg.lora.merge, watch, model=policy)
+        rl.before_training()
+        for step, (prompts,) in loop:
+            with rl.guard(step):  # a NaN/inf reward or loss: stop, the last good state saved
+                exp = rl.collect(step, prompts)  # sample, score, reference log-probs of the sampled tokens
+                metrics = experience_metrics(exp)
+                require_finite(step, reward=exp.rewards.total)
+                mask, kl = exp.mask, exp.kl_tokens(p.kl_estimator)
+                old_values = values_before_update(ac, exp, p.minibatches)
+                rewards = kl_shaped_rewards(exp.rewards.total, kl, mask, ctl.value)  # −β·KL_t, + score at the end
+                adv, returns = gae(rewards, old_values, mask, p.gamma, p.lam)
+                if p.whiten_advantages:
+                    adv = masked_whiten(adv, mask)
+                metrics.update(update(ac, loop, exp, old_values, adv, returns, p, rc.temperature, step))
+                metrics.update(kl_coef=ctl.value, kl_penalty=float(kl.sum(-1).mean()),
+                               explained_variance=float(explained_variance(old_values, returns, mask)),
+                               value_mean=float(masked_mean(old_values, mask)),
+                               advantage_abs=float(masked_mean(adv.abs(), mask)))
+                ctl.update(float(exp.kl_tokens("k1").sum(-1).mean()), len(mask))  # adapt β to the KL per answer
+            if rl.end_step(step, exp, metrics):  # log, samples, held-out reward, monitor (True: it stopped the run)
+                break
+        return rl.finish(cfg.lora.merge, model=policy)
 
 
-def update(ac: ActorCritic, loop, exp: Experience, ctl, p: PPOSpec, rc: RolloutConfig, step: int) -> dict:
+@torch.no_grad()
+def values_before_update(ac: ActorCritic, exp: Experience, minibatches_per_epoch: int) -> torch.Tensor:
+    """V(s_t) of every sampled state under the critic before any update: [B, T], 0 at padding."""
     r, mask = exp.rollout, exp.mask
-    P = len(exp.prompts)
-    with torch.no_grad():  # values of the sampled states, before any update
-        old_values = torch.zeros(mask.shape)
-        for pidx, rows in minibatches(P, rc.n, p.minibatches, None):
-            hidden = response_hidden(ac.policy, r.prompt_ids[pidx], r.prompt_mask[pidx], r.response_ids[rows], r.n) \
-                if ac.critic is None else None
-            old_values[rows] = ac.values(r, pidx, rows, hidden).cpu() * mask[rows]
-    kl_tok = kl_penalty(r.logprobs, exp.ref_logprobs, p.kl_estimator) * mask
-    token_rewards = -ctl.value * kl_tok
-    last = mask.sum(-1) - 1
-    token_rewards[torch.arange(len(last)), last] += exp.rewards.total
-    adv, returns = gae(token_rewards, old_values, mask, p.gamma, p.lam)
-    if p.whiten_advantages:
-        adv = masked_whiten(adv, mask)
+    values = torch.zeros(mask.shape)
+    for pidx, rows in minibatches(len(exp.prompts), r.n, minibatches_per_epoch, None):
+        hidden = response_hidden(ac.policy, r.prompt_ids[pidx], r.prompt_mask[pidx], r.response_ids[rows], r.n) \
+            if ac.critic is None else None
+        values[rows] = ac.values(r, pidx, rows, hidden).cpu() * mask[rows]
+    return values
+
+
+def update(ac: ActorCritic, loop, exp: Experience, old_values: torch.Tensor, adv: torch.Tensor,
+           returns: torch.Tensor, p: PPOSpec, temperature: float, step: int) -> dict:
+    """``p.ppo_epochs`` passes over shuffled minibatches of whole prompt groups: clipped policy loss +
+    vf_coef · clipped value loss − ent_coef · entropy, one AdamW step each; an epoch's remaining minibatches
+    are skipped once approx-KL(π_old‖π) exceeds ``p.max_approx_kl``. Returns the averaged diagnostics."""
+    r, mask = exp.rollout, exp.mask
     gen = torch.Generator().manual_seed(step)
     sums: dict[str, float] = {}
     count, tokens, stopped_at = 0, 0, None
     for epoch in range(p.ppo_epochs):
-        for pidx, rows in minibatches(P, rc.n, p.minibatches, gen):
-            hidden, logp, ent = policy_forward(ac.policy, r, pidx, rows, rc.temperature)
+        for pidx, rows in minibatches(len(exp.prompts), r.n, p.minibatches, gen):
+            hidden, logp, ent = policy_forward(ac.policy, r, pidx, rows, temperature)
             dev = logp.device
             m = mask[rows].to(dev)
             w = exp.correction.weights[rows].to(dev) if exp.correction is not None else None  # vllm backend
@@ -209,13 +223,8 @@ def update(ac: ActorCritic, loop, exp: Experience, ctl, p: PPOSpec, rc: RolloutC
             log.info("step %d: approx-KL %.4f > %g: update stopped in epoch %d", step, parts["approx_kl"],
                      p.max_approx_kl, stopped_at)
             break
-    seq_kl = float(kl_penalty(r.logprobs, exp.ref_logprobs, "k1").mul(mask).sum(-1).mean())
     out = {k: v / count for k, v in sums.items()}
-    out.update(tokens=tokens, kl_coef=ctl.value, updates=count,
-               explained_variance=float(explained_variance(old_values, returns, mask)),
-               value_mean=float(masked_mean(old_values, mask)), kl_penalty=float(kl_tok.sum(-1).mean()),
-               advantage_abs=float(masked_mean(adv.abs(), mask)))
+    out.update(tokens=tokens, updates=count)
     if stopped_at is not None:
         out["early_stop_epoch"] = stopped_at
-    ctl.update(seq_kl, len(last))
     return out

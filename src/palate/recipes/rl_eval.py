@@ -11,13 +11,19 @@ from typing import Any
 import yaml
 
 from palate.config import ConfigError, load_config
-from palate.eval.rl import EVAL_SAMPLES, REEVAL, compare_evaluations, read_eval_samples
+from palate.eval.rl import (
+    EVAL_SAMPLES,
+    REEVAL,
+    compare_evaluations,
+    read_eval_samples,
+    record_eval,
+)
 from palate.models.load import load_model, load_tokenizer
 from palate.models.reference import Reference
 from palate.recipes.grpo import GRPOConfig
 from palate.recipes.ppo import PPOConfig
 from palate.recipes.prompts import prompt_limit, prompt_stream
-from palate.rollout.experience import eval_seed, evaluate, record_eval
+from palate.rollout.experience import eval_seed, evaluate
 from palate.rollout.rewards import Rewarder
 
 

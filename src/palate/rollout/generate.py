@@ -154,7 +154,7 @@ class Rollout:
     stop_reason: list[str]  # per row: "eos" | "stop" (a stop string) | "length"
     texts: list[str]  # decoded responses, cut before a stop string, special tokens removed
     # [B, T] the rollout engine's own log-probs when it is not the trainer (rollout.backend=vllm); ``logprobs``
-    # are then the trainer's recomputation (π_old), see palate.rollout.experience.sample_rollout
+    # are then the trainer's recomputation (π_old), see palate.rollout.sampling.sample_rollout
     sampler_logprobs: torch.Tensor | None = None
 
     @property

@@ -19,10 +19,11 @@ import torch
 
 from palate.config import ConfigError
 from palate.data.records import prompt_text
-from palate.eval.text import repeated_ngram_fraction  # noqa: F401  (public here too)
+from palate.errors import PalateError
+from palate.data.text import repeated_ngram_fraction
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(PalateError, RuntimeError):
     """A reward or loss became NaN or infinite: the run stops (online RL saves its last good state)."""
 
 

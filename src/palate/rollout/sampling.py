@@ -1,0 +1,71 @@
+"""Sampling the responses of online RL with the configured backend: palate's sampler on the trainer's own
+model (``hf``), or a rollout engine (a colocated vLLM engine, Ray workers) whose samples the trainer then
+re-scores, with truncated importance weights correcting the loss for the engine's mismatch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from palate.config import ConfigError
+from palate.losses.policy import SamplerCorrection, sampler_correction
+from palate.models.reference import rollout_logprobs
+from palate.rollout.generate import Rollout, rollout
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n: int = 4  # responses per prompt
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
+    # hf: palate's sampler on the trainer's own model. vllm: a colocated vLLM engine, weights synced every step,
+    # each token's loss weighted by the truncated ratio π_trainer/π_sampler (UNTESTED: needs a GPU and
+    # pip install 'palate[vllm]'; see palate/rollout/vllm.py)
+    backend: str = "hf"
+    vllm_gpu_memory_utilization: float = 0.3
+    correction_cap: float = 2.0  # vllm: cap C of the truncated importance weights
+    correction_level: str = "token"  # vllm: token | sequence importance ratios
+
+    def __post_init__(self):
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"rollout.backend must be hf or vllm, got {self.backend!r}")
+        if self.correction_level not in ("token", "sequence"):
+            raise ConfigError(f"rollout.correction_level must be token or sequence, got {self.correction_level!r}")
+        if self.correction_cap <= 0:
+            raise ConfigError(f"rollout.correction_cap must be > 0, got {self.correction_cap}")
+        if self.backend == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError("rollout.backend=vllm needs vLLM on a CUDA machine: pip install 'palate[vllm]'")
+
+
+def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
+                   engine=None) -> tuple[Rollout, SamplerCorrection | None]:
+    """Sample with the configured backend. ``hf``: the trainer's own model, whose sampled log-probs are π_old.
+    ``vllm`` (or any ``engine`` with ``sync(policy)`` and ``rollout(prompts, **settings)``): the engine gets
+    the policy's current weights and samples; the trainer then recomputes the sampled tokens' log-probs
+    (π_old of the PPO ratio, in ``logprobs``; the engine's stay in ``sampler_logprobs``) and the truncated
+    importance weights correct the loss for the engine's mismatch (:func:`sampler_correction`)."""
+    settings = dict(n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                    top_k=cfg.top_k, stop=tuple(cfg.stop), seed=seed)
+    if engine is None and cfg.backend == "hf":
+        was_training = policy.training
+        policy.eval()
+        r = rollout(policy, tok, prompts, **settings)
+        policy.train(was_training)
+        return r, None
+    if engine is None:
+        if cfg.backend != "vllm":
+            raise ValueError(f"rollout.backend must be hf or vllm, got {cfg.backend!r}")
+        from palate.rollout.vllm import sampler_for
+
+        engine = sampler_for(policy, tok, cfg.vllm_gpu_memory_utilization, seed=0)
+    engine.sync(policy)
+    r = engine.rollout(prompts, **settings)
+    r.sampler_logprobs = r.logprobs * r.response_mask
+    r.logprobs = rollout_logprobs(policy, r, cfg.temperature)
+    return r, sampler_correction(r.logprobs, r.sampler_logprobs, r.response_mask, cfg.correction_cap,
+                                 cfg.correction_level)
