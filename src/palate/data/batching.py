@@ -229,3 +229,68 @@ def padding_stats(batches: list[Batch]) -> dict[str, float]:
     slots = sum(b.n_slots for b in batches)
     real = sum(b.n_tokens for b in batches)
     return {"tokens": real, "slots": slots, "padding_fraction": 1 - real / slots if slots else 0.0}
+
+
+def row_buckets(lengths: list[int], max_parts: int = 4, part_cost: int = 16) -> list[list[int]]:
+    """Rows of one batch split into length buckets, so that short rows are not padded to long ones.
+
+    The rows are sorted by length (ties by position) and cut into at most ``max_parts`` contiguous runs,
+    chosen exactly (dynamic programming) to minimise the padded slots ``sum(rows * longest)`` plus
+    ``part_cost`` slots per run (a run is one more forward pass: its fixed cost in token-equivalents).
+    Returns the row positions of each run, shortest run first. Used for comparison batches, where a
+    pair's chosen and rejected responses can differ a lot in length: rows are regrouped for the forward
+    only, and the caller puts the scores back in the batch's order (so the pairing for the loss holds).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n = len(order)
+    if n == 0:
+        return []
+    parts = max(1, min(max_parts, n))
+    inf = float("inf")
+    # best[k][j]: least cost of the first j sorted rows in k runs; cut[k][j]: where the last run starts
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for k in range(1, parts + 1):
+        for j in range(1, n + 1):
+            width = lengths[order[j - 1]]
+            for i in range(k - 1, j):
+                c = best[k - 1][i] + (j - i) * width + part_cost
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, parts + 1), key=lambda k: (best[k][n], k))
+    runs, j = [], n
+    while k > 0:
+        i = cut[k][j]
+        runs.append(order[i:j])
+        j, k = i, k - 1
+    return runs[::-1]
+
+
+def split_rows(batch: Batch, max_parts: int = 4, part_cost: int = 16) -> list[tuple[list[int], Batch]]:
+    """A right-padded batch's rows as :func:`row_buckets` sub-batches, each trimmed to its own longest row:
+    ``[(row positions in ``batch``, sub-batch), ...]``. The sub-batches carry no record indices or group
+    sizes (those stay with ``batch``); their padding is what a forward over them computes."""
+    if batch.attention_mask is None:
+        raise ValueError("split_rows needs a padded batch with an attention mask (not packed rows)")
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    out = []
+    for rows in row_buckets(lengths, max_parts, part_cost):
+        width = max(lengths[r] for r in rows)
+        idx = torch.tensor(rows, dtype=torch.long)
+        ids, mask, labels, pos = (None if t is None else t[idx, :width]
+                                  for t in (batch.input_ids, batch.attention_mask, batch.labels, batch.position_ids))
+        out.append((rows, Batch(ids, mask, labels, pos, [], sum(lengths[r] for r in rows))))
+    return out
+
+
+def bucketed_padding_stats(batches: list[Batch], max_parts: int = 4, part_cost: int = 16) -> dict[str, float]:
+    """:func:`padding_stats` of the forwards :func:`split_rows` would run for ``batches`` (computed from the
+    row lengths alone, nothing collated)."""
+    slots = real = 0
+    for b in batches:
+        lengths = b.attention_mask.sum(dim=1).tolist()
+        for rows in row_buckets(lengths, max_parts, part_cost):
+            slots += len(rows) * max(lengths[r] for r in rows)
+            real += sum(lengths[r] for r in rows)
+    return {"tokens": real, "slots": slots, "padding_fraction": 1 - real / slots if slots else 0.0}

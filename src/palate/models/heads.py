@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from palate.data.batching import Batch, collate
+from palate.data.batching import Batch, collate, split_rows
 from palate.data.errors import SkipLog
 from palate.data.records import Prompt
 from palate.data.tokenize import encode_responses, uses_chat_template
@@ -61,12 +61,28 @@ def init_heads(model, seed: int) -> None:
             head.bias.zero_()
 
 
-def reward_scores(model, batch: Batch) -> torch.Tensor:
+def reward_scores(model, batch: Batch, row_parts: int = 1) -> torch.Tensor:
     """Rewards of each row of a right-padded batch, read at its last real token: ``[rows, heads]``.
 
-    Only those rows' final hidden states go through the head (same numbers as HF's forward, which
-    projects every position and then picks one).
+    The head sees only those rows' final hidden states: the backbone returns hidden states, never a
+    ``[rows, seq, heads]`` (or vocabulary) logits tensor; same numbers as HF's forward, which projects
+    every position and then picks one.
+
+    ``row_parts > 1`` runs the rows as up to that many length buckets (:func:`palate.data.batching.split_rows`),
+    each padded only to its own longest row, so a short rejected response is not padded to its long chosen
+    one; the scores come back in the batch's row order (equal to one forward's to float rounding).
     """
+    if row_parts > 1 and batch.attention_mask is not None and batch.input_ids.shape[0] > 1:
+        parts = split_rows(batch, row_parts)
+        if len(parts) > 1:
+            scores = torch.cat([_scores_at_last_token(model, sub) for _, sub in parts])
+            where = torch.empty(batch.input_ids.shape[0], dtype=torch.long)  # batch row -> position in ``scores``
+            where[torch.tensor([r for rows, _ in parts for r in rows])] = torch.arange(len(where))
+            return scores[where.to(scores.device)]
+    return _scores_at_last_token(model, batch)
+
+
+def _scores_at_last_token(model, batch: Batch) -> torch.Tensor:
     backbone, head = backbone_and_head(model)
     device = next(model.parameters()).device
     ids = batch.input_ids.to(device)

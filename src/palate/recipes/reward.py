@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from palate.config import DataConfig, LogConfig, LoraConfig, ModelConfig, TrainConfig
-from palate.data.batching import Batch, group_batches, padding_stats
+from palate.data.batching import Batch, bucketed_padding_stats, group_batches, padding_stats
 from palate.data.errors import SkipLog
 from palate.data.readers import read_preferences, read_rankings
 from palate.data.records import Preference, Ranking, ranking_pairs
@@ -33,6 +33,14 @@ from palate.models.heads import REWARD_META, RewardModel, distinct_pad_token, in
 log = logging.getLogger("palate.rm")
 
 LOSSES = ("bradley_terry", "plackett_luce")
+# A comparison batch's rows (chosen and rejected of every pair) run as up to this many length buckets, so a
+# pair's two responses do not pad each other; the scores return in the batch's order, pairs intact.
+ROW_PARTS = 4
+
+
+def batch_scores(model, batch: Batch) -> torch.Tensor:
+    """``[rows, heads]`` rewards of a comparison batch, its rows run in length buckets (:data:`ROW_PARTS`)."""
+    return reward_scores(model, batch, row_parts=ROW_PARTS)
 
 
 @dataclass(frozen=True)
@@ -187,8 +195,10 @@ def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
                                     bucket=cfg.data.bucket),
         cfg.train.grad_accum,
     )
-    log.info("train: %d comparisons, %d batches/epoch, padding %.1f%%, %d head(s)%s", len(groups),
-             stream.batches_per_epoch, 100 * padding_stats(stream.epoch(0))["padding_fraction"], spec.heads,
+    first = stream.epoch(0)
+    log.info("train: %d comparisons, %d batches/epoch, padding %.1f%% (%.1f%% in the length-bucketed forwards), "
+             "%d head(s)%s", len(groups), stream.batches_per_epoch, 100 * padding_stats(first)["padding_fraction"],
+             100 * bucketed_padding_stats(first, ROW_PARTS)["padding_fraction"], spec.heads,
              " with bootstrap resampling" if boot is not None else "")
 
     loop = session.Loop(run, model, cfg.train, env, stream)
@@ -197,7 +207,7 @@ def train(cfg: RewardConfig, *, overwrite: bool = False) -> Path:
         loss_sum, correct, n_groups, gap = 0.0, 0, 0, 0.0
         for b in loop.accumulate(micro):
             with session.autocast(env.precision, env.device):
-                scores = loop.forward(reward_scores, b)
+                scores = loop.forward(batch_scores, b)
             losses = comparison_loss(scores, b, train_recs, spec)
             w = example_weights(train_recs, b.indices, boot, spec.heads).to(losses.device)
             loss = (w * losses).sum() / max(total_w, 1e-12)
@@ -242,7 +252,7 @@ def quick_eval(model, tok, eval_recs: list, cfg: RewardConfig) -> dict[str, floa
                            long_prompts=cfg.data.long_prompts)
     total, correct, n = 0.0, 0, 0
     for b in group_batches(groups, cfg.train.batch_size, tok.pad_token_id, 0, 0):
-        scores = reward_scores(model, b)
+        scores = batch_scores(model, b)
         total += float(comparison_loss(scores, b, eval_recs, cfg.reward).mean(-1).sum())
         grouped, _ = group_rewards(scores.mean(-1, keepdim=True), b)
         correct += int((grouped[:, 0, 0] > grouped[:, 1, 0]).sum())
