@@ -15,6 +15,12 @@ fp32 gradient reduction, fp32 master weights and optimizer states. ``train.cpu_o
 sharded weights, gradients and optimizer states in CPU memory (``CPUOffloadPolicy``); per-layer activation
 checkpointing is ``train.gradient_checkpointing=true``.
 
+LoRA: the PEFT adapter is applied before sharding, so each FSDP group (a decoder layer, the root) holds
+frozen base weights and trainable adapter weights side by side; FSDP2 allows mixed ``requires_grad`` in
+a group and reduce-scatters gradients of the trainable ones only, and the optimizer is built over those
+alone. Every process still holds 1/N of the frozen base weights. ``final/`` is a plain PEFT copy gathered
+on the main process (:func:`gathered`), saved like an unsharded LoRA run's (merged or the adapter alone).
+
 Every process must take part in every forward (each one all-gathers weights), so a process without
 data for a micro-step runs a dummy forward with zero loss (see :meth:`palate.infra.session.Loop.accumulate`).
 """
@@ -30,7 +36,7 @@ from palate.infra.distributed import Forward
 log = logging.getLogger("palate")
 
 __all__ = ["shard", "decoder_layers", "local_param_bytes", "full_param_bytes", "state_bytes", "full_state_dict",
-           "replica", "is_sharded"]
+           "replica", "gathered", "is_sharded"]
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -53,12 +59,12 @@ def shard(model: torch.nn.Module, device: torch.device, world: int, precision: s
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    if any(not p.requires_grad for p in model.parameters()):
-        raise RuntimeError("train.sharding=fsdp trains every weight: LoRA (frozen base weights) under FSDP2 is not "
-                           "supported yet; use train.sharding=ddp with LoRA")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise RuntimeError("FSDP: the model has no trainable parameters")
     if cpu_offload and device.type != "cuda":
         raise RuntimeError("train.cpu_offload moves each GPU's shards to CPU memory; this run is on "
                            f"{device.type}, where they already are: drop train.cpu_offload")
+    _check_identical(model, device)
     mesh = init_device_mesh(device.type, (world,))
     mp = MixedPrecisionPolicy()  # fp32: no casts
     if device.type == "cuda" and precision == "bf16":
@@ -69,10 +75,31 @@ def shard(model: torch.nn.Module, device: torch.device, world: int, precision: s
     for layer in layers:
         fully_shard(layer, **kwargs)
     engine = fully_shard(Forward(model), **kwargs)
-    log.info("FSDP2: %d decoder layers + root sharded over %d processes (%s%s); parameters on this process "
+    frozen = any(not p.requires_grad for p in model.parameters())
+    log.info("FSDP2: %d decoder layers + root sharded over %d processes (%s%s%s); parameters on this process "
              "%.1f MiB of %.1f MiB", len(layers), world, "bf16 params, fp32 reduce" if mp.param_dtype else "fp32",
-             ", CPU offload" if cpu_offload else "", local_param_bytes(model) / 2**20, full_param_bytes(model) / 2**20)
+             ", CPU offload" if cpu_offload else "", ", frozen base weights + trainable adapter" if frozen else "",
+             local_param_bytes(model) / 2**20, full_param_bytes(model) / 2**20)
     return engine
+
+
+def _check_identical(model: torch.nn.Module, device: torch.device) -> None:
+    """Refuse to shard weights that differ between processes (each would keep its slice of its own weights:
+    a silently different model), e.g. a randomly initialised adapter or head seeded per process. Compares
+    each parameter's sum with process 0's (one broadcast of a number per parameter)."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        mine = torch.stack([p.detach().double().sum().to(device) for p in model.parameters()])
+    theirs = mine.clone()
+    dist.broadcast(theirs, src=0)
+    differ = [n for (n, _), x, y in zip(model.named_parameters(), mine.tolist(), theirs.tolist()) if x != y]
+    count = torch.tensor([len(differ)], device=device)
+    dist.all_reduce(count)  # every process refuses, not only those that differ
+    if count.item():
+        raise RuntimeError(f"FSDP: the weights differ between processes ({count.item()} parameters in all"
+                           f"{'; here: ' + ', '.join(differ[:3]) if differ else ''}); every process must start from the "
+                           "same weights (seed random initialisations alike on every process)")
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -130,19 +157,46 @@ def replica(model: torch.nn.Module) -> torch.nn.Module:
     """A plain (unsharded) copy of a sharded model on every process, for evaluation, generation and
     scoring that runs outside the training forward (on one process or unevenly across them). A
     collective; holds a whole model per process until dropped (built on the meta device and given the
-    gathered tensors, so no second, randomly initialised copy is ever allocated)."""
-    full = full_state_dict(model, everywhere=True)
+    gathered tensors, so no second, randomly initialised copy is ever allocated). A PEFT (LoRA) model's
+    copy is a PEFT model with the same adapter."""
+    return _plain_copy(model, full_state_dict(model, everywhere=True))
+
+
+def gathered(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A plain copy of a sharded model in CPU memory on the main process (None on the others), e.g. to save
+    it; a collective."""
+    import torch.distributed as dist
+
+    full = full_state_dict(model)
+    return _plain_copy(model, full, torch.device("cpu")) if dist.get_rank() == 0 else None
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def _plain_copy(model: torch.nn.Module, full: dict[str, torch.Tensor],
+                buffers_to: torch.device | None = None) -> torch.nn.Module:
+    peft = _is_peft(model)
+    base = model.get_base_model() if peft else model
     with torch.device("meta"):
-        copy = type(model)(model.config)
+        copy = type(base)(base.config)
+        if peft:  # the same PEFT class (causal LM, sequence classification) with the same adapter config
+            name = model.active_adapter
+            copy = type(model)(copy, model.peft_config[name], adapter_name=name)
     copy.load_state_dict(full, assign=True, strict=False)
     for name, buf in model.named_buffers():  # FSDP leaves buffers (e.g. rotary frequencies) unsharded
         owner, _, attr = name.rpartition(".")
-        copy.get_submodule(owner)._buffers[attr] = buf
+        copy.get_submodule(owner)._buffers[attr] = buf if buffers_to is None else buf.to(buffers_to)
     copy.tie_weights()
     missing = [n for n, t in list(copy.named_parameters()) + list(copy.named_buffers()) if t.is_meta]
     if missing:
         raise RuntimeError(f"FSDP: the gathered copy lacks {missing[:5]}")
-    if getattr(model, "generation_config", None) is not None:
-        copy.generation_config = model.generation_config
+    for n, p in copy.named_parameters():  # trainable as in the model (PEFT: the adapter and saved modules)
+        p.requires_grad_(model.get_parameter(n).requires_grad)
+    if getattr(base, "generation_config", None) is not None:
+        copy.generation_config = base.generation_config
+        if peft:
+            copy.get_base_model().generation_config = base.generation_config
     copy.train(model.training)
     return copy

@@ -48,7 +48,7 @@ from palate.infra.logging import Progress, attach_sinks, setup_logging
 from palate.infra.optim import adamw, scheduler
 from palate.infra.run import RunDir
 from palate.models.load import load_model, load_tokenizer
-from palate.models.lora import apply_lora, save_model
+from palate.models.lora import apply_lora, is_peft, save_model
 
 log = logging.getLogger("palate")
 
@@ -150,7 +150,12 @@ def policy(model_cfg: ModelConfig, lora: LoraConfig, train: TrainConfig, env: En
     if init is not None:
         init(model)
     if lora.enabled:
-        model = apply_lora(model, lora, task_type="CAUSAL_LM" if num_labels is None else "SEQ_CLS")
+        # The adapter's random initialisation from train.seed, not from this process's stream (seeded with
+        # seed + rank): every process starts from the same adapter, as FSDP needs (each process keeps its
+        # own slice of its own weights), and so does a 1-process run with the same seed.
+        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+            torch.manual_seed(train.seed)
+            model = apply_lora(model, lora, task_type="CAUSAL_LM" if num_labels is None else "SEQ_CLS")
     if env.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -463,7 +468,10 @@ class Loop:
             if model is not None and model is not self.model:
                 raise RuntimeError("FSDP: saving a part of the trained module is not supported")
             memory = distributed.gather((fsdp.local_param_bytes(self.model), fsdp.full_param_bytes(self.model)))
-            weights = fsdp.full_state_dict(self.model)
+            if is_peft(self.model):  # a plain PEFT copy on the main process, saved like an unsharded LoRA run's
+                model = fsdp.gathered(self.model)
+            else:
+                weights = fsdp.full_state_dict(self.model)
             summary = {"param_mib_per_rank": [mib(m) for m, _ in memory], "param_mib_unsharded": mib(memory[0][1]),
                        **summary}
         if not self.run.writes:  # the main process saves; the others wait for final/ to exist
