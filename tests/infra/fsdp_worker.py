@@ -5,7 +5,8 @@ weights and this process's shards. Writes ``rank{r}.json`` (parameter bytes held
 
 ``lora`` as argv[2]: the same with a LoRA adapter applied before sharding; checks that gradients reach the
 adapter only, the optimizer holds the adapter only, the base weights stay as loaded, and that the merged
-``final/`` (AutoModelForCausalLM) and the adapter-only save (PEFT) equal the gathered weights."""
+``final/`` (AutoModelForCausalLM) and the adapter-only save (PEFT) equal the gathered weights, and that the
+disabled adapter (a live reference) is refused on the sharded model."""
 
 import json
 import sys
@@ -79,9 +80,9 @@ def main_lora(out: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from palate.config import LoraConfig
+    from palate.config import ConfigError, LoraConfig
     from palate.infra.optim import adamw
-    from palate.models.lora import apply_lora
+    from palate.models.lora import adapter_disabled, apply_lora
 
     distributed.state()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -107,6 +108,11 @@ def main_lora(out: Path) -> None:
     full_bytes = fsdp.full_param_bytes(model)
     engine = fsdp.shard(model, torch.device("cpu"), world, "fp32")
     local_bytes = fsdp.local_param_bytes(model)
+    try:  # the disabled adapter as a live reference on the sharded policy: refused
+        adapter_disabled(model)
+        live_refused = False
+    except ConfigError as e:
+        live_refused = "reference=precompute" in str(e)
     opt = adamw(model, 1e-2, 0.0, (0.9, 0.999))
     ids = torch.arange(2 * 6).reshape(2, 6) + 100
     names = {id(p): n for n, p in model.named_parameters()}
@@ -137,6 +143,7 @@ def main_lora(out: Path) -> None:
     close = lambda a, b: torch.allclose(a, b, rtol=0, atol=1e-6)  # noqa: E731
     checks = {
         "different_weights_refused": refused,
+        "live_reference_refused": live_refused,
         "grads_only_adapter": grads_only_adapter,
         "optimizer_holds_adapter_only": bool(in_optimizer) and all("lora_" in n for n in in_optimizer)
         and len(in_optimizer) == sum(p.requires_grad for p in model.parameters()),

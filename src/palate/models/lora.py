@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from palate.config import LoraConfig
+from palate.config import ConfigError, LoraConfig
 
 
 def apply_lora(model, cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
@@ -29,6 +29,12 @@ def apply_lora(model, cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
 
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
+
+
+def _sharded(model) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def save_model(model, tokenizer, target: Path, merge: bool = True, extra_json: dict | None = None,
@@ -64,9 +70,19 @@ def save_model(model, tokenizer, target: Path, merge: bool = True, extra_json: d
 
 class adapter_disabled:
     """Context: a PEFT model's adapters disabled (its base weights are the reference); a no-op for a plain
-    model or when ``enabled`` is False."""
+    model or when ``enabled`` is False.
+
+    Refused on a model sharded by FSDP (``train.sharding=fsdp``): the disabled adapter as a live reference
+    would run the sharded policy outside the training forward (held-out evaluation: its root weights are
+    not gathered there) and add a forward, a collective, on the processes that have data this micro-step
+    only (one without data runs one dummy forward): the processes' collectives would no longer pair up."""
 
     def __init__(self, model, enabled: bool = True):
+        if enabled and is_peft(model) and _sharded(model):
+            raise ConfigError("the disabled LoRA adapter as a live reference (reference=live) is not supported "
+                              "with train.sharding=fsdp: the sharded policy cannot run outside the training forward "
+                              "or unevenly across processes; use reference=precompute (dpo/kto), train.sharding=ddp, "
+                              "or a full fine-tune")
         self.ctx = model.disable_adapter() if enabled and is_peft(model) else None
 
     def __enter__(self):
