@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft import GEMM_PEAK_GFLOPS, RESULT_TAG, _median, _system_cpu, contended, n_params, peak_rss_gib, usage  # noqa: E402,F401
+from sft import RESULT_TAG, _median, _system_cpu, contended, peak_rss_gib, usage  # noqa: E402,F401
+
+# TRL's best CPU configuration, on top of the settings every TRL workload shares (:func:`trl_common_args`):
+# length grouping (transformers' ``train_sampling_strategy="group_by_length"``, which replaced
+# ``group_by_length=True``). Preference datasets have no ``input_ids`` column to take lengths from, so a
+# ``length`` column (the longer sequence of the pair) is added, and kept (``remove_unused_columns=False``).
+TRL_BEST = {"train_sampling_strategy": "group_by_length", "remove_unused_columns": False}
 
 
 def selected_pairs(source: str, n: int):
@@ -106,25 +112,42 @@ def run_worker(script: str, name: str, args) -> dict:
     return json.loads(lines[-1][len(RESULT_TAG):])
 
 
-def run_all(script: str, args, title: str, out: Path, checks_of) -> None:
+def is_trl(name: str) -> bool:
+    return name.startswith("trl")
+
+
+def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, trl_configs: dict[str, str]) -> None:
     """Run every workload (interleaved rounds), print the table with ratios to palate, write ``out``.
 
-    ``checks_of(ratios) -> {description: passed}`` states the issue's targets.
+    ``checks_of(ratios) -> {description: passed}`` states the issue's targets; ``ratios["tps_vs_trl"]`` is
+    palate against TRL's better configuration (the TRL workload with the most tokens/s in this run).
+    ``lm_head``: whether the workload's FLOPs include the vocabulary projection (for MFU);
+    ``trl_configs``: each TRL workload's configuration in words.
     """
+    from record import LoadWatch, flops_per_token, gemm_peak, roofline_line
+
     b0 = _system_cpu()[0]
     time.sleep(2)
     if (_system_cpu()[0] - b0) / 2 > 0.2:
         print("[bench] WARNING: the machine is already busy; timings will be contended", file=sys.stderr)
     runs: dict[str, list[dict]] = {n: [] for n in args.only}
-    for _ in range(args.repeats):
-        for n in args.only:
-            runs[n].append(run_worker(script, n, args))
-    params = n_params()
+    with LoadWatch() as load:
+        peaks = [gemm_peak(args.threads)]
+        for _ in range(args.repeats):
+            for n in args.only:
+                runs[n].append(run_worker(script, n, args))
+        peaks.append(gemm_peak(args.threads))
+    peak = max(peaks, key=lambda p: p["peak_gflops"])
+    flops = flops_per_token(lm_head)
     for rs in runs.values():
         for r in rs:
-            r["mfu_real_tokens"] = 6 * params * r["tokens_per_s"] / (GEMM_PEAK_GFLOPS * 1e9)
-    keys = ("tokens_per_s", "padding_fraction", "peak_rss_gib", "s_per_step", "mfu_real_tokens", "reference_seconds")
+            r["achieved_gflops"] = flops["flops_per_token"] * r["tokens_per_s"] / 1e9
+            r["mfu_real_tokens"] = r["achieved_gflops"] / peak["peak_gflops"]
+    keys = ("tokens_per_s", "padding_fraction", "peak_rss_gib", "s_per_step", "mfu_real_tokens", "achieved_gflops",
+            "reference_seconds")
     med = {n: {k: _median([r.get(k) for r in rs]) for k in keys} for n, rs in runs.items()}
+    trls = [n for n in args.only if is_trl(n)]
+    best_trl = max(trls, key=lambda n: med[n]["tokens_per_s"] or 0.0) if trls else None
 
     def paired(a, b, key):
         if a not in runs or b not in runs:
@@ -133,13 +156,19 @@ def run_all(script: str, args, title: str, out: Path, checks_of) -> None:
 
     ratios = {f"{k}_vs_{o}": paired("palate", o, key) for o in args.only if o != "palate"
               for k, key in (("tps", "tokens_per_s"), ("rss", "peak_rss_gib"))}
+    if best_trl:  # against TRL's better configuration in this run
+        ratios["tps_vs_trl_default"] = ratios.get("tps_vs_trl")
+        ratios["rss_vs_trl_default"] = ratios.get("rss_vs_trl")
+        ratios["tps_vs_trl"] = paired("palate", best_trl, "tokens_per_s")
+        ratios["rss_vs_trl"] = paired("palate", best_trl, "peak_rss_gib")
     checks = checks_of(ratios)
     lines = [f"{title}: bundled SmolLM2-135M-Instruct fp32, {args.batch_size} pairs/step, max_length "
              f"{args.max_length}, {args.warmup} warm-up + {args.steps} timed steps, {args.threads} threads, data "
              f"{args.data}" + (f"; median of {args.repeats} rounds" if args.repeats > 1 else "")]
-    hdr = f"{'workload':<15} {'real tok/s':>10} {'padding':>8} {'peak RSS GiB':>12} {'s/step':>7} {'MFU':>6} " \
-          f"{'ref pass s':>10} {'tps/palate':>10} {'RSS/palate':>10}"
+    hdr = f"{'workload':<15} {'real tok/s':>10} {'padding':>8} {'peak RSS GiB':>12} {'s/step':>7} {'GFLOP/s':>7} " \
+          f"{'MFU':>6} {'ref pass s':>10} {'palate/this':>11} {'RSS/palate':>10}"
     lines += [hdr, "-" * len(hdr)]
+
     def cell(v, spec, scale=1.0, suffix=""):
         return format("-", ">" + spec.split(".")[0]) if v is None else format(v * scale, spec) + suffix
 
@@ -147,10 +176,22 @@ def run_all(script: str, args, title: str, out: Path, checks_of) -> None:
         m = med[n]
         lines.append(f"{n:<15} {cell(m['tokens_per_s'], '10.1f')} {cell(m['padding_fraction'], '7.1f', 100, '%')} "
                      f"{cell(m['peak_rss_gib'], '12.2f')} {cell(m['s_per_step'], '7.2f')} "
-                     f"{cell(m['mfu_real_tokens'], '5.1f', 100, '%')} {cell(m['reference_seconds'] or 0, '10.1f')} "
-                     f"{cell(paired(n, 'palate', 'tokens_per_s'), '9.2f', suffix='x')} "
+                     f"{cell(m['achieved_gflops'], '7.1f')} {cell(m['mfu_real_tokens'], '5.1f', 100, '%')} "
+                     f"{cell(m['reference_seconds'] or 0, '10.1f')} "
+                     f"{cell(paired('palate', n, 'tokens_per_s'), '10.2f', suffix='x')} "
                      f"{cell(paired(n, 'palate', 'peak_rss_gib'), '9.2f', suffix='x')}")
+    for n in trls:
+        lines.append(f"  {n}: {trl_configs.get(n, '')}")
+    lines.append(roofline_line(peak, {n: med[n]["tokens_per_s"] for n in args.only}, flops))
+    if best_trl:
+        lines.append(f"palate vs TRL's better configuration here ({best_trl}): tokens/s "
+                     f"{ratios['tps_vs_trl']:.2f}x, peak RSS {ratios['rss_vs_trl']:.2f}x")
     lines.append("palate vs others: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if v is not None))
+    lw = load.summary()
+    if lw:
+        lines.append(f"load average during the run: mean {lw['load_1m_mean']}, max {lw['load_1m_max']} on "
+                     f"{lw['cores']} cores" + (" (SHARED MACHINE: other work ran alongside)"
+                                               if lw["load_1m_mean"] > 1.1 * args.threads else ""))
     noisy = [n for n in args.only for r in runs[n] if contended(r["timed_usage"])]
     if noisy:
         lines.append(f"WARNING: other processes used >10% of the CPU while timing {', '.join(noisy)}")
@@ -160,17 +201,29 @@ def run_all(script: str, args, title: str, out: Path, checks_of) -> None:
     text = "\n".join(lines)
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
+    run_info = {"threads": args.threads, "load_during_run": lw, "gemm_peak": peak, "gemm_probes": peaks,
+                "flops": flops, "mfu_real_tokens": {n: med[n]["mfu_real_tokens"] for n in args.only},
+                "padding_fraction": {n: med[n]["padding_fraction"] for n in args.only},
+                "tokens_per_s": {n: med[n]["tokens_per_s"] for n in args.only},
+                "trl_configs": {n: trl_configs.get(n) for n in trls}, "trl_best_of_run": best_trl}
     payload = {"settings": vars(args), "summary": med, "ratios": ratios, "checks": checks, "contended": noisy,
-               "runs": runs, "table": text}
+               "run": run_info, "runs": runs, "table": text}
     out.write_text(json.dumps(payload, indent=2))
     from record import write_result
 
-    tps = {n: med.get(n, {}).get("tokens_per_s") for n in ("palate", "trl", "plain")}
+    tps = {n: med.get(n, {}).get("tokens_per_s") for n in ("palate", "plain")}
     res = write_result(out.stem, payload, metric=f"{title.split(' benchmark')[0]} training throughput",
-                       unit="real tokens/s", palate=tps["palate"], trl=tps["trl"], plain=tps["plain"],
-                       ratios={"palate_vs_trl": ratios.get("tps_vs_trl"), "palate_vs_plain": ratios.get("tps_vs_plain")},
-                       note="CONTENDED: " + ", ".join(noisy) if noisy else None)
+                       unit="real tokens/s", palate=tps["palate"], trl=med[best_trl]["tokens_per_s"] if best_trl else None,
+                       plain=tps["plain"],
+                       ratios={"palate_vs_trl": ratios.get("tps_vs_trl"), "palate_vs_plain": ratios.get("tps_vs_plain"),
+                               "palate_vs_trl_default": ratios.get("tps_vs_trl_default")},
+                       note="CONTENDED: " + ", ".join(noisy) if noisy else None, run=run_info)
     print(f"\nwritten {out} and {res}", file=sys.stderr)
+
+
+def add_length_column(trainer, sequences) -> None:
+    """TRL_BEST's lengths: ``length`` = the longest of ``sequences(example)`` (token id lists) per example."""
+    trainer.train_dataset = trainer.train_dataset.map(lambda e: {"length": max(len(x) for x in sequences(e))})
 
 
 def add_arguments(ap, workloads, data: str, lr: float) -> None:
@@ -244,7 +297,9 @@ def train_trl_timed(trainer, args, name: str):
 
     def counting_collator(features):
         out = inner(features)
-        counts.append((int(out["attention_mask"].sum()), int(out["attention_mask"].numel())))
+        mask = out.get("attention_mask")
+        n = int(mask.sum()) if mask is not None else int(out["input_ids"].numel())  # padding-free: no mask
+        counts.append((n, int(mask.numel()) if mask is not None else n))
         return out
 
     trainer.data_collator = counting_collator

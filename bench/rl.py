@@ -7,6 +7,14 @@ Each workload runs in its own process (peak RSS is its own). Both: the bundled S
 prompts from bundled:preferences, reward ``rl_trl.target_reward``, β = 0.04 with the reference as a frozen
 copy, lr 1e-6, one generation round and one optimizer update per step. A step is everything: sampling,
 reward, reference log-probs, forward, backward, AdamW. Prints generated tokens/s, s/step, peak RSS, ratios.
+
+TRL runs once here, with the settings above: GRPOConfig 1.16 has neither a padding-free option nor a use for
+length grouping (its sampler repeats each prompt ``num_generations`` times to form the groups, and the
+sequences are generated inside the step, so there is nothing to group by length beforehand), so its
+defaults (with fp32 and no checkpointing) are its best CPU configuration for this benchmark. The roofline
+line counts model FLOPs per step as 8N per trained token (policy forward + backward, reference forward)
+plus 2N per generated token (sampling), N = the decoder's and vocabulary projection's matmul parameters,
+against the fp32 GEMM peak measured in the same run.
 """
 
 from __future__ import annotations
@@ -92,7 +100,18 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(run_palate(args)))
         return
-    res = {name: worker(name, args) for name in args.only}
+    from record import LoadWatch, flops_per_token, gemm_peak
+
+    with LoadWatch() as load:
+        peaks = [gemm_peak(args.threads)]
+        res = {name: worker(name, args) for name in args.only}
+        peaks.append(gemm_peak(args.threads))
+    peak = max(peaks, key=lambda p: p["peak_gflops"])
+    n = flops_per_token(True)["flops_per_token"] / 6  # matmul parameters
+    for m in res.values():
+        if m.get("train_tokens_per_s"):
+            m["achieved_gflops"] = (8 * n * m["train_tokens_per_s"] + 2 * n * m["generated_tokens_per_s"]) / 1e9
+            m["mfu"] = m["achieved_gflops"] / peak["peak_gflops"]
     lines = [f"GRPO benchmark: bundled SmolLM2-135M-Instruct fp32, {args.prompts_per_step} prompts x {args.n} samples, "
              f"{args.max_new_tokens} new tokens, beta {args.beta}, {args.warmup} warm-up + {args.steps} timed steps, "
              f"{args.threads} threads",
@@ -107,18 +126,29 @@ def main(argv=None) -> None:
         lines.append(f"palate vs TRL: generated tokens/s {tps:.2f}x, s/step {p['s_per_step'] / t['s_per_step']:.2f}x, "
                      f"peak RSS {p['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
         lines.append(("PASS" if tps >= 1.5 else "FAIL") + f": generated tokens/s >= 1.5x TRL ({tps:.2f}x)")
+    lines.append(f"roofline: measured fp32 GEMM peak {peak['peak_gflops']:.0f} GFLOP/s ({args.threads} threads); "
+                 + "; ".join(f"{name} {m['achieved_gflops']:.0f} GFLOP/s = {100 * m['mfu']:.1f}% MFU"
+                             for name, m in res.items() if m.get("achieved_gflops")))
+    lw = load.summary()
+    if lw:
+        lines.append(f"load average during the run: mean {lw['load_1m_mean']}, max {lw['load_1m_max']} on {lw['cores']} cores")
     text = "\n".join(lines)
     print(text)
     out = HERE / "out" / "rl.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": vars(args), "results": res, "table": text}
+    run_info = {"threads": args.threads, "load_during_run": lw, "gemm_peak": peak, "gemm_probes": peaks,
+                "tokens_per_s": {k: m["generated_tokens_per_s"] for k, m in res.items()},
+                "mfu_real_tokens": {k: m.get("mfu") for k, m in res.items()},
+                "trl_configs": {"trl": "GRPOTrainer defaults with fp32, no checkpointing (its best CPU settings here)"}}
+    payload = {"settings": vars(args), "results": res, "run": run_info, "table": text}
     out.write_text(json.dumps(payload, indent=2))
     from record import write_result
 
     gen = {n: res[n]["generated_tokens_per_s"] if n in res else None for n in ("palate", "trl")}
     busy = [n for n, m in res.items() if m.get("contended")]
     write_result("rl", payload, metric="GRPO rollout generation throughput", unit="generated tokens/s",
-                 palate=gen["palate"], trl=gen["trl"], note="CONTENDED: " + ", ".join(busy) if busy else None)
+                 palate=gen["palate"], trl=gen["trl"], note="CONTENDED: " + ", ".join(busy) if busy else None,
+                 run=run_info)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,10 @@ def test_table_has_one_row_per_result_and_lists_skips(tmp_path):
     rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| benchmark")]
     assert [r.split(" | ")[0] for r in rows] == ["| feedback_startup", "| sft"]
     sft = rows[1].split(" | ")
-    assert sft[2:7] == ["1,234", "617", "1,300", "2.00×", "0.95×"]
+    assert sft[2:9] == ["1,234", "617", "–", "1,300", "2.00×", "0.95×", "–"]  # one TRL figure: the defaults
     assert "`python bench/sft.py`" in rows[1] and " when written" in rows[1]  # the load average
     start = rows[0]
-    assert "start-up \\| median (s, lower is better); 5 fresh processes" in start and "| 0.84 | – | – | – | – |" in start
+    assert "start-up \\| median (s, lower is better); 5 fresh processes" in start and "| 0.84 | – | – | – | – | – | – |" in start
     assert "old.json: no 'bench' headline" in md and "broken.json: not valid JSON" in md
     assert sum(ln.startswith("|---") for ln in md.splitlines()) == 1 and md.splitlines()[0] == "# Benchmarks"
 
@@ -55,3 +55,33 @@ def test_table_with_no_results_fails(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     assert table.main(["--results", str(tmp_path / "r"), "--out", str(tmp_path / "b.md")]) == 1
     assert not (tmp_path / "b.md").exists() and "no benchmark results" in capsys.readouterr().err
+
+
+def test_table_shows_trl_defaults_and_best_mfu_and_load(tmp_path):
+    res = tmp_path / "results"
+    run = {"tokens_per_s": {"palate": 300.0, "plain": 250.0, "trl": 120.0, "trl_best": 150.0},
+           "mfu_real_tokens": {"palate": 0.52}, "gemm_peak": {"peak_gflops": 358.0},
+           "load_during_run": {"load_1m_mean": 2.4, "load_1m_max": 3.1}}
+    record.write_result("reward", {}, metric="RM throughput", unit="real tokens/s", palate=300.0, trl=150.0,
+                        plain=250.0, path=res / "reward.json", argv=["bench/reward.py"], run=run)
+    out = tmp_path / "b.md"
+    assert table.main(["--results", str(res), "--out", str(out)]) == 0
+    row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| reward"))
+    cells = row.split(" | ")
+    assert cells[2:9] == ["300", "120", "150", "250", "2.00×", "1.20×", "52% of 358 GFLOP/s"]
+    assert "load 2.4 (max 3.1) during the run" in row
+    head = json.loads((res / "reward.json").read_text())["bench"]
+    assert head["run"] == run and "commit" in head
+
+
+def test_gemm_peak_flops_and_load_watch_report_plausible_figures():
+    peak = record.gemm_peak(1, m=64, seconds=0.01)
+    assert set(peak["gflops"]) == set(record.GEMM_SHAPES) and peak["peak_gflops"] == max(peak["gflops"].values()) > 0
+    cfg = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "vocab_size": 100,
+           "num_attention_heads": 2, "num_key_value_heads": 1}
+    per_layer = 8 * 8 * 2 + 2 * 8 * 1 * 4 + 3 * 8 * 16
+    assert record.flops_per_token(False, cfg)["flops_per_token"] == 6 * 2 * per_layer
+    assert record.flops_per_token(True, cfg)["flops_per_token"] == 6 * (2 * per_layer + 800)
+    with record.LoadWatch(every=0.01) as lw:
+        pass
+    assert lw.summary()["samples"] >= 1
