@@ -181,8 +181,12 @@ def find_configs() -> list[ConfigClass]:
 
 
 def command_configs() -> dict[str, str]:
-    """``palate`` command -> the name of the ``*Config`` its function imports (from palate/cli.py)."""
+    """``palate`` command -> the ``*Config`` it reads (from palate/cli.py): the one its function imports or
+    passes to ``command_config``; commands of a sub-app (``data_app``, ``safety_app``) carry its name."""
     tree = ast.parse((SRC / "cli.py").read_text(encoding="utf-8"))
+    imported = {alias.asname or alias.name: f"{node.module}.{alias.name}" for node in tree.body
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("palate")
+                for alias in node.names}
     out = {}
     for node in tree.body:
         if not isinstance(node, ast.FunctionDef):
@@ -191,6 +195,9 @@ def command_configs() -> dict[str, str]:
         for d in node.decorator_list:
             if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command":
                 name = d.args[0].value if d.args and isinstance(d.args[0], ast.Constant) else node.name
+                owner = d.func.value.id if isinstance(d.func.value, ast.Name) else "app"
+                if owner.endswith("_app"):
+                    name = f"{owner[: -len('_app')]} {name}"
         if name is None:
             continue
         for sub in ast.walk(node):
@@ -200,6 +207,9 @@ def command_configs() -> dict[str, str]:
                         out[name] = f"{sub.module}.{alias.name}"
                     elif alias.name == "load_pipeline":  # palate run reads a PipelineConfig through it
                         out[name] = f"{sub.module}.PipelineConfig"
+            elif (isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "command_config"
+                  and sub.args and isinstance(sub.args[0], ast.Name) and sub.args[0].id in imported):
+                out[name] = imported[sub.args[0].id]
     return out
 
 
