@@ -86,14 +86,16 @@ def shard(model: torch.nn.Module, device: torch.device, world: int, precision: s
 def _check_identical(model: torch.nn.Module, device: torch.device) -> None:
     """Refuse to shard weights that differ between processes (each would keep its slice of its own weights:
     a silently different model), e.g. a randomly initialised adapter or head seeded per process. Compares
-    each parameter's sum with process 0's (one broadcast of a number per parameter)."""
+    each parameter's sum with process 0's (one broadcast of a number per parameter), to a relative 1e-9:
+    summation order may differ between processes, a different initialisation differs far more."""
     import torch.distributed as dist
 
-    with torch.no_grad():
-        mine = torch.stack([p.detach().double().sum().to(device) for p in model.parameters()])
+    with torch.no_grad():  # float64 accumulation
+        mine = torch.stack([p.sum(dtype=torch.float64).to(device) for p in model.parameters()])
     theirs = mine.clone()
     dist.broadcast(theirs, src=0)
-    differ = [n for (n, _), x, y in zip(model.named_parameters(), mine.tolist(), theirs.tolist()) if x != y]
+    close = torch.isclose(mine, theirs, rtol=1e-9, atol=0.0).tolist()
+    differ = [n for (n, _), ok in zip(model.named_parameters(), close) if not ok]
     count = torch.tensor([len(differ)], device=device)
     dist.all_reduce(count)  # every process refuses, not only those that differ
     if count.item():
