@@ -221,3 +221,21 @@ def test_held_out_watch_logs_gold_and_stops_when_the_margin_rises_while_gold_fal
                  f"dpo.gold={__name__}:more_sunshine"))
     assert not (agree / "monitor.jsonl").exists()
     assert max(m["step"] for m in metrics(agree)) == json.loads((agree / "status.json").read_text())["summary"]["steps"]
+
+
+def test_live_reference_with_lora_under_fsdp_is_refused_before_training(monkeypatch):
+    """The disabled adapter would run the sharded policy outside the training forward: refused up front (the
+    2-process FSDP2 run is in tests/infra/test_fsdp.py; here the launcher's answer is set by hand)."""
+    from palate.config import ConfigError, LoraConfig
+    from palate.infra import distributed, session
+    from palate.models.load import load_model, load_tokenizer
+    from palate.models.lora import apply_lora
+    from palate.recipes import reference_cache
+
+    tok = load_tokenizer("tiny")
+    model = apply_lora(load_model("tiny", tokenizer=tok), LoraConfig(enabled=True, r=4))
+    env = session.Env(device=torch.device("cpu"), precision="fp32", gradient_checkpointing=False)
+    assert reference_cache.live_reference(model, env, "dpo", "fsdp") is not None  # one process: no sharding
+    monkeypatch.setattr(distributed, "sharding", lambda requested: "fsdp")
+    with pytest.raises(ConfigError, match="dpo.reference=live with LoRA under train.sharding=fsdp"):
+        reference_cache.live_reference(model, env, "dpo", "fsdp")

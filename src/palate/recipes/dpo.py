@@ -259,7 +259,7 @@ def references(cfg: DPOConfig, run, model, tok, stream, groups, eval_groups, env
     if not requires_reference(cfg.dpo.loss):
         return None, None, None
     if cfg.dpo.reference == "live":
-        return None, None, live_reference(model, env, "dpo")
+        return None, None, live_reference(model, env, "dpo", cfg.train.sharding)
     return (*precomputed_references(run, model, tok, cfg, cfg.dpo.loss, stream, groups, eval_groups, env,
                                     n_train, n_eval), None)
 

@@ -238,7 +238,7 @@ def references(cfg: KTOConfig, run, model, tok, stream, groups, eval_groups, env
     """``(train table, eval table, live reference)``: the ``[N, 2]`` (own, mismatched) tables for
     ``kto.reference=precompute``, the live reference for ``live``."""
     if cfg.kto.reference == "live":
-        return None, None, live_reference(model, env, "kto")
+        return None, None, live_reference(model, env, "kto", cfg.train.sharding)
     return (*precomputed_references(run, model, tok, cfg, "kto", stream, groups, eval_groups, env,
                                     n_train, n_eval), None)
 

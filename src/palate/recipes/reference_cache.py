@@ -14,12 +14,13 @@ import logging
 
 import torch
 
+from palate.config import ConfigError
 from palate.data.batching import Batch, group_batches
 from palate.data.tokenize import Example
-from palate.infra import session
+from palate.infra import distributed, session
 from palate.infra.run import RunDir
 from palate.models.logprobs import sequence_logprobs
-from palate.models.lora import adapter_disabled
+from palate.models.lora import adapter_disabled, is_peft
 from palate.models.reference import Reference
 
 log = logging.getLogger("palate.dpo")
@@ -96,9 +97,15 @@ def precomputed_references(run, model, tok, cfg, loss: str, stream: session.Batc
     return values["train"], values["eval"]
 
 
-def live_reference(model, env: session.Env, section: str) -> Reference:
+def live_reference(model, env: session.Env, section: str, sharding: str | None = None) -> Reference:
     """The reference evaluated every step: the policy with its LoRA adapter disabled (no extra memory), or,
-    for a full fine-tune, a frozen copy of the starting weights (one more model in memory)."""
+    for a full fine-tune, a frozen copy of the starting weights (one more model in memory).
+
+    Refused for a LoRA policy under FSDP2 (``sharding``: ``train.sharding``): the disabled adapter would run
+    the sharded policy outside the training forward, and only on the processes with data in a micro-step."""
+    if is_peft(model) and distributed.sharding(sharding) == "fsdp":
+        raise ConfigError(f"{section}.reference=live with LoRA under train.sharding=fsdp is not supported: "
+                          f"use {section}.reference=precompute (one pass before training, same numbers)")
     ref = Reference(model, autocast=lambda: session.autocast(env.precision, env.device))
     if ref.copies_weights:
         log.warning("%s.reference=live with a full fine-tune keeps a frozen copy of the model in memory; "
