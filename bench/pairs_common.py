@@ -183,7 +183,7 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
     for n in trls:
         lines.append(f"  {n}: {trl_configs.get(n, '')}")
     lines.append(roofline_line(peak, {n: med[n]["tokens_per_s"] for n in args.only}, flops))
-    if best_trl:
+    if best_trl and ratios.get("tps_vs_trl") is not None:
         lines.append(f"palate vs TRL's better configuration here ({best_trl}): tokens/s "
                      f"{ratios['tps_vs_trl']:.2f}x, peak RSS {ratios['rss_vs_trl']:.2f}x")
     lines.append("palate vs others: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if v is not None))
