@@ -81,7 +81,7 @@ def test_data_check_recognises_rankings_and_ratings(tmp_path):
                                                  {"prompt": "p", "response": "c", "score": 3, "scale": [1, 5]}])
     out = runner.invoke(app, ["data", "check", str(ratings), "--model", "tiny"])
     assert out.exit_code == 0, out.output
-    assert out.output.startswith("3 ratings usable of 3 rows: what palate dpo --loss kto reads")
+    assert out.output.startswith("3 ratings usable of 3 rows: what palate kto reads")
     assert "desirable 1, undesirable 1, at the scale's midpoint 1 (KTO skips those)" in out.output
 
 

@@ -25,9 +25,12 @@ class ConfigError(PalateError, ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "bundled"  # bundled | tiny | run dir | HF dir | .gguf file | hub name
-    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on capable GPUs) | fp32 | bf16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    name: str = "bundled"
+    """bundled | tiny | run dir | HF dir | .gguf file | hub name"""
+    dtype: str = "auto"
+    """auto (fp32 on CPU, bf16 on capable GPUs) | fp32 | bf16"""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
     trust_remote_code: bool = False
     revision: str | None = None
 
@@ -35,20 +38,27 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     path: str = "bundled:demonstrations"
-    columns: dict[str, str] | None = None  # palate name -> column name in the file
+    columns: dict[str, str] | None = None
+    """palate name -> column name in the file"""
     split: str = "train"
-    eval_path: str | None = None  # held-out file; else eval_fraction of `path` is held out
+    eval_path: str | None = None
+    """held-out file; else eval_fraction of `path` is held out"""
     eval_fraction: float = 0.05
     max_length: int = 512
-    chat_template: bool | None = None  # None: use the tokenizer's template when it has one
-    truncate_completion: bool = True  # cut over-long completions (counted) instead of skipping them
-    # A prompt that leaves its response no room in max_length: skip (counted) | truncate_left (cut from the
-    # left, earliest turns first, to leave the response room: up to half of max_length; counted). The rule
-    # goes with a reward model (palate_reward.json) and applies wherever it scores: eval, rm-eval, score, RL.
+    chat_template: bool | None = None
+    """None: use the tokenizer's template when it has one"""
+    truncate_completion: bool = True
+    """cut over-long completions (counted) instead of skipping them"""
     long_prompts: str = "skip"
-    on_error: str = "raise"  # raise | skip: what a malformed row does
-    bucket: bool = True  # group similar lengths to cut padding
-    packing: bool = False  # concatenate short examples into full rows
+    """A prompt that leaves its response no room in max_length: skip (counted) | truncate_left (cut from the left,
+    earliest turns first, to leave the response room: up to half of max_length; counted). The rule goes with a
+    reward model (palate_reward.json) and applies wherever it scores: eval, rm-eval, score, RL."""
+    on_error: str = "raise"
+    """raise | skip: what a malformed row does"""
+    bucket: bool = True
+    """group similar lengths to cut padding"""
+    packing: bool = False
+    """concatenate short examples into full rows"""
 
     def __post_init__(self):
         if self.long_prompts not in ("skip", "truncate_left"):
@@ -61,22 +71,32 @@ class TrainConfig:
     batch_size: int = 4
     grad_accum: int = 1
     epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; overrides epochs
+    max_steps: int | None = None
+    """optimizer steps; overrides epochs"""
     warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    """cosine decays to lr * min_lr_ratio"""
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
     seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto is fp32 on CPU, bf16 on capable GPUs
-    gradient_checkpointing: bool | None = None  # None: auto (off on CPU, where memory is rarely the limit)
+    precision: str = "auto"
+    """auto | fp32 | bf16 (autocast); auto is fp32 on CPU, bf16 on capable GPUs"""
+    gradient_checkpointing: bool | None = None
+    """None: auto (off on CPU, where memory is rarely the limit)"""
     log_every: int = 1
-    eval_every: int = 50  # 0: only at the end
-    save_every: int = 50  # 0: only after the last step; -1: never (a run that fails starts over)
-    keep_last: int = 2  # checkpoints kept (the newest); 0: all
-    threads: int | None = None  # torch intra-op threads; None: torch's default (physical cores)
-    sharding: str | None = None  # none | ddp | fsdp (PyTorch FSDP2); None: ddp when launched on several processes
-    cpu_offload: bool = False  # fsdp: sharded weights, gradients and optimizer states live in CPU memory
+    eval_every: int = 50
+    """0: only at the end"""
+    save_every: int = 50
+    """0: only after the last step; -1: never (a run that fails starts over)"""
+    keep_last: int = 2
+    """checkpoints kept (the newest); 0: all"""
+    threads: int | None = None
+    """torch intra-op threads; None: torch's default (physical cores)"""
+    sharding: str | None = None
+    """none | ddp | fsdp (PyTorch FSDP2); None: ddp when launched on several processes"""
+    cpu_offload: bool = False
+    """fsdp: sharded weights, gradients and optimizer states live in CPU memory"""
 
     def __post_init__(self):
         if self.sharding not in (None, "none", "ddp", "fsdp"):
@@ -95,7 +115,8 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
-    merge: bool = True  # merge the adapter into the final model (else save the adapter alone)
+    merge: bool = True
+    """merge the adapter into the final model (else save the adapter alone)"""
 
 
 @dataclass(frozen=True)

@@ -46,14 +46,17 @@ PANEL_GOLD = "palate.feedback.simulate:panel_score"
 @dataclass(frozen=True)
 class PromptSplit:
     path: str = "bundled:preferences"
-    eval_prompts: int = 48  # held out, never trained on
-    train_prompts: int = 96  # sampled and judged each round (0: all the rest)
+    eval_prompts: int = 48
+    """held out, never trained on"""
+    train_prompts: int = 96
+    """sampled and judged each round (0: all the rest)"""
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class SampleSpec:
-    n: int = 2  # responses per prompt; every pair among them is judged
+    n: int = 2
+    """responses per prompt; every pair among them is judged"""
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
@@ -64,31 +67,39 @@ class SampleSpec:
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    kind: str = "panel"  # panel | reward:DIR | local:MODEL | feedback (people, in the labeling app)
+    kind: str = "panel"
+    """panel | reward:DIR | local:MODEL | feedback (people, in the labeling app)"""
     groups: list[str] = field(default_factory=lambda: ["concise", "thorough"])
-    labelers: int = 6  # simulated labelers, split over groups
-    noise: float = 0.3  # each labeler's choice temperature
-    min_votes: int = 1  # a pair needs a majority of at least this many votes more than the other side
-    pairs: str = "all"  # all: every judged pair is kept | best_worst: per prompt, only the pair of the response
-    #                     that won most of its pairs against the one that won fewest (ties: skipped)
+    labelers: int = 6
+    """simulated labelers, split over groups"""
+    noise: float = 0.3
+    """each labeler's choice temperature"""
+    min_votes: int = 1
+    """a pair needs a majority of at least this many votes more than the other side"""
+    pairs: str = "all"
+    """all: every judged pair is kept | best_worst: per prompt, only the pair of the response that won most of its
+    pairs against the one that won fewest (ties: skipped)"""
     seed: int = 0
-    # kind=feedback: the pairs become project ``<project>-r<round>`` in the labeling app's database; the stage
-    # waits until ``min_complete`` of the items have ``overlap`` judgments (or fails after ``wait_seconds``,
-    # keeping the labels: rerun to go on waiting), then exports them aggregated by ``aggregate``.
     db: str | None = None
+    """kind=feedback: the pairs become project ``<project>-r<round>`` in the labeling app's database; the stage waits
+    until ``min_complete`` of the items have ``overlap`` judgments (or fails after ``wait_seconds``, keeping the
+    labels: rerun to go on waiting), then exports them aggregated by ``aggregate``."""
     project: str = "pipeline"
     overlap: int = 3
     min_complete: float = 1.0
     wait_seconds: float = 3600.0
     poll_seconds: float = 10.0
-    aggregate: str = "majority"  # majority | dawid-skene
+    aggregate: str = "majority"
+    """majority | dawid-skene"""
 
 
 @dataclass(frozen=True)
 class EvalSpec:
-    judge: str = "panel"  # the gold judge: panel | reward:DIR | local:MODEL
+    judge: str = "panel"
+    """the gold judge: panel | reward:DIR | local:MODEL"""
     max_new_tokens: int = 96
-    temperature: float = 0.0  # greedy
+    temperature: float = 0.0
+    """greedy"""
     repetition_penalty: float = 1.1
     batch_size: int = 16
     n_resamples: int = 2000
@@ -99,15 +110,21 @@ class PipelineConfig:
     run_dir: str = "runs/pipeline"
     model: str = "bundled"
     rounds: int = 1
-    threads: int | None = None  # torch threads for every stage
+    threads: int | None = None
+    """torch threads for every stage"""
     prompts: PromptSplit = field(default_factory=PromptSplit)
-    sft: dict[str, Any] | None = field(default_factory=dict)  # SFTConfig overrides; null: no SFT
+    sft: dict[str, Any] | None = field(default_factory=dict)
+    """SFTConfig overrides; null: no SFT"""
     sample: SampleSpec = field(default_factory=SampleSpec)
     judge: JudgeSpec = field(default_factory=JudgeSpec)
-    reward: dict[str, Any] | None = None  # RewardConfig overrides; null: no reward model
-    method: str = "dpo"  # dpo | grpo | ppo
-    policy: dict[str, Any] = field(default_factory=dict)  # overrides of the method's config
-    per_group: bool = False  # also train (and judge) one policy per labeler group
+    reward: dict[str, Any] | None = None
+    """RewardConfig overrides; null: no reward model"""
+    method: str = "dpo"
+    """dpo | grpo | ppo"""
+    policy: dict[str, Any] = field(default_factory=dict)
+    """overrides of the method's config"""
+    per_group: bool = False
+    """also train (and judge) one policy per labeler group"""
     eval: EvalSpec = field(default_factory=EvalSpec)
 
 

@@ -15,14 +15,22 @@ from palate.data.check import KINDS, check_dataset, detect_kind, format_check
 class DataCheckConfig:
     """Each flag of ``palate data check`` is a shortcut for the key of the same name (``--json``: ``json=true``)."""
 
-    path: str | None = None  # file (.jsonl/.json, compressed or not; .parquet, .csv), dataset dir, bundled:NAME, hub
-    kind: str = "auto"  # auto (from the first row) | demonstrations | preferences | rankings | ratings
-    model: str = "bundled"  # tokenizer to measure lengths with (the model you will train)
-    max_length: int = 512  # data.max_length of the run
-    long_prompts: str = "skip"  # data.long_prompts of the run: skip | truncate_left
-    on_error: str = "raise"  # raise | skip
-    split: str = "train"  # split of a dataset dir or hub dataset
-    json: bool = False  # print the report as JSON
+    path: str | None = None
+    """file (.jsonl/.json, compressed or not; .parquet, .csv), dataset dir, bundled:NAME, hub"""
+    kind: str = "auto"
+    """auto (from the first row) | demonstrations | preferences | rankings | ratings"""
+    model: str = "bundled"
+    """tokenizer to measure lengths with (the model you will train)"""
+    max_length: int = 512
+    """data.max_length of the run"""
+    long_prompts: str = "skip"
+    """data.long_prompts of the run: skip | truncate_left"""
+    on_error: str = "raise"
+    """raise | skip"""
+    split: str = "train"
+    """split of a dataset dir or hub dataset"""
+    json: bool = False
+    """print the report as JSON"""
 
     def __post_init__(self):
         if self.kind != "auto" and self.kind not in KINDS:

@@ -32,8 +32,10 @@ class Example:
 
     input_ids: tuple[int, ...]
     completion_start: int
-    index: int  # position of the record this came from
-    prompt: Prompt | None = field(default=None, compare=False)  # the prompt as cut (truncate_left), else None
+    index: int
+    """position of the record this came from"""
+    prompt: Prompt | None = field(default=None, compare=False)
+    """the prompt as cut (truncate_left), else None"""
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -39,8 +39,10 @@ class Factor:
     """Columns ``0..n-1``; row r has ``value[r]`` in column ``level[r]`` (and 0 in the others)."""
 
     name: str
-    level: np.ndarray  # int [rows]
-    value: np.ndarray  # float [rows]
+    level: np.ndarray
+    """int [rows]"""
+    value: np.ndarray
+    """float [rows]"""
     n: int
 
     @staticmethod

@@ -43,12 +43,16 @@ class Judged:
     """Judgments of several policies against one baseline, keyed by prompt text."""
 
     baseline: str | None = None
-    prompts: dict[str, int] = field(default_factory=dict)  # prompt text → index
+    prompts: dict[str, int] = field(default_factory=dict)
+    """prompt text → index"""
     baseline_answers: dict[int, str] = field(default_factory=dict)
-    rows: dict[str, list[tuple[int, float, str]]] = field(default_factory=dict)  # policy → (prompt, p, answer)
-    left_out: dict[str, int] = field(default_factory=dict)  # reason → count
+    rows: dict[str, list[tuple[int, float, str]]] = field(default_factory=dict)
+    """policy → (prompt, p, answer)"""
+    left_out: dict[str, int] = field(default_factory=dict)
+    """reason → count"""
     sources: list[str] = field(default_factory=list)
-    annotations: list[Any] = field(default_factory=list)  # AlpacaEval Annotations, for --lc alpaca_eval
+    annotations: list[Any] = field(default_factory=list)
+    """AlpacaEval Annotations, for --lc alpaca_eval"""
 
     def add(self, source: str, row: Any, policy: str, prompt: Any, p: float, answer: str, baseline_answer: str,
             baseline: str | None) -> None:

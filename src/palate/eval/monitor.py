@@ -58,13 +58,16 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class MonitorConfig:
     window: int = 5
-    gold_tolerance: float = 0.05  # absolute drop of gold below its best that counts as falling
+    gold_tolerance: float = 0.05
+    """absolute drop of gold below its best that counts as falling"""
     length_corr: float = 0.8
     repetition: float = 0.3
     ensemble_factor: float = 2.0
     baseline_points: int = 3
-    kl_budget: float | None = None  # nats per response; None: not checked
-    action: str = "warn"  # warn | stop
+    kl_budget: float | None = None
+    """nats per response; None: not checked"""
+    action: str = "warn"
+    """warn | stop"""
 
     def __post_init__(self):
         if self.action not in ("warn", "stop"):
@@ -78,7 +81,8 @@ class Alert:
     step: int
     check: str
     message: str
-    severity: str  # warning | stop
+    severity: str
+    """warning | stop"""
 
     def as_dict(self) -> dict[str, Any]:
         return {"step": self.step, "check": self.check, "message": self.message, "severity": self.severity}

@@ -67,7 +67,8 @@ def fields_of(mode: str, reference: bool, turn: int) -> set[str]:
 @dataclass(frozen=True)
 class JudgePrompt:
     name: str
-    type: str  # "single" | "pairwise"
+    type: str
+    """"single" | "pairwise" """
     system: str
     template: str
     output_format: str

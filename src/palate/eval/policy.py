@@ -42,7 +42,8 @@ _CHOICE = {"a": "win", "b": "loss", "tie": "tie"}
 @dataclass(frozen=True)
 class GenSettings:
     max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0
+    """0 = greedy"""
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int = 0

@@ -108,7 +108,8 @@ class MTBenchQuestion:
     question_id: str
     category: str
     turns: tuple[str, ...]
-    reference: tuple[str, ...] | None = None  # reference answer per turn, the one the judge grades against
+    reference: tuple[str, ...] | None = None
+    """reference answer per turn, the one the judge grades against"""
 
 
 def _text_list(row: dict, name: str, src: str, n: int, *, allow_empty: bool = False) -> tuple[str, ...]:

@@ -34,11 +34,16 @@ EVAL_SAMPLES = "eval_samples.jsonl"
 class RLEvalConfig:
     """``palate rl-eval``'s config."""
 
-    run: str | None = None  # a finished palate ppo or grpo run directory
-    samples: int = 8  # answers per held-out prompt, for each of the two policies
-    policy: str | None = None  # trained policy to compare with the start (None: RUN/final)
-    max_new_tokens: int | None = None  # override the run's rollout.max_new_tokens
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    run: str | None = None
+    """a finished palate ppo or grpo run directory"""
+    samples: int = 8
+    """answers per held-out prompt, for each of the two policies"""
+    policy: str | None = None
+    """trained policy to compare with the start (None: RUN/final)"""
+    max_new_tokens: int | None = None
+    """override the run's rollout.max_new_tokens"""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
 
     def __post_init__(self):
         if self.samples < 1:

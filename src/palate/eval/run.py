@@ -23,27 +23,46 @@ SUITES = ("winrate", "humaneval", "tasks", "mtbench")
 
 @dataclass(frozen=True)
 class EvalConfig:
-    policies: list[str] = field(default_factory=list)  # run dirs, model dirs, hub names, tiny
-    out: str | None = None  # output dir: answers.jsonl, eval/winrates.json, eval_summary.json
-    suite: str = "winrate"  # winrate | humaneval | tasks | mtbench
-    prompts: str | None = None  # prompt set (JSONL/JSON, AlpacaEval JSON, MT-Bench question.jsonl, dir, bundled:NAME)
-    baseline: str | None = None  # winrate: every policy is compared with it; mtbench: the pairwise second model
-    tasks: str | None = None  # suite tasks: JSONL of id, prompt and a checker
-    n_samples: int = 1  # suite humaneval: completions per problem
-    k: list[int] = field(default_factory=lambda: [1])  # suite humaneval: pass@k to report
-    judge: str = "panel"  # panel | reward:RUN_DIR | local:MODEL
-    references: str | None = None  # suite mtbench: FastChat's reference_answer/gpt-4.jsonl
-    judge_prompts: str | None = None  # suite mtbench: FastChat judge_prompts.jsonl (default: palate's copy)
-    reward_model: str | None = None  # reward model for the mean reward column
-    safety_classifier: str | None = None  # bundled | palate safety dir | HF classifier[#LABEL]
-    limit: int | None = None  # first N prompts only
-    export_alpaca: str | None = None  # also write answers as AlpacaEval model outputs
+    policies: list[str] = field(default_factory=list)
+    """run dirs, model dirs, hub names, tiny"""
+    out: str | None = None
+    """output dir: answers.jsonl, eval/winrates.json, eval_summary.json"""
+    suite: str = "winrate"
+    """winrate | humaneval | tasks | mtbench"""
+    prompts: str | None = None
+    """prompt set (JSONL/JSON, AlpacaEval JSON, MT-Bench question.jsonl, dir, bundled:NAME)"""
+    baseline: str | None = None
+    """winrate: every policy is compared with it; mtbench: the pairwise second model"""
+    tasks: str | None = None
+    """suite tasks: JSONL of id, prompt and a checker"""
+    n_samples: int = 1
+    """suite humaneval: completions per problem"""
+    k: list[int] = field(default_factory=lambda: [1])
+    """suite humaneval: pass@k to report"""
+    judge: str = "panel"
+    """panel | reward:RUN_DIR | local:MODEL"""
+    references: str | None = None
+    """suite mtbench: FastChat's reference_answer/gpt-4.jsonl"""
+    judge_prompts: str | None = None
+    """suite mtbench: FastChat judge_prompts.jsonl (default: palate's copy)"""
+    reward_model: str | None = None
+    """reward model for the mean reward column"""
+    safety_classifier: str | None = None
+    """bundled | palate safety dir | HF classifier[#LABEL]"""
+    limit: int | None = None
+    """first N prompts only"""
+    export_alpaca: str | None = None
+    """also write answers as AlpacaEval model outputs"""
     max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0
+    """0 = greedy"""
     top_p: float = 1.0
-    seed: int = 0  # sampling and bootstrap seed
-    batch_size: int = 8  # prompts generated / scored together
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    """sampling and bootstrap seed"""
+    batch_size: int = 8
+    """prompts generated / scored together"""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
 
     def __post_init__(self):
         if self.suite not in SUITES:
@@ -84,19 +103,29 @@ def run_eval(cfg: EvalConfig) -> str:
 class RedteamConfig:
     """``palate redteam``'s config (each flag is a shortcut for the key of the same name)."""
 
-    model: str | None = None  # run dir, model dir, hub name, tiny, or a served model's URL (http://HOST:PORT/v1)
-    out: str | None = None  # default: MODEL/redteam for a run dir, else ./redteam-NAME; needed for a URL
-    prompts: str = "bundled:redteam"  # suite with prompt, harmful, category, attack
-    judge: str | None = None  # safety reward model: an attack succeeds when its score is below threshold
-    threshold: float = 0.0  # safety score below which an answer counts as unsafe
-    safety_classifier: str | None = None  # an attack succeeds when the answer is unsafe (instead of judge)
-    limit: int | None = None  # first N prompts only
+    model: str | None = None
+    """run dir, model dir, hub name, tiny, or a served model's URL (http://HOST:PORT/v1)"""
+    out: str | None = None
+    """default: MODEL/redteam for a run dir, else ./redteam-NAME; needed for a URL"""
+    prompts: str = "bundled:redteam"
+    """suite with prompt, harmful, category, attack"""
+    judge: str | None = None
+    """safety reward model: an attack succeeds when its score is below threshold"""
+    threshold: float = 0.0
+    """safety score below which an answer counts as unsafe"""
+    safety_classifier: str | None = None
+    """an attack succeeds when the answer is unsafe (instead of judge)"""
+    limit: int | None = None
+    """first N prompts only"""
     max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0
+    """0 = greedy"""
     top_p: float = 1.0
-    seed: int = 0  # sampling and bootstrap seed
+    seed: int = 0
+    """sampling and bootstrap seed"""
     batch_size: int = 8
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
 
 
 def redteam_out(cfg: RedteamConfig) -> str:
@@ -131,17 +160,28 @@ def run_redteam_config(cfg: RedteamConfig) -> tuple[dict[str, Any], str]:
 class WinrateConfig:
     """``palate winrate``'s config: win rates from judgments made elsewhere (:mod:`palate.eval.imported`)."""
 
-    judgments: list[str] = field(default_factory=list)  # AlpacaEval annotations.json, palate judgments, Preference rows
-    out: str | None = None  # output dir: eval/winrates.json and report/report.html
-    length_unit: str | None = None  # characters | words | tokens (recorded in the output; must be given)
-    tokenizer: str | None = None  # length_unit tokens: tokenizer (model dir, hub name, bundled)
-    baseline: str | None = None  # the baseline's model name (needed for Preference rows)
-    policy: str | None = None  # name of the model in a single AlpacaEval file
-    lc: str = "joint"  # joint (one fit over all policies) | alpaca_eval (also AlpacaEval 2's LC)
-    alpaca_eval_repo: str | None = None  # lc alpaca_eval: an alpaca_eval checkout or git dir
-    judge: str | None = None  # name of the judge, recorded in winrates.json
-    n_resamples: int = 1000  # bootstrap resamples for the CIs
-    seed: int = 0  # bootstrap seed
+    judgments: list[str] = field(default_factory=list)
+    """AlpacaEval annotations.json, palate judgments, Preference rows"""
+    out: str | None = None
+    """output dir: eval/winrates.json and report/report.html"""
+    length_unit: str | None = None
+    """characters | words | tokens (recorded in the output; must be given)"""
+    tokenizer: str | None = None
+    """length_unit tokens: tokenizer (model dir, hub name, bundled)"""
+    baseline: str | None = None
+    """the baseline's model name (needed for Preference rows)"""
+    policy: str | None = None
+    """name of the model in a single AlpacaEval file"""
+    lc: str = "joint"
+    """joint (one fit over all policies) | alpaca_eval (also AlpacaEval 2's LC)"""
+    alpaca_eval_repo: str | None = None
+    """lc alpaca_eval: an alpaca_eval checkout or git dir"""
+    judge: str | None = None
+    """name of the judge, recorded in winrates.json"""
+    n_resamples: int = 1000
+    """bootstrap resamples for the CIs"""
+    seed: int = 0
+    """bootstrap seed"""
 
 
 def winrates(cfg: WinrateConfig) -> str:
@@ -177,11 +217,16 @@ MTBENCH_MODES = ("single", "pairwise-baseline", "pairwise-all")
 class MTBenchShowConfig:
     """``palate mtbench-show``'s config: MT-Bench tables as FastChat's show_result.py computes them."""
 
-    judgments: str | None = None  # model_judgment/gpt-4_single.jsonl or gpt-4_pair.jsonl
-    mode: str = "single"  # single | pairwise-baseline | pairwise-all
-    baseline_model: str = "gpt-3.5-turbo"  # pairwise-baseline: the baseline
-    model_list: list[str] = field(default_factory=list)  # only these models (empty: all)
-    questions: str | None = None  # question.jsonl, for the mean per category
+    judgments: str | None = None
+    """model_judgment/gpt-4_single.jsonl or gpt-4_pair.jsonl"""
+    mode: str = "single"
+    """single | pairwise-baseline | pairwise-all"""
+    baseline_model: str = "gpt-3.5-turbo"
+    """pairwise-baseline: the baseline"""
+    model_list: list[str] = field(default_factory=list)
+    """only these models (empty: all)"""
+    questions: str | None = None
+    """question.jsonl, for the mean per category"""
 
     def __post_init__(self):
         if self.mode not in MTBENCH_MODES:
@@ -208,13 +253,19 @@ def mtbench_tables(cfg: MTBenchShowConfig) -> str:
 class SafetyTrainConfig:
     """``palate safety train``'s config (:func:`palate.eval.safety.train_safety_classifier`)."""
 
-    out: str | None = None  # directory for head.safetensors and safety.json
-    data: str = "bundled:safety"  # labelled answers: rows with response, label (safe|unsafe), prompt, category
-    heldout: float = 0.2  # fraction held out (stratified by label and category) for accuracy/AUC
-    l2: float | None = None  # L2 penalty of the logistic head (default: chosen by 5-fold CV)
-    threshold: float = 0.5  # P(unsafe) at or above which an answer counts as unsafe
+    out: str | None = None
+    """directory for head.safetensors and safety.json"""
+    data: str = "bundled:safety"
+    """labelled answers: rows with response, label (safe|unsafe), prompt, category"""
+    heldout: float = 0.2
+    """fraction held out (stratified by label and category) for accuracy/AUC"""
+    l2: float | None = None
+    """L2 penalty of the logistic head (default: chosen by 5-fold CV)"""
+    threshold: float = 0.5
+    """P(unsafe) at or above which an answer counts as unsafe"""
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
 
 
 def train_safety(cfg: SafetyTrainConfig, *, overwrite: bool = False) -> str:
@@ -233,8 +284,10 @@ def train_safety(cfg: SafetyTrainConfig, *, overwrite: bool = False) -> str:
 class ReportConfig:
     """``palate report``'s config."""
 
-    run: str | None = None  # a run directory
-    out: str | None = None  # HTML file to write (default: RUN/report/report.html); report.md beside it
+    run: str | None = None
+    """a run directory"""
+    out: str | None = None
+    """HTML file to write (default: RUN/report/report.html); report.md beside it"""
 
 
 def report(cfg: ReportConfig) -> Path:

@@ -66,12 +66,14 @@ class Limits:
     memory_mb: int = 512
     max_procs: int = 16
     file_mb: int = 16
-    readonly_fs: bool = True  # False only to exercise the write-outside detection (uid mode) in tests
+    readonly_fs: bool = True
+    """False only to exercise the write-outside detection (uid mode) in tests"""
 
 
 @dataclass
 class SandboxResult:
-    status: str  # passed | failed | timeout | cpu_limit | memory | escaped | error
+    status: str
+    """passed | failed | timeout | cpu_limit | memory | escaped | error"""
     returncode: int | None
     stdout: str
     stderr: str

@@ -15,22 +15,30 @@ from palate.config import ConfigError
 class ScoreConfig:
     """``palate score``'s config (each flag is a shortcut for the key of the same name)."""
 
-    model: str | None = None  # reward model: palate run dir or HF sequence-classification model dir
-    input: str | None = None  # JSONL/dataset with prompt and response columns
-    output: str | None = None  # JSONL to write (default: INPUT with .scored.jsonl)
+    model: str | None = None
+    """reward model: palate run dir or HF sequence-classification model dir"""
+    input: str | None = None
+    """JSONL/dataset with prompt and response columns"""
+    output: str | None = None
+    """JSONL to write (default: INPUT with .scored.jsonl)"""
     batch_size: int = 16
-    normalize: bool = False  # (r - mean) / std with the stats saved at training time
+    normalize: bool = False
+    """(r - mean) / std with the stats saved at training time"""
 
 
 @dataclass(frozen=True)
 class RMEvalConfig:
     """``palate rm-eval``'s config (each flag is a shortcut for the key of the same name)."""
 
-    model: str | None = None  # reward model: palate run dir or HF sequence-classification model dir
-    data: str | None = None  # preference pairs: file, dataset dir, bundled:NAME or hub name
-    out: str | None = None  # where to write rm_eval.json and plots (default: MODEL/eval-<data>)
+    model: str | None = None
+    """reward model: palate run dir or HF sequence-classification model dir"""
+    data: str | None = None
+    """preference pairs: file, dataset dir, bundled:NAME or hub name"""
+    out: str | None = None
+    """where to write rm_eval.json and plots (default: MODEL/eval-<data>)"""
     batch_size: int = 16
-    seed: int = 0  # seed of the bootstrap CI and the calibration orientation
+    seed: int = 0
+    """seed of the bootstrap CI and the calibration orientation"""
 
 
 def data_stem(source: str) -> str:

@@ -44,8 +44,10 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 class Task:
     id: str
     prompt: Prompt
-    checker: str | None  # one of CHECKERS
-    target: Any  # the checker's value
+    checker: str | None
+    """one of CHECKERS"""
+    target: Any
+    """the checker's value"""
     tolerance: float = 1e-6
     reference: str | None = None
     category: str | None = None

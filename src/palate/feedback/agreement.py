@@ -129,8 +129,10 @@ class Aggregate:
 
     labels: dict
     soft: dict
-    reliability: dict | None = None  # labeler -> P(correct) (Dawid–Skene)
-    confusion: dict | None = None  # labeler -> K×K matrix, rows: true class, columns: given label
+    reliability: dict | None = None
+    """labeler -> P(correct) (Dawid–Skene)"""
+    confusion: dict | None = None
+    """labeler -> K×K matrix, rows: true class, columns: given label"""
     priors: list | None = None
     iterations: int = 0
 

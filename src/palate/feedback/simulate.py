@@ -90,7 +90,8 @@ class SimLabeler:
     name: str
     group: str = "default"
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    noise: float = 0.3  # temperature of the choice: larger = noisier
+    noise: float = 0.3
+    """temperature of the choice: larger = noisier"""
     tie_margin: float = 0.05
 
     def prob_a(self, prompt, a: str, b: str) -> float:
@@ -130,8 +131,10 @@ def default_panel(n: int = 6, groups: tuple[str, ...] = ("concise", "thorough"),
 
 @dataclass(frozen=True)
 class Verdict:
-    prob_a: float  # the panel's mean probability of preferring a
-    choice: str  # "a", "b" or "tie"
+    prob_a: float
+    """the panel's mean probability of preferring a"""
+    choice: str
+    """"a", "b" or "tie" """
 
 
 def panel_preference(prompt, a: str, b: str, panel: list[SimLabeler] | None = None, tie_band: float = 0.02) -> Verdict:

@@ -51,8 +51,10 @@ class Shape:
     heads: int
     kv_heads: int
     tied: bool = False
-    params_override: float | None = None  # a stated parameter count (``--params 7B``) instead of the formula
-    assumed: bool = False  # the shape was guessed from a parameter count
+    params_override: float | None = None
+    """a stated parameter count (``--params 7B``) instead of the formula"""
+    assumed: bool = False
+    """the shape was guessed from a parameter count"""
 
     @property
     def head_dim(self) -> int:
@@ -132,16 +134,21 @@ def load_shape(model: str) -> Shape:
 
 @dataclass(frozen=True)
 class Setup:
-    method: str = "sft"  # sft | rm | dpo | ppo | grpo
+    method: str = "sft"
+    """sft | rm | dpo | ppo | grpo"""
     lora: bool = False
     lora_r: int = 16
-    dtype: str = "bf16"  # bf16 (mixed precision) | fp32
+    dtype: str = "bf16"
+    """bf16 (mixed precision) | fp32"""
     seq_len: int = 2048
-    micro_batch: int = 1  # rows per device per forward (pairs for rm/dpo)
+    micro_batch: int = 1
+    """rows per device per forward (pairs for rm/dpo)"""
     devices: int = 1
-    strategy: str = "ddp"  # ddp | zero1 | zero2 | zero3 (FSDP full shard)
+    strategy: str = "ddp"
+    """ddp | zero1 | zero2 | zero3 (FSDP full shard)"""
     gradient_checkpointing: bool = False
-    reference: str = "precompute"  # dpo: precompute (no model resident) | live
+    reference: str = "precompute"
+    """dpo: precompute (no model resident) | live"""
 
 
 def check(setup: Setup) -> None:
@@ -259,18 +266,29 @@ class PlanConfig:
     """``palate plan``'s config (each flag is a shortcut for the key of the same name; ``--lora/--full`` is
     ``lora=true/false``, ``--json`` is ``json=true``)."""
 
-    model: str | None = None  # model dir, run dir, 'bundled' or hub name (reads config.json)
-    params: str | None = None  # a parameter count instead of a model, e.g. 7B (shape assumed)
-    method: str = "sft"  # sft | rm | dpo | ppo | grpo
-    lora: bool = False  # LoRA on all linear layers (else full fine-tuning)
+    model: str | None = None
+    """model dir, run dir, 'bundled' or hub name (reads config.json)"""
+    params: str | None = None
+    """a parameter count instead of a model, e.g. 7B (shape assumed)"""
+    method: str = "sft"
+    """sft | rm | dpo | ppo | grpo"""
+    lora: bool = False
+    """LoRA on all linear layers (else full fine-tuning)"""
     lora_r: int = 16
-    dtype: str = "bf16"  # bf16 (mixed precision) | fp32
-    seq_len: int = 2048  # tokens per row
-    micro_batch: int = 1  # rows (pairs for rm/dpo) per device per forward
-    devices: int = 1  # data-parallel devices to shard over
-    reference: str = "precompute"  # dpo: precompute (no reference model resident) | live
-    gpu_memory: float | None = None  # GiB per device: mark which configurations fit
-    json: bool = False  # print the table as JSON
+    dtype: str = "bf16"
+    """bf16 (mixed precision) | fp32"""
+    seq_len: int = 2048
+    """tokens per row"""
+    micro_batch: int = 1
+    """rows (pairs for rm/dpo) per device per forward"""
+    devices: int = 1
+    """data-parallel devices to shard over"""
+    reference: str = "precompute"
+    """dpo: precompute (no reference model resident) | live"""
+    gpu_memory: float | None = None
+    """GiB per device: mark which configurations fit"""
+    json: bool = False
+    """print the table as JSON"""
 
 
 def plan_report(cfg: PlanConfig) -> str:

@@ -38,14 +38,21 @@ log = logging.getLogger("palate.ray")
 @dataclass(frozen=True)
 class RayConfig:
     enabled: bool = False
-    address: str | None = None  # null: a local cluster for this run; "auto" | "ray://HEAD:10001": join one
-    num_cpus: int | None = None  # the local cluster's CPUs (null: Ray's own count)
-    rollout_workers: int = 1  # actors sampling the step's prompts, each a consecutive share (0: the trainer)
-    reward_worker: bool = True  # the reward model/function in an actor
-    reference_worker: bool = True  # the frozen reference in an actor
-    worker_cpus: float = 1.0  # Ray resources each actor asks for
+    address: str | None = None
+    """null: a local cluster for this run; "auto" | "ray://HEAD:10001": join one"""
+    num_cpus: int | None = None
+    """the local cluster's CPUs (null: Ray's own count)"""
+    rollout_workers: int = 1
+    """actors sampling the step's prompts, each a consecutive share (0: the trainer)"""
+    reward_worker: bool = True
+    """the reward model/function in an actor"""
+    reference_worker: bool = True
+    """the frozen reference in an actor"""
+    worker_cpus: float = 1.0
+    """Ray resources each actor asks for"""
     worker_gpus: float = 0.0
-    worker_threads: int | None = None  # torch threads in each actor (null: max(1, worker_cpus))
+    worker_threads: int | None = None
+    """torch threads in each actor (null: max(1, worker_cpus))"""
 
     def __post_init__(self):
         if self.rollout_workers < 0:

@@ -39,9 +39,12 @@ class Candidate:
     prompt: Prompt
     a: str
     b: str
-    human: str | None = None  # "a" | "b" | "tie" when the row carries a human label
-    own: str | None = None  # "a" | "b" when that answer was written by the judge itself
-    reference: str | None = None  # a reference answer (for the reference-guided template)
+    human: str | None = None
+    """"a" | "b" | "tie" when the row carries a human label"""
+    own: str | None = None
+    """"a" | "b" when that answer was written by the judge itself"""
+    reference: str | None = None
+    """a reference answer (for the reference-guided template)"""
     meta: dict = field(default_factory=dict)
 
 
@@ -149,24 +152,42 @@ def label_file(judge, source: str, out: str | Path, *, mode: str = "tie", seed: 
 class JudgeConfig:
     """``palate judge``'s config (each flag is a shortcut for the key of the same name)."""
 
-    input: str | None = None  # candidate pairs: prompt + response_a/response_b, or chosen/rejected; bundled:NAME
-    out: str | None = None  # Preference JSONL to write (+ .summary.json, .malformed.jsonl)
-    judge: str = "bundled"  # local model name/run dir, or an OpenAI-compatible base URL (http://host:port/v1)
-    model: str = "default"  # model name to request from an HTTP judge
-    mode: str = "tie"  # what verdicts that flip with the order become: tie | weight
-    template: str = "pairwise"  # template name (pairwise, reference) or path to your own
-    limit: int | None = None  # judge only the first N pairs
-    seed: int = 0  # seed of the slot assignment for chosen/rejected rows
-    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the HTTP judge's key
-    cache_dir: str | None = None  # HTTP answer cache (default: OUT's folder/.judge-cache)
-    concurrency: int = 4  # HTTP requests in flight
-    rate_limit: float | None = None  # HTTP requests per second at most
-    max_retries: int = 5  # HTTP retries before the run stops with an error
-    timeout: float = 120.0  # HTTP judge: seconds to wait for a connection and for each read
-    max_tokens: int = 512  # HTTP judge: longest answer (explanation + verdict) to ask for
-    batch_size: int = 8  # local judge: prompts per forward
-    min_mass: float = 0.0  # local judge: verdict tokens' probability below this is malformed
-    judge_name: str | None = None  # name matched against model_a/model_b for the self-preference rate
+    input: str | None = None
+    """candidate pairs: prompt + response_a/response_b, or chosen/rejected; bundled:NAME"""
+    out: str | None = None
+    """Preference JSONL to write (+ .summary.json, .malformed.jsonl)"""
+    judge: str = "bundled"
+    """local model name/run dir, or an OpenAI-compatible base URL (http://host:port/v1)"""
+    model: str = "default"
+    """model name to request from an HTTP judge"""
+    mode: str = "tie"
+    """what verdicts that flip with the order become: tie | weight"""
+    template: str = "pairwise"
+    """template name (pairwise, reference) or path to your own"""
+    limit: int | None = None
+    """judge only the first N pairs"""
+    seed: int = 0
+    """seed of the slot assignment for chosen/rejected rows"""
+    api_key_env: str = "OPENAI_API_KEY"
+    """environment variable holding the HTTP judge's key"""
+    cache_dir: str | None = None
+    """HTTP answer cache (default: OUT's folder/.judge-cache)"""
+    concurrency: int = 4
+    """HTTP requests in flight"""
+    rate_limit: float | None = None
+    """HTTP requests per second at most"""
+    max_retries: int = 5
+    """HTTP retries before the run stops with an error"""
+    timeout: float = 120.0
+    """HTTP judge: seconds to wait for a connection and for each read"""
+    max_tokens: int = 512
+    """HTTP judge: longest answer (explanation + verdict) to ask for"""
+    batch_size: int = 8
+    """local judge: prompts per forward"""
+    min_mass: float = 0.0
+    """local judge: verdict tokens' probability below this is malformed"""
+    judge_name: str | None = None
+    """name matched against model_a/model_b for the self-preference rate"""
 
     def __post_init__(self):
         if self.mode not in ("tie", "weight"):

@@ -288,10 +288,14 @@ def aggregate(
 
 @dataclass(frozen=True)
 class PolicyLoss:
-    loss: torch.Tensor  # scalar, with gradient
-    clip_fraction: torch.Tensor  # scalar, detached: fraction of masked tokens where the clipped term was used
-    approx_kl: torch.Tensor  # scalar, detached: masked mean of (ρ − 1) − log ρ, k3 estimate of KL(π_old‖π_θ)
-    ratio_mean: torch.Tensor  # scalar, detached: masked mean of ρ
+    loss: torch.Tensor
+    """scalar, with gradient"""
+    clip_fraction: torch.Tensor
+    """scalar, detached: fraction of masked tokens where the clipped term was used"""
+    approx_kl: torch.Tensor
+    """scalar, detached: masked mean of (ρ − 1) − log ρ, k3 estimate of KL(π_old‖π_θ)"""
+    ratio_mean: torch.Tensor
+    """scalar, detached: masked mean of ρ"""
 
 
 def ppo_policy_loss(
@@ -336,10 +340,14 @@ def ppo_policy_loss(
 
 @dataclass(frozen=True)
 class SamplerCorrection:
-    weights: torch.Tensor  # [B, T] detached truncated importance weights, 0 at padding
-    weight_mean: torch.Tensor  # scalar: masked mean of the weights
-    truncated_fraction: torch.Tensor  # scalar: masked fraction of tokens whose ratio exceeded the cap
-    mismatch_kl: torch.Tensor  # scalar: k3 estimate of KL(π_sampler ‖ π_trainer) on the sampled tokens
+    weights: torch.Tensor
+    """[B, T] detached truncated importance weights, 0 at padding"""
+    weight_mean: torch.Tensor
+    """scalar: masked mean of the weights"""
+    truncated_fraction: torch.Tensor
+    """scalar: masked fraction of tokens whose ratio exceeded the cap"""
+    mismatch_kl: torch.Tensor
+    """scalar: k3 estimate of KL(π_sampler ‖ π_trainer) on the sampled tokens"""
 
 
 def sampler_correction(
@@ -386,8 +394,10 @@ def sampler_correction(
 
 @dataclass(frozen=True)
 class ValueLoss:
-    loss: torch.Tensor  # scalar, with gradient
-    clip_fraction: torch.Tensor  # scalar, detached: fraction of masked tokens where the clipped error was larger
+    loss: torch.Tensor
+    """scalar, with gradient"""
+    clip_fraction: torch.Tensor
+    """scalar, detached: fraction of masked tokens where the clipped error was larger"""
 
 
 def value_loss(

@@ -40,19 +40,26 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class BestOfNConfig:
     run_dir: str = "runs/best-of-n"
-    model: ModelConfig = field(default_factory=ModelConfig)  # the policy that samples round 1
-    reward_model: str = "runs/demo-rm"  # a palate reward model run (palate rm) or HF sequence classifier
-    prompts: str = "bundled:preferences"  # any source with a prompt column (or chat messages)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """the policy that samples round 1"""
+    reward_model: str = "runs/demo-rm"
+    """a palate reward model run (palate rm) or HF sequence classifier"""
+    prompts: str = "bundled:preferences"
+    """any source with a prompt column (or chat messages)"""
     max_prompts: int = 32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    output: str = "best"  # best (RAFT data for palate sft) | pairs (best vs worst for palate dpo)
-    min_gap: float = 0.0  # pairs whose best − worst reward gap is below this are dropped (counted)
+    output: str = "best"
+    """best (RAFT data for palate sft) | pairs (best vs worst for palate dpo)"""
+    min_gap: float = 0.0
+    """pairs whose best − worst reward gap is below this are dropped (counted)"""
     rounds: int = 1
     seed: int = 0
-    max_length: int = 512  # of the fine-tuning between rounds
+    max_length: int = 512
+    """of the fine-tuning between rounds"""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, epochs=1, warmup_ratio=0.1))
     lora: LoraConfig = field(default_factory=LoraConfig)
-    dpo_beta: float = 0.1  # pairs rounds: DPO's β
+    dpo_beta: float = 0.1
+    """pairs rounds: DPO's β"""
     log: LogConfig = field(default_factory=LogConfig)
 
 

@@ -45,17 +45,20 @@ class Principle:
 class ConstitutionalConfig:
     run_dir: str = "runs/constitutional"
     model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: str = "bundled:preferences"  # any source with a prompt column (or chat messages)
+    prompts: str = "bundled:preferences"
+    """any source with a prompt column (or chat messages)"""
     max_prompts: int = 16
     constitution: str = str(TEMPLATE_DIR / "constitution.yaml")
     critique_template: str = "critique"
     revision_template: str = "revision"
     rounds: int = 1
     max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0
+    """0 = greedy"""
     top_p: float = 1.0
     repetition_penalty: float = 1.2
-    batch_size: int = 8  # prompts per chunk (one generation batch, one resume unit)
+    batch_size: int = 8
+    """prompts per chunk (one generation batch, one resume unit)"""
     seed: int = 0
 
 

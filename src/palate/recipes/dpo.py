@@ -97,21 +97,29 @@ PER_LOSS = ("label_smoothing", "gamma", "alpha")
 
 @dataclass(frozen=True)
 class DPOSpec:
-    loss: str = "dpo"  # dpo | ipo | cdpo | robust | rpo | simpo | orpo
-    beta: float | None = None  # None: the loss's default (DEFAULTS: 0.1; simpo 2.0; orpo: its λ, 0.1)
-    label_smoothing: float | None = None  # cdpo/robust: probability a label is flipped (default 0.1)
-    gamma: float | None = None  # simpo: target reward margin γ (paper's units: γ, not γ/β; default 0.5)
-    alpha: float | None = None  # rpo: weight of the chosen NLL term (default 1.0)
-    reference: str = "precompute"  # precompute (cached once) | live (disabled LoRA adapter, or a frozen copy)
-    samples: int = 4  # held-out prompts answered before and after training (0: none)
+    loss: str = "dpo"
+    """dpo | ipo | cdpo | robust | rpo | simpo | orpo"""
+    beta: float | None = None
+    """None: the loss's default (DEFAULTS: 0.1; simpo 2.0; orpo: its λ, 0.1)"""
+    label_smoothing: float | None = None
+    """cdpo/robust: probability a label is flipped (default 0.1)"""
+    gamma: float | None = None
+    """simpo: target reward margin γ (paper's units: γ, not γ/β; default 0.5)"""
+    alpha: float | None = None
+    """rpo: weight of the chosen NLL term (default 1.0)"""
+    reference: str = "precompute"
+    """precompute (cached once) | live (disabled LoRA adapter, or a frozen copy)"""
+    samples: int = 4
+    """held-out prompts answered before and after training (0: none)"""
     sample_max_new_tokens: int = 96
-    reward_model: str | None = None  # optional: a palate reward model that scores the before/after samples
-    # Held-out answers at every evaluation (the reward-hacking monitor): the first ``watch_prompts`` held-out
-    # prompts answered greedily, scored by ``reward_model`` (the proxy, logged as eval_reward) and by ``gold``
-    # (``panel``: the simulated labeler panel's mean rubric score, or a ``module:function`` / ``file.py:function``
-    # reward; never optimised; logged as eval_gold). Without a reward model the monitor's proxy is the held-out
-    # implicit reward margin. 0 prompts or neither scorer: off.
+    reward_model: str | None = None
+    """optional: a palate reward model that scores the before/after samples"""
     gold: str | None = None
+    """Held-out answers at every evaluation (the reward-hacking monitor): the first ``watch_prompts`` held-out prompts
+    answered greedily, scored by ``reward_model`` (the proxy, logged as eval_reward) and by ``gold`` (``panel``:
+    the simulated labeler panel's mean rubric score, or a ``module:function`` / ``file.py:function`` reward; never
+    optimised; logged as eval_gold). Without a reward model the monitor's proxy is the held-out implicit reward
+    margin. 0 prompts or neither scorer: off."""
     watch_prompts: int = 0
     watch_max_new_tokens: int = 64
 

@@ -59,20 +59,29 @@ ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
 
 @dataclass(frozen=True)
 class GRPOSpec:
-    advantage: str = "grpo"  # grpo | rloo | reinforce_pp
+    advantage: str = "grpo"
+    """grpo | rloo | reinforce_pp"""
     prompts_per_step: int = 4
-    kl_coef: float = 0.04  # β, the KL weight (0: no reference model at all)
-    # loss (k3 term in the loss, as GRPO) | reward (per-token k1 in the reward, as REINFORCE++);
-    # None: reward for advantage=reinforce_pp, loss otherwise
+    kl_coef: float = 0.04
+    """β, the KL weight (0: no reference model at all)"""
     kl_in: str | None = None
+    """loss (k3 term in the loss, as GRPO) | reward (per-token k1 in the reward, as REINFORCE++); None: reward for
+    advantage=reinforce_pp, loss otherwise"""
     clip_eps: float = 0.2
-    clip_eps_high: float | None = None  # DAPO's asymmetric clip (e.g. 0.28); None: = clip_eps
-    scale_by_std: bool = True  # grpo: divide by the group's std (Dr. GRPO turns this off)
-    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum
-    epochs: int = 1  # passes over each batch of experience (GRPO's μ)
-    minibatches: int = 1  # updates per pass, each over whole prompt groups
-    reference_device: str = "same"  # same | cpu: where a frozen reference copy lives
-    sample_every: int = 10  # write a few completions to samples.jsonl every N steps (0: never)
+    clip_eps_high: float | None = None
+    """DAPO's asymmetric clip (e.g. 0.28); None: = clip_eps"""
+    scale_by_std: bool = True
+    """grpo: divide by the group's std (Dr. GRPO turns this off)"""
+    loss_agg: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum"""
+    epochs: int = 1
+    """passes over each batch of experience (GRPO's μ)"""
+    minibatches: int = 1
+    """updates per pass, each over whole prompt groups"""
+    reference_device: str = "same"
+    """same | cpu: where a frozen reference copy lives"""
+    sample_every: int = 10
+    """write a few completions to samples.jsonl every N steps (0: never)"""
 
     def __post_init__(self):
         if self.kl_in is None:  # resolved here, so the run's config.yaml says which one trained
@@ -90,9 +99,12 @@ class GRPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-6, max_steps=100, warmup_ratio=0.0,
                                                                     min_lr_ratio=1.0, eval_every=20, save_every=20))
     lora: LoraConfig = field(default_factory=LoraConfig)
-    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # reward-hacking checks (warn or stop)
-    gold: RewardConfig = field(default_factory=RewardConfig)  # optional held-out gold reward for the monitor
-    ray: RayConfig = field(default_factory=RayConfig)  # rollout, reward and reference workers as Ray actors
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """reward-hacking checks (warn or stop)"""
+    gold: RewardConfig = field(default_factory=RewardConfig)
+    """optional held-out gold reward for the monitor"""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """rollout, reward and reference workers as Ray actors"""
     log: LogConfig = field(default_factory=LogConfig)
 
 

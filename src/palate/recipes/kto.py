@@ -56,17 +56,24 @@ log = logging.getLogger("palate.kto")
 
 @dataclass(frozen=True)
 class KTOSpec:
-    beta: float = 0.1  # β of the paper (and TRL's default)
-    desirable_weight: float = 1.0  # λ_D; the paper suggests λ_D·n_D / (λ_U·n_U) in [1, 4/3]
-    undesirable_weight: float = 1.0  # λ_U
-    records: str = "auto"  # auto (ratings, else preference pairs) | ratings | preferences (split into up/down)
-    reference: str = "precompute"  # precompute (cached once) | live (disabled LoRA adapter, or a frozen copy)
-    samples: int = 4  # held-out prompts answered before and after training (0: none)
+    beta: float = 0.1
+    """β of the paper (and TRL's default)"""
+    desirable_weight: float = 1.0
+    """λ_D; the paper suggests λ_D·n_D / (λ_U·n_U) in [1, 4/3]"""
+    undesirable_weight: float = 1.0
+    """λ_U"""
+    records: str = "auto"
+    """auto (ratings, else preference pairs) | ratings | preferences (split into up/down)"""
+    reference: str = "precompute"
+    """precompute (cached once) | live (disabled LoRA adapter, or a frozen copy)"""
+    samples: int = 4
+    """held-out prompts answered before and after training (0: none)"""
     sample_max_new_tokens: int = 96
-    reward_model: str | None = None  # optional: a palate reward model that scores the before/after samples
-    # The held-out watch (reward-hacking monitor), as dpo.gold / dpo.watch_prompts: answers to the first
-    # ``watch_prompts`` held-out prompts at every evaluation, scored by ``reward_model`` and ``gold``.
+    reward_model: str | None = None
+    """optional: a palate reward model that scores the before/after samples"""
     gold: str | None = None
+    """The held-out watch (reward-hacking monitor), as dpo.gold / dpo.watch_prompts: answers to the first
+    ``watch_prompts`` held-out prompts at every evaluation, scored by ``reward_model`` and ``gold``."""
     watch_prompts: int = 0
     watch_max_new_tokens: int = 64
 

@@ -61,16 +61,21 @@ class OnlineRun:
     run: RunDir
     policy: Any
     tok: Any
-    held: list  # held-out prompts
+    held: list
+    """held-out prompts"""
     rollout: RolloutConfig
     rewarder: Any
-    reference: Any  # None: no KL term
+    reference: Any
+    """None: no KL term"""
     watch: Watch
     seed: int
-    sample_every: int  # write a few samples every N steps (0: never)
+    sample_every: int
+    """write a few samples every N steps (0: never)"""
     eval_every: int
-    eval_samples: int = 1  # answers per held-out prompt
-    engine: Any = None  # a rollout engine that samples the training steps instead of the trainer (Ray workers)
+    eval_samples: int = 1
+    """answers per held-out prompt"""
+    engine: Any = None
+    """a rollout engine that samples the training steps instead of the trainer (Ray workers)"""
 
     def collect(self, step: int, prompts: list) -> Experience:
         return collect(self.policy, self.tok, prompts, self.rollout, self.rewarder, self.reference,

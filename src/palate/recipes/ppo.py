@@ -57,24 +57,34 @@ log = logging.getLogger("palate.ppo")
 
 @dataclass(frozen=True)
 class PPOSpec:
-    prompts_per_step: int = 64  # the rollout batch
-    minibatches: int = 4  # updates per PPO epoch
+    prompts_per_step: int = 64
+    """the rollout batch"""
+    minibatches: int = 4
+    """updates per PPO epoch"""
     ppo_epochs: int = 4
-    critic: str = "shared"  # shared (value head on the policy's backbone) | separate (a second backbone)
+    critic: str = "shared"
+    """shared (value head on the policy's backbone) | separate (a second backbone)"""
     gamma: float = 1.0
     lam: float = 0.95
-    kl_coef: float = 0.1  # β: initial (adaptive) or fixed KL coefficient
-    kl_controller: str = "fixed"  # fixed | adaptive
-    target_kl: float = 6.0  # adaptive: target KL per sequence (nats)
-    kl_horizon: int = 10000  # adaptive: samples over which β moves by at most ±20%
-    kl_estimator: str = "k1"  # k1 | k2 | k3 | abs: the per-token penalty in the reward
+    kl_coef: float = 0.1
+    """β: initial (adaptive) or fixed KL coefficient"""
+    kl_controller: str = "fixed"
+    """fixed | adaptive"""
+    target_kl: float = 6.0
+    """adaptive: target KL per sequence (nats)"""
+    kl_horizon: int = 10000
+    """adaptive: samples over which β moves by at most ±20%"""
+    kl_estimator: str = "k1"
+    """k1 | k2 | k3 | abs: the per-token penalty in the reward"""
     whiten_advantages: bool = True
     clip_eps: float = 0.2
     clip_value: float | None = 0.2
     vf_coef: float = 0.1
-    value_lr_scale: float = 10.0  # the value head (and a separate critic) learn at lr × this: it starts at zero
+    value_lr_scale: float = 10.0
+    """the value head (and a separate critic) learn at lr × this: it starts at zero"""
     ent_coef: float = 0.0
-    max_approx_kl: float | None = None  # stop an update's remaining minibatches when approx-KL exceeds this
+    max_approx_kl: float | None = None
+    """stop an update's remaining minibatches when approx-KL exceeds this"""
     reference_device: str = "same"
     sample_every: int = 10
 
@@ -90,9 +100,12 @@ class PPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, max_steps=100, warmup_ratio=0.0,
                                                                     min_lr_ratio=1.0, eval_every=20, save_every=20))
     lora: LoraConfig = field(default_factory=LoraConfig)
-    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # reward-hacking checks (warn or stop)
-    gold: RewardConfig = field(default_factory=RewardConfig)  # optional held-out gold reward for the monitor
-    ray: RayConfig = field(default_factory=RayConfig)  # rollout, reward and reference workers as Ray actors
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """reward-hacking checks (warn or stop)"""
+    gold: RewardConfig = field(default_factory=RewardConfig)
+    """optional held-out gold reward for the monitor"""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """rollout, reward and reference workers as Ray actors"""
     log: LogConfig = field(default_factory=LogConfig)
 
 

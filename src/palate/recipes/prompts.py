@@ -18,15 +18,18 @@ from palate.rollout.rewards import RewardConfig
 
 @dataclass(frozen=True)
 class PromptsConfig:
-    path: str = "bundled:preferences"  # any source with a prompt column (or chat messages)
+    path: str = "bundled:preferences"
+    """any source with a prompt column (or chat messages)"""
     limit: int | None = None
     eval_fraction: float = 0.1
-    eval_max: int = 32  # held-out prompts used for the eval reward
-    eval_samples: int = 1  # answers per held-out prompt at each evaluation (more: a tighter before/after CI)
-    # A prompt that leaves fewer than rollout.max_new_tokens tokens of max_length (None: the reward model's
-    # max_length from its palate_reward.json; no limit with a reward function) is skipped (counted in
-    # data_report.json) or cut from the left (truncate_left), as data.long_prompts does for rm / dpo.
+    eval_max: int = 32
+    """held-out prompts used for the eval reward"""
+    eval_samples: int = 1
+    """answers per held-out prompt at each evaluation (more: a tighter before/after CI)"""
     max_length: int | None = None
+    """A prompt that leaves fewer than rollout.max_new_tokens tokens of max_length (None: the reward model's
+    max_length from its palate_reward.json; no limit with a reward function) is skipped (counted in
+    data_report.json) or cut from the left (truncate_left), as data.long_prompts does for rm / dpo."""
     long_prompts: str = "skip"
 
     def __post_init__(self):

@@ -28,12 +28,16 @@ log = logging.getLogger("palate.rl")
 
 @dataclass
 class Experience:
-    prompts: list  # [P]
-    rollout: Rollout  # B = P * n responses
+    prompts: list
+    """[P]"""
+    rollout: Rollout
+    """B = P * n responses"""
     rewards: Rewards
-    ref_logprobs: torch.Tensor | None  # [B, T], None without a KL term
+    ref_logprobs: torch.Tensor | None
+    """[B, T], None without a KL term"""
     seconds: dict[str, float]
-    correction: SamplerCorrection | None = None  # rollout.backend=vllm: per-token importance weights
+    correction: SamplerCorrection | None = None
+    """rollout.backend=vllm: per-token importance weights"""
 
     @property
     def mask(self) -> torch.Tensor:

@@ -145,17 +145,24 @@ class Rollout:
     ``b`` answering prompt ``b // n``. Responses are right-padded; ``logprobs`` are of the sampled tokens
     under ``softmax(logits / temperature)`` (what the trainer recomputes), 0 at padding."""
 
-    prompt_ids: torch.Tensor  # [P, W] left-padded prompts
-    prompt_mask: torch.Tensor  # [P, W] 1 on real prompt tokens
+    prompt_ids: torch.Tensor
+    """[P, W] left-padded prompts"""
+    prompt_mask: torch.Tensor
+    """[P, W] 1 on real prompt tokens"""
     n: int
-    response_ids: torch.Tensor  # [B, T] right-padded with the pad id
-    response_mask: torch.Tensor  # [B, T] bool
-    logprobs: torch.Tensor  # [B, T] float32
-    stop_reason: list[str]  # per row: "eos" | "stop" (a stop string) | "length"
-    texts: list[str]  # decoded responses, cut before a stop string, special tokens removed
-    # [B, T] the rollout engine's own log-probs when it is not the trainer (rollout.backend=vllm); ``logprobs``
-    # are then the trainer's recomputation (π_old), see palate.rollout.sampling.sample_rollout
+    response_ids: torch.Tensor
+    """[B, T] right-padded with the pad id"""
+    response_mask: torch.Tensor
+    """[B, T] bool"""
+    logprobs: torch.Tensor
+    """[B, T] float32"""
+    stop_reason: list[str]
+    """per row: "eos" | "stop" (a stop string) | "length" """
+    texts: list[str]
+    """decoded responses, cut before a stop string, special tokens removed"""
     sampler_logprobs: torch.Tensor | None = None
+    """[B, T] the rollout engine's own log-probs when it is not the trainer (rollout.backend=vllm); ``logprobs`` are
+    then the trainer's recomputation (π_old), see palate.rollout.sampling.sample_rollout"""
 
     @property
     def finished(self) -> torch.Tensor:  # [B] bool

@@ -29,23 +29,34 @@ class NonFiniteError(PalateError, RuntimeError):
 
 @dataclass(frozen=True)
 class RewardConfig:
-    model: str | None = None  # a palate reward model run (palate rm) or HF sequence classifier
-    function: str | None = None  # "package.module:function" or "path/to/file.py:function"
-    ensemble: str = "mean"  # mean | pessimistic (mean − pessimism·std over the reward model's heads)
+    model: str | None = None
+    """a palate reward model run (palate rm) or HF sequence classifier"""
+    function: str | None = None
+    """"package.module:function" or "path/to/file.py:function" """
+    ensemble: str = "mean"
+    """mean | pessimistic (mean − pessimism·std over the reward model's heads)"""
     pessimism: float = 1.0
-    normalize: bool = True  # (r − mean) / std with the reward model's saved reference statistics
-    length_penalty: float = 0.0  # subtracted per response token
-    repetition_penalty: float = 0.0  # times the fraction of repeated word 3-grams
-    missing_eos_penalty: float = 0.0  # subtracted when a response hit the token limit
+    normalize: bool = True
+    """(r − mean) / std with the reward model's saved reference statistics"""
+    length_penalty: float = 0.0
+    """subtracted per response token"""
+    repetition_penalty: float = 0.0
+    """times the fraction of repeated word 3-grams"""
+    missing_eos_penalty: float = 0.0
+    """subtracted when a response hit the token limit"""
     batch_size: int = 16
 
 
 @dataclass
 class Rewards:
-    total: torch.Tensor  # [B] what the policy maximises
-    score: torch.Tensor  # [B] the reward model's / function's score alone
-    std: torch.Tensor | None  # [B] ensemble disagreement, when the reward model has several heads
-    penalties: dict[str, torch.Tensor]  # name -> [B], each already subtracted from total
+    total: torch.Tensor
+    """[B] what the policy maximises"""
+    score: torch.Tensor
+    """[B] the reward model's / function's score alone"""
+    std: torch.Tensor | None
+    """[B] ensemble disagreement, when the reward model has several heads"""
+    penalties: dict[str, torch.Tensor]
+    """name -> [B], each already subtracted from total"""
 
 
 def load_function(spec: str) -> Callable[[str, str], float]:

@@ -14,19 +14,23 @@ from palate.rollout.generate import Rollout, rollout
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    n: int = 4  # responses per prompt
+    n: int = 4
+    """responses per prompt"""
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
-    # hf: palate's sampler on the trainer's own model. vllm: a colocated vLLM engine, weights synced every step,
-    # each token's loss weighted by the truncated ratio π_trainer/π_sampler (UNTESTED: needs a GPU and
-    # pip install 'palate[vllm]'; see palate/rollout/vllm.py)
+    stop: list[str] = field(default_factory=list)
+    """stop strings (EOS always stops)"""
     backend: str = "hf"
+    """hf: palate's sampler on the trainer's own model. vllm: a colocated vLLM engine, weights synced every step, each
+    token's loss weighted by the truncated ratio π_trainer/π_sampler (UNTESTED: needs a GPU and pip install
+    'palate[vllm]'; see palate/rollout/vllm.py)"""
     vllm_gpu_memory_utilization: float = 0.3
-    correction_cap: float = 2.0  # vllm: cap C of the truncated importance weights
-    correction_level: str = "token"  # vllm: token | sequence importance ratios
+    correction_cap: float = 2.0
+    """vllm: cap C of the truncated importance weights"""
+    correction_level: str = "token"
+    """vllm: token | sequence importance ratios"""
 
     def __post_init__(self):
         if self.backend not in ("hf", "vllm"):

@@ -28,15 +28,18 @@ log = logging.getLogger("palate.serve")
 class GenRequest:
     prompt_ids: list[int]
     max_tokens: int
-    emit: Callable[[dict], None]  # {"delta": str} ... then {"done": True, "finish_reason", "completion_tokens"} or {"error"}
-    temperature: float = 0.0  # 0 = greedy
+    emit: Callable[[dict], None]
+    """{"delta": str} ... then {"done": True, "finish_reason", "completion_tokens"} or {"error"}"""
+    temperature: float = 0.0
+    """0 = greedy"""
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     cancelled: bool = False
     # worker state
     tokens: list[int] = field(default_factory=list)
-    sent: int = 0  # characters of text already emitted
+    sent: int = 0
+    """characters of text already emitted"""
     hit_eos: bool = False
 
 

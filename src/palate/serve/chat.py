@@ -14,12 +14,17 @@ from palate.config import ConfigError
 class ChatConfig:
     """``palate chat``'s config (each flag is a shortcut for the key of the same name)."""
 
-    model: str | None = None  # run dir, HF model dir, .gguf file, hub name, or 'bundled'
-    message: str | None = None  # one-shot message; none for an interactive session
-    system: str | None = None  # system prompt
+    model: str | None = None
+    """run dir, HF model dir, .gguf file, hub name, or 'bundled'"""
+    message: str | None = None
+    """one-shot message; none for an interactive session"""
+    system: str | None = None
+    """system prompt"""
     max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    repetition_penalty: float = 1.2  # > 1 discourages repeating tokens (1 = off)
+    temperature: float = 0.0
+    """0 = greedy"""
+    repetition_penalty: float = 1.2
+    """> 1 discourages repeating tokens (1 = off)"""
     seed: int = 0
 
 

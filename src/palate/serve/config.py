@@ -16,22 +16,37 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: str | None = None  # run dir, HF model dir, .gguf file, hub name, 'bundled' or 'tiny'
-    host: str = "127.0.0.1"  # interface to listen on (0.0.0.0 exposes it to the network)
+    model: str | None = None
+    """run dir, HF model dir, .gguf file, hub name, 'bundled' or 'tiny'"""
+    host: str = "127.0.0.1"
+    """interface to listen on (0.0.0.0 exposes it to the network)"""
     port: int = 8000
-    api_key_env: str = "PALATE_API_KEY"  # environment variable holding the key requests must send as Bearer
-    max_batch: int = 8  # requests generated together at most
-    batch_wait_ms: float = 10.0  # how long the first waiting request waits for others
-    max_request_bytes: int = 1 << 20  # larger request bodies get 413
-    max_tokens_limit: int = 1024  # largest max_tokens a request may ask for
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    safety_classifier: str | None = None  # guardrail: bundled | palate safety dir | HF classifier[#LABEL]
-    input_threshold: float | None = None  # block a request whose P(unsafe) >= this
-    output_threshold: float | None = None  # block an answer whose P(unsafe) >= this
-    refusal: str | None = None  # what a blocked request or answer gets instead
-    best_of: int = 1  # sample N answers, serve the reward model's best
-    reward_model: str | None = None  # reward model for best_of
-    guard_log: str | None = None  # JSONL log of blocked/replaced answers (default guardrails.jsonl)
+    api_key_env: str = "PALATE_API_KEY"
+    """environment variable holding the key requests must send as Bearer"""
+    max_batch: int = 8
+    """requests generated together at most"""
+    batch_wait_ms: float = 10.0
+    """how long the first waiting request waits for others"""
+    max_request_bytes: int = 1 << 20
+    """larger request bodies get 413"""
+    max_tokens_limit: int = 1024
+    """largest max_tokens a request may ask for"""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
+    safety_classifier: str | None = None
+    """guardrail: bundled | palate safety dir | HF classifier[#LABEL]"""
+    input_threshold: float | None = None
+    """block a request whose P(unsafe) >= this"""
+    output_threshold: float | None = None
+    """block an answer whose P(unsafe) >= this"""
+    refusal: str | None = None
+    """what a blocked request or answer gets instead"""
+    best_of: int = 1
+    """sample N answers, serve the reward model's best"""
+    reward_model: str | None = None
+    """reward model for best_of"""
+    guard_log: str | None = None
+    """JSONL log of blocked/replaced answers (default guardrails.jsonl)"""
 
     def guard(self) -> dict:
         """The :func:`palate.serve.app.load_guardrails` options."""

@@ -31,7 +31,8 @@ DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 @dataclass(frozen=True)
 class Choice:
     text: str
-    index: int | None  # the served candidate, None when every candidate was blocked
+    index: int | None
+    """the served candidate, None when every candidate was blocked"""
     blocked: bool
     rewards: list[float] | None = None
     unsafe_probs: list[float] | None = None
