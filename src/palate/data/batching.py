@@ -23,15 +23,24 @@ IGNORE = -100
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor | None  # [B, T]; None for packed rows (position_ids separate sequences)
-    labels: torch.Tensor  # [B, T], IGNORE on prompt and padding positions
-    position_ids: torch.Tensor | None  # [B, T] for packed rows
-    indices: list[int]  # record indices of the examples inside
-    n_tokens: int  # real (non-padding) tokens
-    group_sizes: list[int] | None = None  # comparison batches: rows come in groups sharing a prompt
-    row_sizes: list[int] | None = None  # packed rows: how many examples (entries of ``indices``) each row holds
-    row_tokens: list[int] | None = None  # packed rows: real tokens per row
+    input_ids: torch.Tensor
+    """[B, T]"""
+    attention_mask: torch.Tensor | None
+    """[B, T]; None for packed rows (position_ids separate sequences)"""
+    labels: torch.Tensor
+    """[B, T], IGNORE on prompt and padding positions"""
+    position_ids: torch.Tensor | None
+    """[B, T] for packed rows"""
+    indices: list[int]
+    """record indices of the examples inside"""
+    n_tokens: int
+    """real (non-padding) tokens"""
+    group_sizes: list[int] | None = None
+    """comparison batches: rows come in groups sharing a prompt"""
+    row_sizes: list[int] | None = None
+    """packed rows: how many examples (entries of ``indices``) each row holds"""
+    row_tokens: list[int] | None = None
+    """packed rows: real tokens per row"""
 
     @property
     def n_targets(self) -> int:

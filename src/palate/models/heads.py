@@ -102,7 +102,8 @@ class Scores:
     mean: torch.Tensor
     std: torch.Tensor
     heads: torch.Tensor
-    skipped: list[int] = field(default_factory=list)  # rows left unscored (NaN): prompt over-long, long_prompts=skip
+    skipped: list[int] = field(default_factory=list)
+    """rows left unscored (NaN): prompt over-long, long_prompts=skip"""
 
     def pessimistic(self, k: float = 1.0) -> torch.Tensor:
         """``mean − k·std``: a reward that does not trust what the ensemble disagrees on."""

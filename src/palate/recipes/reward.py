@@ -48,15 +48,24 @@ def batch_scores(model, batch: Batch) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    records: str = "preferences"  # preferences | rankings
-    loss: str = "bradley_terry"  # bradley_terry | plackett_luce (rankings; Bradley–Terry expands them to pairs)
-    use_margin: bool = True  # subtract each pair's ``margin`` (when the data has one) inside the sigmoid
-    label_smoothing: float = 0.0  # probability a label is wrong (noisy-label robust loss)
-    ties: str = "drop"  # drop (counted) | soft (tie-aware loss: the two rewards pulled together)
-    center_coef: float = 0.0  # reward-centering regulariser, e.g. 0.01
-    heads: int = 1  # ensemble heads on one backbone; score() returns their mean and std
-    bootstrap: bool = True  # with heads > 1, each head weights examples by its own Poisson(1) resample
-    normalize_samples: int = 256  # training responses scored for the saved mean/std
+    records: str = "preferences"
+    """preferences | rankings"""
+    loss: str = "bradley_terry"
+    """bradley_terry | plackett_luce (rankings; Bradley–Terry expands them to pairs)"""
+    use_margin: bool = True
+    """subtract each pair's ``margin`` (when the data has one) inside the sigmoid"""
+    label_smoothing: float = 0.0
+    """probability a label is wrong (noisy-label robust loss)"""
+    ties: str = "drop"
+    """drop (counted) | soft (tie-aware loss: the two rewards pulled together)"""
+    center_coef: float = 0.0
+    """reward-centering regulariser, e.g. 0.01"""
+    heads: int = 1
+    """ensemble heads on one backbone; score() returns their mean and std"""
+    bootstrap: bool = True
+    """with heads > 1, each head weights examples by its own Poisson(1) resample"""
+    normalize_samples: int = 256
+    """training responses scored for the saved mean/std"""
 
 
 @dataclass(frozen=True)
