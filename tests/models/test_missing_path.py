@@ -5,7 +5,6 @@ print a 60-line traceback). Real Hub names keep resolving to the Hub."""
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -60,10 +59,8 @@ def test_first_component_that_exists_here_makes_it_local(tmp_path, monkeypatch):
 
 def test_missing_model_fails_in_one_line_without_the_hub(tmp_path, monkeypatch, no_hub):
     monkeypatch.chdir(tmp_path)
-    start = time.monotonic()
-    with pytest.raises(ModelNotFoundError) as e:
+    with pytest.raises(ModelNotFoundError) as e:  # no_hub: any Hub lookup would fail the test instead
         load_model("runs/my-sft")
-    assert time.monotonic() - start < 2
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("runs/my-sft does not exist: ") and "Hub name" in msg
     assert isinstance(e.value, FileNotFoundError)  # what the CLI reports as one "error:" line
@@ -72,10 +69,8 @@ def test_missing_model_fails_in_one_line_without_the_hub(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("load", [RewardModel.load, reward_model_meta])
 def test_missing_reward_model_says_how_to_train_it(tmp_path, monkeypatch, no_hub, load):
     monkeypatch.chdir(tmp_path)
-    start = time.monotonic()
-    with pytest.raises(ModelNotFoundError) as e:
+    with pytest.raises(ModelNotFoundError) as e:  # no_hub: any Hub lookup would fail the test instead
         load("runs/demo-rm")
-    assert time.monotonic() - start < 2
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith("runs/demo-rm does not exist: train the reward model first")
@@ -94,3 +89,5 @@ def test_grpo_without_its_reward_model_prints_one_line(tmp_path):
     assert errors == [errors[0]] and "runs/demo-rm does not exist" in errors[0]
     assert "palate rm examples/rm_demo.yaml" in errors[0]
     assert "Traceback" not in proc.stderr and "huggingface.co" not in proc.stderr
+    # refused before anything else: no run dir, no tokenizer or model loaded (the speed follows; not timed here)
+    assert not (tmp_path / "grpo").exists() and "loaded" not in proc.stderr

@@ -75,10 +75,11 @@ def check(cfg: BestOfNConfig) -> None:
 @recorded
 def train(cfg: BestOfNConfig, *, overwrite: bool = False) -> Path:
     """Run every round; returns the last round's data file (best.jsonl or pairs.jsonl)."""
-    from palate.models.heads import RewardModel
+    from palate.models.heads import RewardModel, resolve_reward_model
 
     check(cfg)
     setup_logging()
+    resolve_reward_model(cfg.reward_model)  # a missing local path: one line now, before the run dir is made
     run = RunDir.open(cfg.run_dir, cfg, overwrite=overwrite)
     prompts = read_prompts(cfg.prompts, limit=cfg.max_prompts)
     rm = RewardModel.load(cfg.reward_model)

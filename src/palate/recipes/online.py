@@ -26,6 +26,8 @@ from palate.eval.rl import format_rl_report, record_eval, rl_report
 from palate.eval.watch import Watch
 from palate.infra import session
 from palate.infra.run import RunDir
+from palate.models.heads import resolve_reward_model
+from palate.models.load import resolve
 from palate.recipes.prompts import prompt_limit, prompt_stream
 from palate.rollout.experience import (
     Experience,
@@ -42,7 +44,12 @@ log = logging.getLogger("palate.rl")
 
 def start_online(cfg, per_step: int, overwrite: bool):
     """``(run, env, tok, stream, held)`` of a PPO or GRPO config: prompts that leave no room for an answer
-    are skipped or cut (``prompts.long_prompts``), counted in ``data_report.json``."""
+    are skipped or cut (``prompts.long_prompts``), counted in ``data_report.json``. A policy or reward model
+    named by a local path that does not exist is one line at once, before the run dir is made."""
+    resolve(cfg.model.name)
+    for reward in (cfg.reward, cfg.gold):
+        if reward.model:
+            resolve_reward_model(reward.model)
     run = RunDir.open(cfg.run_dir, cfg, overwrite=overwrite)
     env = session.start(cfg.train, cfg.model, run, cfg.log, cfg)
     tok = session.tokenizer(cfg.model)
