@@ -56,12 +56,11 @@ def _train(config_cls: type, train_fn, args: list[str] | None, overwrite: bool, 
 
 
 _OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run in run_dir")
-_PRINT_CONFIG = PRINT_CONFIG
 
 
 @app.command(context_settings={"allow_extra_args": False})
 def sft(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
-        print_config: bool = _PRINT_CONFIG) -> None:
+        print_config: bool = PRINT_CONFIG) -> None:
     """Supervised fine-tuning on demonstrations (resumes automatically if run_dir has checkpoints)."""
     from palate.recipes.sft import SFTConfig, train
 
@@ -70,7 +69,7 @@ def sft(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool
 
 @app.command(context_settings={"allow_extra_args": False})
 def rm(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
-       print_config: bool = _PRINT_CONFIG) -> None:
+       print_config: bool = PRINT_CONFIG) -> None:
     """Train a reward model on preferences or rankings; evaluates on held-out pairs at the end."""
     from palate.recipes.reward import RewardConfig, train
 
@@ -79,7 +78,7 @@ def rm(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool 
 
 @app.command(context_settings={"allow_extra_args": False})
 def dpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
-        print_config: bool = _PRINT_CONFIG,
+        print_config: bool = PRINT_CONFIG,
         loss: str = typer.Option(None, "--loss", help="dpo | ipo | cdpo | robust | rpo | simpo | orpo "
                                  "(same as dpo.loss=...)")) -> None:
     """Direct preference optimisation (DPO and its family) on preference pairs (KTO on ratings: palate kto)."""
@@ -90,7 +89,7 @@ def dpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool
 
 @app.command(context_settings={"allow_extra_args": False})
 def kto(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
-        print_config: bool = _PRINT_CONFIG) -> None:
+        print_config: bool = PRINT_CONFIG) -> None:
     """KTO on unpaired thumbs up/down (ratings), or on preference pairs split into one of each."""
     from palate.recipes.kto import KTOConfig, train
 
@@ -99,7 +98,7 @@ def kto(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool
 
 @app.command(context_settings={"allow_extra_args": False})
 def ppo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
-        print_config: bool = _PRINT_CONFIG) -> None:
+        print_config: bool = PRINT_CONFIG) -> None:
     """PPO with a value head, GAE and KL control against the starting policy (RLHF)."""
     from palate.recipes.ppo import PPOConfig, train
 
@@ -108,7 +107,7 @@ def ppo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool
 
 @app.command(context_settings={"allow_extra_args": False})
 def grpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
-         print_config: bool = _PRINT_CONFIG,
+         print_config: bool = PRINT_CONFIG,
          advantage: str = typer.Option(None, "--advantage", help="grpo | rloo | reinforce_pp "
                                        "(same as grpo.advantage=...)")) -> None:
     """Critic-free online RL: GRPO, RLOO or REINFORCE++ over groups of samples per prompt."""
@@ -120,7 +119,7 @@ def grpo(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: boo
 
 @app.command("best-of-n", context_settings={"allow_extra_args": False})
 def best_of_n(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
-              print_config: bool = _PRINT_CONFIG) -> None:
+              print_config: bool = PRINT_CONFIG) -> None:
     """Sample n responses per prompt, keep the reward model's best (SFT data) or best-vs-worst pairs (DPO
     data); with rounds > 1, fine-tune on them and sample again."""
     from palate.recipes.best_of_n import BestOfNConfig, train
@@ -135,7 +134,7 @@ _RM = RMEvalConfig
 def rm_eval(
     args: list[str] = typer.Argument(None, help="MODEL: reward model, palate run dir or HF sequence-classification "
                                      "model dir (key model); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     data: str = flag(_RM, "data", "--data", help="preference pairs (needed): file, dataset dir, bundled:NAME or hub "
                      "name"),
     out: str = flag(_RM, "out", "--out", help="where to write rm_eval.json and plots (default: MODEL/eval-<data>)"),
@@ -165,7 +164,7 @@ _SC = ScoreConfig
 def score(
     args: list[str] = typer.Argument(None, help="MODEL: reward model, palate run dir or HF sequence-classification "
                                      "model dir (key model); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     input: str = flag(_SC, "input", "--input", help="JSONL/dataset with prompt and response columns (needed)"),
     output: str = flag(_SC, "output", "--output", help="JSONL to write (default: INPUT with .scored.jsonl)"),
     batch_size: int = flag(_SC, "batch_size", "--batch-size"),
@@ -194,7 +193,7 @@ def chat(
                                      "key model) and MESSAGE (one-shot; omit for an interactive session; key "
                                      "message: a message that looks like key=value or ends in .yaml goes as "
                                      "message='...'); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     system: str = flag(_C, "system", "--system", help="system prompt"),
     max_new_tokens: int = flag(_C, "max_new_tokens", "--max-new-tokens"),
     temperature: float = flag(_C, "temperature", "--temperature", help="0 = greedy"),
@@ -224,7 +223,7 @@ def judge(
     args: list[str] = typer.Argument(None, help="INPUT: candidate pairs, prompt + response_a/response_b, or "
                                      "chosen/rejected (any preference format; the label then gives agreement "
                                      "figures); file or bundled:NAME (key input); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     out: str = flag(_J, "out", "--out", help="Preference JSONL to write (+ .summary.json, .malformed.jsonl)"),
     judge_: str = flag(_J, "judge", "--judge", help="local model name/run dir, or an OpenAI-compatible base URL "
                        "(http://host:port/v1)"),
@@ -270,7 +269,7 @@ def judge(
 
 @app.command(context_settings={"allow_extra_args": False})
 def constitutional(args: list[str] = typer.Argument(None, help=_ARGS_HELP), overwrite: bool = _OVERWRITE,
-                   print_config: bool = _PRINT_CONFIG) -> None:
+                   print_config: bool = PRINT_CONFIG) -> None:
     """Constitutional AI: generate, critique against a sampled principle, revise; writes SFT data (sft.jsonl)
     and revised-over-original pairs (pairs.jsonl). Resumes if rerun."""
     from palate.recipes.constitutional import ConstitutionalConfig, train
@@ -285,7 +284,7 @@ _S = ServeConfig
 def serve(
     args: list[str] = typer.Argument(None, help="MODEL: run dir, HF model dir, .gguf file, hub name, 'bundled' or "
                                      "'tiny' (key model); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     host: str = flag(_S, "host", "--host", help="interface to listen on (0.0.0.0 exposes it to the network)"),
     port: int = flag(_S, "port", "--port"),
     api_key: str = typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY'; not a config key (a "
@@ -339,7 +338,7 @@ def serve(
 @app.command(context_settings={"allow_extra_args": False})
 def report(
     args: list[str] = typer.Argument(None, help="RUN: a run directory (key run); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     out: str = flag(ReportConfig, "out", "--out", help="HTML file to write (default: RUN/report/report.html); "
                     "report.md beside it"),
 ) -> None:
@@ -362,7 +361,7 @@ def winrate(
     args: list[str] = typer.Argument(None, help="JUDGMENTS ...: AlpacaEval annotations.json (.gz/.xz), palate "
                                      "eval/judgments.jsonl, or Preference rows naming chosen_model/rejected_model "
                                      "(key judgments); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     out: str = flag(_W, "out", "--out", help="output dir (needed): eval/winrates.json and report/report.html"),
     length_unit: str = flag(_W, "length_unit", "--length-unit", help="characters | words | tokens (needed; recorded "
                             "in the output)"),
@@ -399,7 +398,7 @@ _RL = RLEvalConfig
 def rl_eval(
     args: list[str] = typer.Argument(None, help="RUN: a finished palate ppo or grpo run directory (key run); and "
                                      + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     samples: int = flag(_RL, "samples", "--samples", help="answers per held-out prompt, for each of the two policies"),
     policy: str = flag(_RL, "policy", "--policy", help="trained policy to compare with the start (default RUN/final)"),
     max_new_tokens: int = flag(_RL, "max_new_tokens", "--max-new-tokens", help="override the run's rollout.max_new_tokens"),
@@ -448,7 +447,7 @@ _EG = _gen_flags(_E)
 def eval_(
     args: list[str] = typer.Argument(None, help="POLICY ...: policies to evaluate: run dirs, model dirs, hub names, "
                                      "tiny (key policies); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     prompts: str = flag(_E, "prompts", "--prompts", help="prompt set: JSONL/JSON, AlpacaEval JSON, MT-Bench "
                         "question.jsonl, dataset dir, bundled:NAME"),
     baseline: str = flag(_E, "baseline", "--baseline", help="model every policy is compared against (e.g. the SFT "
@@ -499,7 +498,7 @@ def mtbench_show(
     args: list[str] = typer.Argument(None, help="JUDGMENTS: FastChat judgment file, model_judgment/gpt-4_single.jsonl "
                                      "or gpt-4_pair.jsonl (or palate's OUT/mtbench/model_judgment/*.jsonl; key "
                                      "judgments); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     mode: str = flag(_M, "mode", "--mode", help="single | pairwise-baseline | pairwise-all"),
     baseline_model: str = flag(_M, "baseline_model", "--baseline-model", help="pairwise-baseline: the baseline"),
     model_list: list[str] = flag(_M, "model_list", "--model-list", help="only these models (repeatable)"),
@@ -525,7 +524,7 @@ def redteam(
     args: list[str] = typer.Argument(None, help="MODEL to attack: run dir, model dir, hub name, tiny, or a served "
                                      "model's URL (http://HOST:PORT/v1, e.g. palate serve with guardrails) (key model); "
                                      "and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     out: str = flag(_R, "out", "--out", help="output dir (default: MODEL/redteam for a run dir, else "
                     "./redteam-NAME; needed for a URL)"),
     prompts: str = flag(_R, "prompts", "--prompts", help="suite with prompt, harmful, category, attack"),
@@ -566,7 +565,7 @@ _P = PlanConfig
 def plan(
     args: list[str] = typer.Argument(None, help="MODEL: model dir, run dir, 'bundled' or hub name (reads "
                                      "config.json) (key model); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     params: str = flag(_P, "params", "--params", help="a parameter count instead of a model, e.g. 7B (shape "
                        "assumed)"),
     method: str = flag(_P, "method", "--method", help="sft | rm | dpo | ppo | grpo"),
@@ -601,7 +600,7 @@ _D = DataCheckConfig
 def data_check(
     args: list[str] = typer.Argument(None, help="PATH: file (.jsonl/.json, compressed or not; .parquet, .csv), "
                                      "dataset dir, bundled:NAME or hub name (key path); and " + _CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     kind: str = flag(_D, "kind", "--kind", help="auto (from the first row) | demonstrations | preferences | "
                      "rankings | ratings"),
     model: str = flag(_D, "model", "--model", help="tokenizer to measure lengths with (the model you will train)"),
@@ -628,7 +627,7 @@ def data_check(
 
 @app.command("run", context_settings={"allow_extra_args": False})
 def run_cmd(args: list[str] = typer.Argument(None, help="PIPELINE.yaml and key=value overrides, e.g. rounds=2"),
-            print_config: bool = _PRINT_CONFIG) -> None:
+            print_config: bool = PRINT_CONFIG) -> None:
     """The whole pipeline: SFT -> sample -> judge -> reward model -> DPO/GRPO/PPO -> eval -> report. Stages are
     cached by a hash of their config and inputs: a rerun redoes only what changed."""
     from palate.pipeline import format_summary, load_pipeline, run_pipeline
@@ -656,7 +655,7 @@ _ST = SafetyTrainConfig
 @safety_app.command("train", context_settings={"allow_extra_args": False})
 def safety_train(
     args: list[str] = typer.Argument(None, help=_CONFIG_ARGS),
-    print_config: bool = _PRINT_CONFIG,
+    print_config: bool = PRINT_CONFIG,
     out: str = flag(_ST, "out", "--out", help="directory for head.safetensors and safety.json (needed)"),
     data: str = flag(_ST, "data", "--data", help="labelled answers: JSONL/JSON rows with response, label "
                      "(safe|unsafe), optional prompt and category"),

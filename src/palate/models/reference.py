@@ -43,15 +43,8 @@ class Reference:
         """True when the reference holds its own frozen weights (a full fine-tune), False for a disabled adapter."""
         return not self.adapter
 
-    @contextlib.contextmanager
     def _evaluating(self):
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), adapter_disabled(self.model, self.adapter), self.autocast():
-                yield self.model
-        finally:
-            self.model.train(was_training)
+        return frozen_forward(self.model, self.adapter, self.autocast)
 
     def response_logprobs(self, r, temperature: float) -> torch.Tensor:
         """Log-probs of a rollout's sampled tokens under ``softmax(logits / temperature)``: [B, T] float32 on
@@ -64,6 +57,20 @@ class Reference:
         with self._evaluating() as model:
             sums, _ = sequence_logprobs(model, batch)
         return sums.float().clone()
+
+
+@contextlib.contextmanager
+def frozen_forward(model, adapter_off: bool = True,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+    """``model`` as the reference: eval mode, no gradients, its LoRA adapter disabled (``adapter_off``; a no-op
+    for a plain model), under ``autocast``; its train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), adapter_disabled(model, adapter_off), autocast():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()

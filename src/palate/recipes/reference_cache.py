@@ -20,8 +20,8 @@ from palate.data.tokenize import Example
 from palate.infra import distributed, session
 from palate.infra.run import RunDir
 from palate.models.logprobs import sequence_logprobs
-from palate.models.lora import adapter_disabled, is_peft
-from palate.models.reference import Reference
+from palate.models.lora import is_peft
+from palate.models.reference import Reference, frozen_forward
 
 log = logging.getLogger("palate.dpo")
 
@@ -43,19 +43,14 @@ def reference_key(model, tok_name: str, groups: list[list[Example]], loss: str) 
     return h.hexdigest()
 
 
-@torch.inference_mode()
 def reference_logprobs(model, batches: list[Batch], n_records: int, env: session.Env) -> torch.Tensor:
     """Summed completion log-probs of the reference (the starting policy, adapter disabled): ``[N, 2]``
     (chosen, rejected) per record, or (own, mismatched) for KTO; NaN for records not in ``batches``."""
-    was_training = model.training
-    model.eval()
     out = torch.full((n_records, 2), float("nan"))
-    with adapter_disabled(model):
+    with frozen_forward(model, autocast=lambda: session.autocast(env.precision, env.device)):
         for b in batches:
-            with session.autocast(env.precision, env.device):
-                sums, _ = sequence_logprobs(model, b)
+            sums, _ = sequence_logprobs(model, b)
             out[torch.tensor(b.indices)] = sums.float().cpu().view(-1, 2)
-    model.train(was_training)
     return out
 
 
