@@ -23,11 +23,18 @@ on the main process (:func:`gathered`), saved like an unsharded LoRA run's (merg
 
 Every process must take part in every forward (each one all-gathers weights), so a process without
 data for a micro-step runs a dummy forward with zero loss (see :meth:`palate.infra.session.Loop.accumulate`).
+
+Sampling (online RL) is the exception: processes decode different numbers of tokens, so a forward that
+all-gathers would pair with another process's different forward and hang or mix up weights. :func:`unsharded`
+gathers every group's weights once, keeps them whole while the processes sample, score and take reference
+log-probs independently (no collective at all), and frees them after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -36,7 +43,7 @@ from palate.infra.distributed import Forward
 log = logging.getLogger("palate")
 
 __all__ = ["shard", "decoder_layers", "local_param_bytes", "full_param_bytes", "state_bytes", "full_state_dict",
-           "replica", "gathered", "is_sharded"]
+           "replica", "gathered", "is_sharded", "unsharded", "part_state_dict"]
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -104,6 +111,39 @@ def _check_identical(model: torch.nn.Module, device: torch.device) -> None:
                            "same weights (seed random initialisations alike on every process)")
 
 
+@contextlib.contextmanager
+def unsharded(root: torch.nn.Module) -> Iterator[None]:
+    """The sharded model whole on every process for the span of the block: its weights are plain tensors and
+    running its modules (outside the root's forward) makes no collective, so each process can decode as many
+    tokens as its own samples need. Entering and leaving are collectives (every process enters together).
+
+    Why not decode in lockstep (every process runs the sharded forward until all are done): each decode step
+    would all-gather every layer's weights again (tokens x layers collectives per rollout) and a process
+    whose rows had finished would keep running dummy forwards. Unsharding costs one all-gather per FSDP group
+    and holds the whole model (in the compute dtype) on each process while sampling, as a plain
+    :func:`replica` would, without copying it. On entry a no-op forward through the root makes it FSDP's root
+    (a decoder layer run first would otherwise claim that role); each group is then all-gathered
+    (``FSDPModule.unshard``) and kept whole after its forwards (``set_reshard_after_forward(False)``);
+    on exit each is resharded and the layers again free their weights after each forward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    with torch.no_grad():
+        root(lambda model: None)  # FSDP's lazy initialisation: this module is the root
+    layers = [m for m in root.modules() if isinstance(m, FSDPModule) and m is not root]
+    groups = [root, *layers]
+    for m in groups:
+        m.unshard()
+    for m in layers:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.set_reshard_after_forward(True, recurse=False)
+        for m in groups:
+            m.reshard()
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
@@ -155,6 +195,19 @@ def full_state_dict(model: torch.nn.Module, everywhere: bool = False) -> dict[st
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
 
 
+def part_state_dict(model: torch.nn.Module, part: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of submodule ``part`` of a sharded ``model``, gathered on the main process in CPU memory
+    with ``part``'s own names (the others get an empty dict); a collective. E.g. PPO's policy inside its
+    actor-critic."""
+    prefix = next((name for name, m in model.named_modules() if m is part), None)
+    if prefix is None:
+        raise RuntimeError("FSDP: the module to save is not part of the trained one")
+    full = full_state_dict(model)
+    if not prefix:
+        return full
+    return {k[len(prefix) + 1:]: v for k, v in full.items() if k.startswith(prefix + ".")}
+
+
 def replica(model: torch.nn.Module) -> torch.nn.Module:
     """A plain (unsharded) copy of a sharded model on every process, for evaluation, generation and
     scoring that runs outside the training forward (on one process or unevenly across them). A
@@ -164,13 +217,14 @@ def replica(model: torch.nn.Module) -> torch.nn.Module:
     return _plain_copy(model, full_state_dict(model, everywhere=True))
 
 
-def gathered(model: torch.nn.Module) -> torch.nn.Module | None:
-    """A plain copy of a sharded model in CPU memory on the main process (None on the others), e.g. to save
-    it; a collective."""
+def gathered(model: torch.nn.Module, part: torch.nn.Module | None = None) -> torch.nn.Module | None:
+    """A plain copy of a sharded model (or of its submodule ``part``) in CPU memory on the main process (None
+    on the others), e.g. to save it; a collective."""
     import torch.distributed as dist
 
-    full = full_state_dict(model)
-    return _plain_copy(model, full, torch.device("cpu")) if dist.get_rank() == 0 else None
+    part = model if part is None else part
+    full = part_state_dict(model, part)
+    return _plain_copy(part, full, torch.device("cpu")) if dist.get_rank() == 0 else None
 
 
 def _is_peft(model: torch.nn.Module) -> bool:

@@ -229,11 +229,16 @@ class Loop:
     Multi-process: ``model`` is prepared by accelerate (``self.engine``: DDP or DeepSpeed) or sharded in place by
     FSDP2 (``train.sharding=fsdp``: ``self.engine`` is the FSDP root around it); ``self.model`` keeps the
     parameter names the checkpoints use. Under FSDP, code that runs the model outside :meth:`forward`
-    (evaluation, scoring, generation) takes a plain copy from :meth:`whole`."""
+    (evaluation, scoring, generation) takes a plain copy from :meth:`whole`, or runs inside :meth:`unsharded`.
+
+    ``split_batches=False``: every process gets each step's whole batch (any object) and takes its share itself,
+    as online RL does (each process samples its share of the step's prompts, whole groups, then the update
+    splits each minibatch; see :mod:`palate.recipes.online`)."""
 
     def __init__(self, run: RunDir, model: torch.nn.Module, train: TrainConfig, env: Env, stream: BatchStream,
-                 lr_scale: dict[str, float] | None = None):
+                 lr_scale: dict[str, float] | None = None, split_batches: bool = True):
         self.run, self.model, self.cfg, self.env, self.stream = run, model, train, env, stream
+        self.split_batches = split_batches
         self.total = train.max_steps or stream.steps_for_epochs(train.epochs)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.sharding = distributed.sharding(train.sharding)
@@ -241,11 +246,11 @@ class Loop:
         self._backwards = 0  # multi-process: backward passes through :meth:`backward` since the last update
         self._micro_steps = 0  # FSDP: micro-batches in the current step (over all processes)
         self._state_bytes: dict[str, int] | None = None  # weights/gradients/optimizer held here, at the first update
-        if self.sharding != "none":
+        if self.sharding != "none" and split_batches:
             first = stream.epoch(0)[0]
             if not all(isinstance(x, Batch) for x in (first if isinstance(first, tuple) else (first,))):
-                raise RuntimeError("this recipe does not train on several processes yet (only sft, rm and dpo do); "
-                                   "run it on one process")
+                raise RuntimeError("this recipe does not train on several processes yet (only sft, rm, dpo, ppo and "
+                                   "grpo do); run it on one process")
         if self.sharding == "fsdp":
             distributed.state()  # initialises the process group
             self.engine = fsdp.shard(model, env.device, self.world, env.precision, train.cpu_offload)
@@ -297,7 +302,7 @@ class Loop:
     def shards(self, micro: list) -> list:
         """This process's slices of the step's micro-batches (all of them on one process); a KTO micro-batch is
         a pair of batches sliced alike. Slices that come out empty (fewer rows than processes) are left out."""
-        if self.world == 1:
+        if self.world == 1 or not self.split_batches:
             return micro
         out = []
         for b in micro:
@@ -437,6 +442,12 @@ class Loop:
         distributed.barrier()
         return path
 
+    def unsharded(self):
+        """A context in which the trained model is whole on every process and runs without collectives
+        (:func:`palate.infra.fsdp.unsharded`): sampling, where processes decode different numbers of tokens.
+        Entering and leaving are collectives under FSDP; a no-op otherwise (DDP keeps whole weights)."""
+        return fsdp.unsharded(self.engine) if self.sharding == "fsdp" else nullcontext()
+
     def whole(self) -> torch.nn.Module:
         """The trained model, whole, for code that runs it outside :meth:`forward` (evaluation, scoring,
         generation): the model itself, or under FSDP a plain copy gathered on every process (a collective:
@@ -465,13 +476,12 @@ class Loop:
                    **({"state_mib_per_rank": [{k: mib(v) for k, v in s.items()} for s, _ in measured]}
                       if measured[0][0] is not None else {}), **summary}
         if self.sharding == "fsdp":  # gathered on the main process (a collective)
-            if model is not None and model is not self.model:
-                raise RuntimeError("FSDP: saving a part of the trained module is not supported")
+            part = self.model if model is None else model  # e.g. PPO's policy inside its actor-critic
             memory = distributed.gather((fsdp.local_param_bytes(self.model), fsdp.full_param_bytes(self.model)))
-            if is_peft(self.model):  # a plain PEFT copy on the main process, saved like an unsharded LoRA run's
-                model = fsdp.gathered(self.model)
+            if is_peft(part):  # a plain PEFT copy on the main process, saved like an unsharded LoRA run's
+                model = fsdp.gathered(self.model, part)
             else:
-                weights = fsdp.full_state_dict(self.model)
+                weights = fsdp.part_state_dict(self.model, part)
             summary = {"param_mib_per_rank": [mib(m) for m, _ in memory], "param_mib_unsharded": mib(memory[0][1]),
                        **summary}
         if not self.run.writes:  # the main process saves; the others wait for final/ to exist

@@ -12,7 +12,8 @@
         log reward, KL, entropy, clip fraction, lengths, throughput; held-out reward every eval_every steps
 
 The sampling seed of step s is a function of (seed, s): a resumed run samples exactly what the
-uninterrupted one would have.
+uninterrupted one would have. On several processes (train.sharding=ddp|fsdp) each samples its share of whole
+prompt groups and updates on its share of each minibatch: see palate.recipes.online.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ from palate.losses.policy import (
     ppo_policy_loss,
 )
 from palate.models.reference import Reference
-from palate.recipes.online import OnlineRun, start_online
+from palate.recipes.online import OnlineRun, check_processes, start_online
 from palate.recipes.prompts import PromptsConfig
 from palate.rollout.experience import (
     Experience,
     experience_metrics,
+    local_part,
     minibatches,
     policy_forward,
     require_finite,
+    shares,
 )
 from palate.rollout.rewards import RewardConfig, Rewarder
 from palate.rollout.sampling import RolloutConfig
@@ -123,6 +126,7 @@ def check(cfg: GRPOConfig) -> None:
     if cfg.train.grad_accum != 1:
         raise ConfigError("train.grad_accum is not used by grpo: use grpo.prompts_per_step and grpo.minibatches")
     ray_layout.check(cfg.ray, cfg.rollout)
+    check_processes(cfg, "grpo", g.prompts_per_step, g.minibatches)
 
 
 def advantages(exp: Experience, spec: GRPOSpec, n: int) -> torch.Tensor:
@@ -148,7 +152,7 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
         rewarder = placed.rewarder or Rewarder(cfg.reward)
         policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
         reference = placed.reference or (Reference(policy, g.reference_device) if g.kl_coef > 0 else None)
-        loop = session.Loop(run, policy, cfg.train, env, stream)
+        loop = session.Loop(run, policy, cfg.train, env, stream, split_batches=False)  # each process: its share
         rl = OnlineRun(loop, run, policy, tok, held, rc, rewarder, reference,
                        Watch(run, policy, tok, cfg.monitor, cfg.gold, loop.start_step), cfg.train.seed,
                        g.sample_every, cfg.train.eval_every, cfg.prompts.eval_samples, placed.engine)
@@ -162,41 +166,46 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
                 metrics = experience_metrics(exp)
                 require_finite(step, reward=exp.rewards.total)
                 adv = advantages(exp, g, rc.n)
-                metrics.update(update(policy, loop, exp, adv, g, rc, step))  # epochs x minibatches of clipped PG
+                metrics.update(update(loop, exp, adv, g, rc, step))  # epochs x minibatches of clipped PG
             if rl.end_step(step, exp, metrics):  # log, samples, held-out reward, monitor (True: it stopped the run)
                 break
         return rl.finish(cfg.lora.merge)
 
 
-def update(policy, loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: RolloutConfig,
-           step: int) -> dict[str, float]:
-    """``g.epochs`` passes of clipped policy-gradient updates over ``g.minibatches`` groups of prompts."""
+def update(loop, exp: Experience, adv: torch.Tensor, g: GRPOSpec, rc: RolloutConfig, step: int) -> dict[str, float]:
+    """``g.epochs`` passes of clipped policy-gradient updates over ``g.minibatches`` groups of prompts. Each
+    process runs the forward of its share of a minibatch's groups (all of them on one process), its loss
+    scaled to its part of the minibatch's global mean (:func:`shares`); the logged numbers are summed over
+    processes (the minibatch's)."""
     r = exp.rollout
     gen = torch.Generator().manual_seed(step) if g.minibatches > 1 else None
     sums: dict[str, float] = {}
     count, tokens = 0, 0
     for _ in range(g.epochs):
         for pidx, rows in minibatches(len(exp.prompts), rc.n, g.minibatches, gen):
-            _, logp, ent = policy_forward(policy, r, pidx, rows, rc.temperature)
+            mine, my_rows = local_part(pidx, rc.n, loop.rank, loop.world)  # this process's groups
+            s, s_tok = shares(exp.mask, rows, my_rows, g.loss_agg)
+            _, logp, ent = loop.forward(policy_forward, r, mine, my_rows, rc.temperature)
             dev = logp.device
-            mask = r.response_mask[rows].to(dev)
-            w = exp.correction.weights[rows].to(dev) if exp.correction is not None else None  # vllm backend
-            pl = ppo_policy_loss(logp, r.logprobs[rows].to(dev), adv[rows].to(dev), mask, g.clip_eps,
+            mask = r.response_mask[my_rows].to(dev)
+            w = exp.correction.weights[my_rows].to(dev) if exp.correction is not None else None  # vllm backend
+            pl = ppo_policy_loss(logp, r.logprobs[my_rows].to(dev), adv[my_rows].to(dev), mask, g.clip_eps,
                                  g.clip_eps_high, mode=g.loss_agg, weights=w)
-            loss = pl.loss
-            parts = {"policy_loss": float(pl.loss.detach()), "clip_fraction": float(pl.clip_fraction),
-                     "approx_kl": float(pl.approx_kl), "entropy": float(masked_mean(ent.detach(), mask))}
+            loss = pl.loss * s
+            parts = {"policy_loss": float(pl.loss.detach()) * s, "clip_fraction": float(pl.clip_fraction) * s_tok,
+                     "approx_kl": float(pl.approx_kl) * s_tok, "entropy": float(masked_mean(ent.detach(), mask)) * s_tok}
             if g.kl_in == "loss" and g.kl_coef > 0:
-                kl_loss = aggregate(kl_penalty(logp, exp.ref_logprobs[rows].to(dev), "k3"), mask, g.loss_agg)
+                kl_loss = aggregate(kl_penalty(logp, exp.ref_logprobs[my_rows].to(dev), "k3"), mask, g.loss_agg) * s
                 loss = loss + g.kl_coef * kl_loss
                 parts["kl_loss"] = float(kl_loss.detach())
-            require_finite(step, loss=loss.detach())
-            loss.backward()
-            parts.update(loss=float(loss.detach()), grad_norm=loop.apply_gradients())
+            parts = loop.all_sum({**parts, "loss": float(loss.detach())})  # the minibatch's numbers
+            require_finite(step, loss=parts["loss"])
+            loop.backward(loss)
+            parts["grad_norm"] = loop.apply_gradients()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
-            tokens += int(r.prompt_mask[pidx].sum()) + int(mask.sum())
+            tokens += int(r.prompt_mask[pidx].sum()) + int(r.response_mask[rows].sum())
     out = {k: v / count for k, v in sums.items()}
     out["tokens"] = tokens
     out["advantage_abs"] = float(masked_mean(adv.abs(), exp.mask))

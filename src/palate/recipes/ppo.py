@@ -12,6 +12,10 @@
 
 The value head reads the policy's final hidden states (critic=shared: one forward serves both) or a
 separate copy of the starting model (critic=separate: twice the memory, no interference).
+
+On several processes (train.sharding=ddp|fsdp) each samples its share of the prompts (and takes their values while
+the policy is whole), the shares are gathered so GAE, whitening and the KL controller see the whole step, and
+each process updates on its share of each minibatch: see palate.recipes.online.
 """
 
 from __future__ import annotations
@@ -40,14 +44,16 @@ from palate.losses.policy import (
 )
 from palate.models.logprobs import response_hidden
 from palate.models.reference import Reference
-from palate.recipes.online import OnlineRun, start_online
+from palate.recipes.online import OnlineRun, check_processes, start_online
 from palate.recipes.prompts import PromptsConfig
 from palate.rollout.experience import (
     Experience,
     experience_metrics,
+    local_part,
     minibatches,
     policy_forward,
     require_finite,
+    shares,
 )
 from palate.rollout.rewards import RewardConfig, Rewarder
 from palate.rollout.sampling import RolloutConfig
@@ -120,6 +126,7 @@ def check(cfg: PPOConfig) -> None:
     if cfg.train.grad_accum != 1:
         raise ConfigError("train.grad_accum is not used by ppo: use ppo.prompts_per_step and ppo.minibatches")
     ray_layout.check(cfg.ray, cfg.rollout)
+    check_processes(cfg, "ppo", p.prompts_per_step, p.minibatches)
 
 
 class ActorCritic(torch.nn.Module):
@@ -140,6 +147,13 @@ class ActorCritic(torch.nn.Module):
         return self.value_head(hidden).squeeze(-1).float()
 
 
+def actor_critic_forward(ac: ActorCritic, r, pidx, rows, temperature: float):
+    """Log-probs, entropies and values [b, T] of rows ``rows`` with gradients (one backbone forward serves the
+    shared value head)."""
+    hidden, logp, ent = policy_forward(ac.policy, r, pidx, rows, temperature)
+    return logp, ent, ac.values(r, pidx, rows, hidden)
+
+
 @recorded
 def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
     check(cfg)
@@ -154,7 +168,8 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
         ctl = kl_controller(p.kl_controller, p.kl_coef, p.target_kl if p.kl_controller == "adaptive" else None,
                             p.kl_horizon)
         loop = session.Loop(run, ac, cfg.train, env, stream,
-                            lr_scale={"value_head.": p.value_lr_scale, "critic.": p.value_lr_scale})
+                            lr_scale={"value_head.": p.value_lr_scale, "critic.": p.value_lr_scale},
+                            split_batches=False)  # each process: its share of the prompts
         if "kl_controller" in loop.resumed:
             ctl.load_state_dict(loop.resumed["kl_controller"])
         loop.extra_state = lambda: {"kl_controller": ctl.state_dict()}
@@ -167,11 +182,11 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
         rl.before_training()
         for step, (prompts,) in loop:
             with rl.guard(step):  # a NaN/inf reward or loss: stop, the last good state saved
-                exp = rl.collect(step, prompts)  # sample, score, reference log-probs of the sampled tokens
+                # sample, score, reference log-probs of the sampled tokens, values V(s_t) before the update
+                exp, old_values = rl.collect(step, prompts, also=lambda e: values_before_update(ac, e, p.minibatches))
                 metrics = experience_metrics(exp)
                 require_finite(step, reward=exp.rewards.total)
                 mask, kl = exp.mask, exp.kl_tokens(p.kl_estimator)
-                old_values = values_before_update(ac, exp, p.minibatches)
                 rewards = kl_shaped_rewards(exp.rewards.total, kl, mask, ctl.value)  # −β·KL_t, + score at the end
                 adv, returns = gae(rewards, old_values, mask, p.gamma, p.lam)
                 if p.whiten_advantages:
@@ -192,7 +207,7 @@ def values_before_update(ac: ActorCritic, exp: Experience, minibatches_per_epoch
     """V(s_t) of every sampled state under the critic before any update: [B, T], 0 at padding."""
     r, mask = exp.rollout, exp.mask
     values = torch.zeros(mask.shape)
-    for pidx, rows in minibatches(len(exp.prompts), r.n, minibatches_per_epoch, None):
+    for pidx, rows in minibatches(len(exp.prompts), r.n, min(minibatches_per_epoch, len(exp.prompts)), None):
         hidden = response_hidden(ac.policy, r.prompt_ids[pidx], r.prompt_mask[pidx], r.response_ids[rows], r.n) \
             if ac.critic is None else None
         values[rows] = ac.values(r, pidx, rows, hidden).cpu() * mask[rows]
@@ -203,32 +218,37 @@ def update(ac: ActorCritic, loop, exp: Experience, old_values: torch.Tensor, adv
            returns: torch.Tensor, p: PPOSpec, temperature: float, step: int) -> dict:
     """``p.ppo_epochs`` passes over shuffled minibatches of whole prompt groups: clipped policy loss +
     vf_coef · clipped value loss − ent_coef · entropy, one AdamW step each; an epoch's remaining minibatches
-    are skipped once approx-KL(π_old‖π) exceeds ``p.max_approx_kl``. Returns the averaged diagnostics."""
+    are skipped once approx-KL(π_old‖π) exceeds ``p.max_approx_kl``. Returns the averaged diagnostics. Each
+    process runs its share of a minibatch's groups, its token means scaled to its part of the minibatch's
+    (:func:`shares`); the numbers (approx-KL for the early stop too) are the minibatch's, summed over processes."""
     r, mask = exp.rollout, exp.mask
     gen = torch.Generator().manual_seed(step)
     sums: dict[str, float] = {}
     count, tokens, stopped_at = 0, 0, None
     for epoch in range(p.ppo_epochs):
         for pidx, rows in minibatches(len(exp.prompts), r.n, p.minibatches, gen):
-            hidden, logp, ent = policy_forward(ac.policy, r, pidx, rows, temperature)
+            mine, my_rows = local_part(pidx, r.n, loop.rank, loop.world)  # this process's groups
+            _, s = shares(mask, rows, my_rows)  # every term is a token mean
+            logp, ent, values = loop.forward(actor_critic_forward, r, mine, my_rows, temperature)
             dev = logp.device
-            m = mask[rows].to(dev)
-            w = exp.correction.weights[rows].to(dev) if exp.correction is not None else None  # vllm backend
-            pl = ppo_policy_loss(logp, r.logprobs[rows].to(dev), adv[rows].to(dev), m, p.clip_eps, weights=w)
-            vl = value_loss(ac.values(r, pidx, rows, hidden), old_values[rows].to(dev), returns[rows].to(dev), m,
-                            p.clip_value)
+            m = mask[my_rows].to(dev)
+            w = exp.correction.weights[my_rows].to(dev) if exp.correction is not None else None  # vllm backend
+            pl = ppo_policy_loss(logp, r.logprobs[my_rows].to(dev), adv[my_rows].to(dev), m, p.clip_eps, weights=w)
+            vl = value_loss(values, old_values[my_rows].to(dev), returns[my_rows].to(dev), m, p.clip_value)
             entropy = masked_mean(ent, m)
-            loss = pl.loss + p.vf_coef * vl.loss - p.ent_coef * entropy
-            require_finite(step, loss=loss.detach())
-            loss.backward()
-            parts = {"loss": float(loss.detach()), "policy_loss": float(pl.loss.detach()),
-                     "value_loss": float(vl.loss.detach()),
-                     "clip_fraction": float(pl.clip_fraction), "value_clip_fraction": float(vl.clip_fraction),
-                     "approx_kl": float(pl.approx_kl), "entropy": float(entropy.detach()), "grad_norm": loop.apply_gradients()}
+            loss = (pl.loss + p.vf_coef * vl.loss - p.ent_coef * entropy) * s
+            parts = loop.all_sum({  # the minibatch's numbers
+                "loss": float(loss.detach()), "policy_loss": float(pl.loss.detach()) * s,
+                "value_loss": float(vl.loss.detach()) * s, "clip_fraction": float(pl.clip_fraction) * s,
+                "value_clip_fraction": float(vl.clip_fraction) * s, "approx_kl": float(pl.approx_kl) * s,
+                "entropy": float(entropy.detach()) * s})
+            require_finite(step, loss=parts["loss"])
+            loop.backward(loss)
+            parts["grad_norm"] = loop.apply_gradients()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
-            tokens += int(r.prompt_mask[pidx].sum()) + int(m.sum())
+            tokens += int(r.prompt_mask[pidx].sum()) + int(mask[rows].sum())
             if p.max_approx_kl is not None and parts["approx_kl"] > p.max_approx_kl:
                 stopped_at = epoch + 1
                 break

@@ -19,7 +19,7 @@ import torch
 from palate.losses.policy import SamplerCorrection, kl_penalty, masked_mean
 from palate.models.logprobs import response_hidden, response_logprobs
 from palate.models.reference import Reference
-from palate.rollout.generate import Rollout
+from palate.rollout.generate import Rollout, concat_rollouts
 from palate.rollout.rewards import NonFiniteError, Rewarder, Rewards
 from palate.rollout.sampling import RolloutConfig, sample_rollout
 
@@ -56,9 +56,11 @@ def score_rollout(rewarder: Rewarder, prompts: list, r: Rollout) -> Rewards:
 
 
 def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
-            seed: int, engine=None) -> Experience:
+            seed: int, engine=None, first: int = 0, block: int | None = None) -> Experience:
+    """Sample, score and reference log-probs for ``prompts`` (global indices ``first`` .. of the step, seed
+    blocks of ``block`` prompts: see :func:`palate.rollout.sampling.sample_rollout`)."""
     t0 = time.perf_counter()
-    r, correction = sample_rollout(policy, tok, prompts, cfg, seed, engine)
+    r, correction = sample_rollout(policy, tok, prompts, cfg, seed, engine, first=first, block=block)
     t1 = time.perf_counter()
     rewards = score_rollout(rewarder, prompts, r)
     t2 = time.perf_counter()
@@ -66,6 +68,33 @@ def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, 
     t3 = time.perf_counter()
     return Experience(prompts, r, rewards, ref, {"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
                       correction)
+
+
+def _widen(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros((x.shape[0], width - x.shape[1]))], dim=1)
+
+
+def join_experience(parts: list[Experience], pad: int) -> Experience:
+    """One batch of experience from consecutive shares of a step's prompts (one per process, in rank order), as
+    one process would have collected it: rollouts re-padded (:func:`concat_rollouts`), rewards and reference
+    log-probs concatenated row by row; each phase's seconds are the slowest share's."""
+    if len(parts) == 1:
+        return parts[0]
+    rollout = concat_rollouts([e.rollout for e in parts], pad)
+    T = rollout.response_ids.shape[1]
+    rw = [e.rewards for e in parts]
+    rewards = Rewards(torch.cat([x.total for x in rw]), torch.cat([x.score for x in rw]),
+                      torch.cat([x.std for x in rw]) if rw[0].std is not None else None,
+                      {k: torch.cat([x.penalties[k] for x in rw]) for k in rw[0].penalties})
+    ref = torch.cat([_widen(e.ref_logprobs, T) for e in parts]) if parts[0].ref_logprobs is not None else None
+    seconds = {k: max(e.seconds[k] for e in parts) for k in parts[0].seconds}
+    return Experience([p for e in parts for p in e.prompts], rollout, rewards, ref, seconds, None)
+
+
+def join_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-token tensors [b_i, T_i] of consecutive row shares, right-padded with 0 to the widest and stacked."""
+    T = max(x.shape[1] for x in parts)
+    return torch.cat([_widen(x, T) for x in parts])
 
 
 def experience_metrics(exp: Experience) -> dict[str, float]:
@@ -142,6 +171,36 @@ def minibatches(n_prompts: int, n: int, count: int, generator: torch.Generator |
     for s in range(0, n_prompts, per):
         pidx = order[s : s + per]
         yield pidx, (pidx[:, None] * n + torch.arange(n)[None, :]).reshape(-1)
+
+
+def share(count: int, rank: int, world: int) -> tuple[int, int]:
+    """``[lo, hi)``: process ``rank``'s consecutive share of ``count`` items (sizes differ by at most one, the
+    larger ones first), as :func:`palate.data.batching.shard` slices a batch."""
+    per, extra = divmod(count, world)
+    lo = rank * per + min(rank, extra)
+    return lo, lo + per + (rank < extra)
+
+
+def local_part(pidx: torch.Tensor, n: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's part of a minibatch of whole prompt groups (``pidx`` from :func:`minibatches`):
+    ``(prompt_indices, row_indices)`` of its consecutive share of the minibatch's prompts, each with all its
+    ``n`` samples (a group's advantages were computed over the whole step before)."""
+    lo, hi = share(len(pidx), rank, world)
+    mine = pidx[lo:hi]
+    return mine, (mine[:, None] * n + torch.arange(n)[None, :]).reshape(-1)
+
+
+def shares(mask: torch.Tensor, rows: torch.Tensor, mine: torch.Tensor, mode: str = "token-mean") -> tuple[float, float]:
+    """What a process's loss over rows ``mine`` of a minibatch (rows ``rows``) is multiplied by, so that the
+    processes' losses sum to the minibatch's loss: ``(for the loss, for token means)``. The loss reduced with
+    ``mode`` (:func:`palate.losses.policy.aggregate`) over this process's rows is a mean over its tokens
+    (token-mean) or rows (seq-*); times local / global count it becomes its part of the global mean. Token means
+    (entropy, clip fraction, value loss) take the token share. Both are 1 when ``mine`` is ``rows``."""
+    tokens, all_tokens = int(mask[mine].sum()), int(mask[rows].sum())
+    token_share = tokens / max(all_tokens, 1) if len(mine) != len(rows) else 1.0
+    if mode == "token-mean":
+        return token_share, token_share
+    return (len(mine) / len(rows), token_share)
 
 
 def policy_forward(model, r: Rollout, pidx: torch.Tensor, rows: torch.Tensor, temperature: float,

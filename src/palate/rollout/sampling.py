@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from palate.config import ConfigError
 from palate.losses.policy import SamplerCorrection, sampler_correction
 from palate.models.reference import rollout_logprobs
-from palate.rollout.generate import Rollout, rollout
+from palate.rollout.generate import Rollout, concat_rollouts, rollout
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,20 @@ class RolloutConfig:
     """vllm: cap C of the truncated importance weights"""
     correction_level: str = "token"
     """vllm: token | sequence importance ratios"""
+    seed_block: int = 0
+    """prompts sampled per seed: the step's prompts are cut into blocks of this many, block k sampled with a seed of
+    its own (the step's seed for block 0). 0: one block per process (its whole share of the step). Equal values give
+    equal samples on any number of processes: set it to prompts_per_step / processes to compare a multi-process run
+    with a 1-process one, or to 1 for samples that depend on neither the batch nor the processes (slower: no batching
+    across prompts)"""
 
     def __post_init__(self):
         if self.backend not in ("hf", "vllm"):
             raise ConfigError(f"rollout.backend must be hf or vllm, got {self.backend!r}")
         if self.correction_level not in ("token", "sequence"):
             raise ConfigError(f"rollout.correction_level must be token or sequence, got {self.correction_level!r}")
+        if self.seed_block < 0:
+            raise ConfigError(f"rollout.seed_block must be >= 0, got {self.seed_block}")
         if self.correction_cap <= 0:
             raise ConfigError(f"rollout.correction_cap must be > 0, got {self.correction_cap}")
         if self.backend == "vllm":
@@ -46,19 +54,45 @@ class RolloutConfig:
                 raise ConfigError("rollout.backend=vllm needs vLLM on a CUDA machine: pip install 'palate[vllm]'")
 
 
+def block_seed(seed: int, block: int) -> int:
+    """The sampling seed of seed block ``block`` (global index) of a step whose seed is ``seed``: ``seed`` itself
+    for block 0, so a run that samples its step in one block draws what it always drew."""
+    return seed if block == 0 else (seed + block * 1_000_000_007) % 2**63
+
+
+def sample_blocks(policy, tok, prompts: list, settings: dict, first: int, block: int) -> Rollout:
+    """palate's sampler over ``prompts`` (global indices ``first`` .. in the step), one call per seed block of
+    ``block`` prompts (0: all of them), block k (global: ``(first + offset) // block``) drawn with
+    :func:`block_seed`; the parts concatenated in order. A block's samples depend only on its prompts, the
+    weights and its seed, so equal blocks give equal samples whichever process draws them."""
+    settings = dict(settings)
+    seed = settings.pop("seed")
+    block = block if block > 0 else max(len(prompts), 1)
+    if first % block:
+        raise ValueError(f"sample_blocks: a share starting at prompt {first} cuts a seed block of {block} prompts")
+    parts = [rollout(policy, tok, prompts[s : s + block], **settings, seed=block_seed(seed, (first + s) // block))
+             for s in range(0, len(prompts), block)]
+    if len(parts) == 1:
+        return parts[0]
+    return concat_rollouts(parts, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+
 def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
-                   engine=None) -> tuple[Rollout, SamplerCorrection | None]:
+                   engine=None, first: int = 0, block: int | None = None) -> tuple[Rollout, SamplerCorrection | None]:
     """Sample with the configured backend. ``hf``: the trainer's own model, whose sampled log-probs are π_old.
     ``vllm`` (or any ``engine`` with ``sync(policy)`` and ``rollout(prompts, **settings)``): the engine gets
     the policy's current weights and samples; the trainer then recomputes the sampled tokens' log-probs
     (π_old of the PPO ratio, in ``logprobs``; the engine's stay in ``sampler_logprobs``) and the truncated
-    importance weights correct the loss for the engine's mismatch (:func:`sampler_correction`)."""
+    importance weights correct the loss for the engine's mismatch (:func:`sampler_correction`).
+
+    ``first``: the global index of ``prompts[0]`` in the step (a process's share starts there); ``block``: prompts
+    per seed block (None: ``cfg.seed_block``), see :func:`sample_blocks` (``hf`` only)."""
     settings = dict(n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                     top_k=cfg.top_k, stop=tuple(cfg.stop), seed=seed)
     if engine is None and cfg.backend == "hf":
         was_training = policy.training
         policy.eval()
-        r = rollout(policy, tok, prompts, **settings)
+        r = sample_blocks(policy, tok, prompts, settings, first, cfg.seed_block if block is None else block)
         policy.train(was_training)
         return r, None
     if engine is None:
