@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from palate.cli import app
@@ -233,10 +236,27 @@ def test_every_command_reports_palate_errors_as_one_line_and_keeps_tracebacks_fo
     for kind, message in (("palate", "runs/x exists"), ("os", "no file f.jsonl"), ("value", "bad value")):
         out = runner.invoke(mini, ["boom", kind])
         assert out.exit_code == 2 and out.output == f"error: {raised[kind]}\n" and message in out.output
-    bug = runner.invoke(mini, ["boom", "bug"])
-    assert bug.exit_code == 1 and isinstance(bug.exception, ZeroDivisionError)
+    # a bug: one line naming the file with the traceback, exit code 1
+    bug = runner.invoke(mini, ["boom", "bug"], env={"PALATE_TRACEBACK": ""})
+    assert bug.exit_code == 1 and len(bug.output.splitlines()) == 1, bug.output
+    assert bug.output.startswith("error: ZeroDivisionError: a bug (unexpected; the traceback is in ")
+    assert "palate --debug" in bug.output
+    kept = Path(re.search(r"the traceback is in (\S+);", bug.output).group(1))
+    assert "Traceback (most recent call last)" in kept.read_text() and "ZeroDivisionError: a bug" in kept.read_text()
+    kept.unlink()
     traced = runner.invoke(mini, ["boom", "value"], env={"PALATE_TRACEBACK": "1"})
     assert traced.exit_code == 1 and isinstance(traced.exception, ValueError)
+
+
+def test_debug_switch_lets_exceptions_through(monkeypatch):
+    """``palate --debug CMD`` sets PALATE_TRACEBACK for the command (and the processes it starts)."""
+    import os
+
+    monkeypatch.setenv("PALATE_TRACEBACK", "")
+    quiet = runner.invoke(app, ["plan", "--params", "not-a-size"])
+    assert quiet.exit_code == 2 and quiet.output.startswith("error: ") and os.environ["PALATE_TRACEBACK"] == ""
+    loud = runner.invoke(app, ["--debug", "plan", "--params", "not-a-size"])
+    assert loud.exit_code == 1 and isinstance(loud.exception, ValueError) and os.environ["PALATE_TRACEBACK"] == "1"
 
 
 def test_cli_has_no_command_specific_except_clauses():

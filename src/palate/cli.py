@@ -7,6 +7,7 @@ configure, never here. Every command runs through one error wrapper (:class:`pal
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -25,6 +26,15 @@ from palate.serve.config import ServeConfig
 
 app = App(help="palate: align language models with human preferences.", no_args_is_help=True,
           add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="print the traceback of an unexpected error on the "
+                                     "terminal (otherwise one line names the file that holds it)")) -> None:
+    if debug:
+        os.environ["PALATE_TRACEBACK"] = "1"
+
+
 data_app = App(help="Inspect and check datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 safety_app = App(help="Train and use the safety classifier (P(unsafe) of an answer).", no_args_is_help=True)

@@ -2,8 +2,9 @@
 
 * :class:`App` is a ``typer.Typer`` whose commands all run through :func:`guarded`: a user-facing error
   (:class:`palate.errors.PalateError`, and the ``OSError``/``ValueError`` a bad path or value raises) becomes one
-  line ``error: ...`` on stderr and exit code 2; anything else keeps its traceback (and so does every error with
-  ``PALATE_TRACEBACK=1`` in the environment).
+  line ``error: ...`` on stderr and exit code 2; any other exception (a bug) becomes one line too, naming the file
+  that holds its traceback (the run's ``error.log`` when a run was open, else a temporary file), exit code 1.
+  ``palate --debug ...`` (or ``PALATE_TRACEBACK=1``) lets every exception through with its traceback.
 * :func:`command_config` resolves a command's frozen dataclass config from, in increasing precedence: the
   dataclass defaults, an optional ``CONFIG.yaml``, ``key=value`` overrides, positional arguments and flags
   (each flag is a shortcut for one key). :func:`echo_config` prints it as YAML that the same command reads back.
@@ -19,13 +20,16 @@ import functools
 import json
 import os
 import re
+import tempfile
+import traceback
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import typer
 
 from palate.config import ConfigError, dump_yaml, load_config
-from palate.errors import PalateError
+from palate.errors import PalateError, traceback_file
 
 USER_ERRORS: tuple[type[BaseException], ...] = (PalateError, OSError, ValueError)
 # What a command raises to end itself or to say its usage was wrong: typer's (which vendors click since 0.2x, so
@@ -51,11 +55,34 @@ def guarded(fn: Callable, errors: Callable[[], tuple[type[BaseException], ...]] 
         except _CLI_EXITS:
             raise
         except Exception as e:
-            if isinstance(e, errors()) and not os.environ.get("PALATE_TRACEBACK"):
+            if debugging():
+                raise
+            if isinstance(e, errors()):
                 fail(e)
-            raise
+            unexpected(e)
 
     return run
+
+
+def debugging() -> bool:
+    """``palate --debug`` (or ``PALATE_TRACEBACK=1``): exceptions keep their tracebacks on the terminal."""
+    return os.environ.get("PALATE_TRACEBACK", "") not in ("", "0")
+
+
+def unexpected(e: BaseException) -> NoReturn:
+    """One line for an exception palate did not expect, and the traceback kept in a file: the run's ``error.log``
+    when the failing command had opened a run (:meth:`palate.infra.run.RunDir.mark_failed` wrote it), else a new
+    temporary file. Exit code 1."""
+    where = traceback_file(e)
+    if where is None:
+        fd, name = tempfile.mkstemp(prefix="palate-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(e)))
+        where = Path(name)
+    first = (str(e).strip().splitlines() or [""])[0]
+    typer.secho(f"error: {type(e).__name__}: {first} (unexpected; the traceback is in {where}; rerun with "
+                f"`palate --debug ...` to print it here, and please report it)", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
 
 
 class App(typer.Typer):

@@ -8,10 +8,25 @@ ValueError a bad path or value raises, into that one line; anything else is a bu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class PalateError(Exception):
     """A problem the user can fix (bad config, bad data, a run that exists, a judge that cannot be reached);
     ``str(err)`` is the whole message."""
 
 
-__all__ = ["PalateError"]
+def keep_traceback_file(error: BaseException, path: Path) -> None:
+    """Remember that ``path`` holds ``error``'s traceback (a run's ``error.log``), for the one-line report."""
+    try:
+        error.palate_traceback_file = path  # type: ignore[attr-defined]
+    except AttributeError:  # an exception type with __slots__
+        pass
+
+
+def traceback_file(error: BaseException) -> Path | None:
+    """Where :func:`keep_traceback_file` put ``error``'s traceback, if anywhere."""
+    return getattr(error, "palate_traceback_file", None)
+
+
+__all__ = ["PalateError", "keep_traceback_file", "traceback_file"]

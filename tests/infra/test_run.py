@@ -58,10 +58,15 @@ def test_an_exception_escaping_a_recipe_marks_its_run_failed_and_a_rerun_resumes
             raise fail
         run.mark_finished(summary={"steps": 1})
 
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(RuntimeError, match="disk full") as raised:
         recipe(cfg, RuntimeError("disk full"))
     st = json.loads((tmp_path / "r" / "status.json").read_text())
-    assert st["state"] == "failed" and st["error"] == "RuntimeError: disk full"
+    assert st["state"] == "failed" and st["error"] == "RuntimeError: disk full" and st["traceback"] == "error.log"
+    trace = (tmp_path / "r" / "error.log").read_text()  # the whole traceback, for the one-line report
+    assert "Traceback (most recent call last)" in trace and "in recipe" in trace and "RuntimeError: disk full" in trace
+    from palate.errors import traceback_file
+
+    assert traceback_file(raised.value) == tmp_path / "r" / "error.log"
     assert st["error_at"].endswith(" in recipe") and "test_run.py:" in st["error_at"] and "failed_at" in st
 
     recipe(cfg, None)  # the same config resumes the failed run, and finishes it

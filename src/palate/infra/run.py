@@ -5,6 +5,7 @@
     run_dir/
       config.yaml        the resolved config (a rerun with a different config is refused)
       status.json        running | finished | failed (with the error), with timestamps
+      error.log          the traceback of each failure (``palate`` prints one line naming this file)
       metrics.jsonl      one JSON object per logged step (train and eval)
       data_report.json   rows read, skipped and truncated, by reason and row
       checkpoints/       step-XXXXXXXX/ (atomic; newest `keep_last` kept)
@@ -35,7 +36,7 @@ from typing import Any
 import yaml
 
 from palate.config import ConfigError, build, to_dict
-from palate.errors import PalateError
+from palate.errors import PalateError, keep_traceback_file
 from palate.infra import distributed
 from palate.infra.checkpoint import list_checkpoints
 
@@ -163,7 +164,11 @@ class RunDir:
         frames = traceback.extract_tb(error.__traceback__)
         where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
         text = str(error) or ("interrupted" if isinstance(error, KeyboardInterrupt) else "")
-        self._write_status("failed", error=f"{type(error).__name__}: {text}", error_at=where,
+        trace = self.path / "error.log"
+        with open(trace, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')}\n" + "".join(traceback.format_exception(error)))
+        keep_traceback_file(error, trace)
+        self._write_status("failed", error=f"{type(error).__name__}: {text}", error_at=where, traceback="error.log",
                            resume="rerun the same command to resume from the newest checkpoint")
         log.error("run %s failed: %s: %s (status.json)", self.path, type(error).__name__, text)
 
