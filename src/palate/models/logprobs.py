@@ -3,6 +3,14 @@
 The vocabulary projection is the largest single matmul of a small model (SmolLM2: 49,152 x 576). Only
 positions whose next token is trained on need it, so :func:`target_hidden` selects those rows first
 and the projection runs on [N_targets, hidden] instead of [batch * seq, hidden].
+
+Its backward does not keep the logits either: :class:`ChunkedHeadLogprobs` (used by :func:`head_logprobs`,
+hence by :func:`sequence_logprobs` and :func:`response_logprobs`) saves only the hidden rows, the head's
+weight, the targets and one logsumexp per row, and recomputes each chunk's float32 ``[chunk, V]`` logits in
+the backward. Chunking the forward alone does not bound memory: autograd would keep every chunk's logits
+(and their log-softmax) alive until the backward, ``[N_targets, V]`` floats in all (V = 49,152 for SmolLM2:
+~0.8 GB per 4,096 completion tokens). The price is one more ``[chunk, H] x [H, V]`` matmul per chunk in the
+backward.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import functools
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 from palate.data.batching import IGNORE, Batch
 from palate.losses.policy import entropy_from_logits
@@ -57,7 +66,10 @@ def project(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """log p(target) = logit[target] - logsumexp(logits), computed ``chunk`` rows at a time: [N]."""
+    """log p(target) = logit[target] - logsumexp(logits), computed ``chunk`` rows at a time: [N].
+
+    Plain autograd: every chunk's logits stay alive until the backward. The fallback of :func:`head_logprobs`
+    for heads that are not a plain linear layer (a LoRA-adapted or still-sharded head)."""
     out = []
     for s in range(0, hidden.shape[0], chunk):
         logits = logits_fn(hidden[s : s + chunk]).float()
@@ -66,18 +78,162 @@ def token_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, chunk
     return torch.cat(out) if out else hidden.new_zeros(0)
 
 
+def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype ``lm_head(hidden)`` would run its matmul in here: autocast's, else the inputs' common one."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _chunk_logits(h, w, b, softcap, temperature, acc) -> torch.Tensor:
+    """``softcap(h @ w.T + b) / temperature`` in ``acc`` (float32, or float64 for float64 inputs); ``h``, ``w``,
+    ``b`` already in the matmul dtype."""
+    z = F.linear(h, w, b).to(acc)
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    if temperature != 1.0:
+        z = z / temperature
+    return z
+
+
+class ChunkedHeadLogprobs(torch.autograd.Function):
+    """Per-token ``log softmax(softcap(h W^T + b) / temperature)[target]`` (and the entropy of that
+    distribution), ``chunk`` rows at a time, with a backward that recomputes each chunk's logits instead of
+    saving them.
+
+    Saved for the backward: ``hidden [N, H]``, ``weight [V, H]``, ``bias``, ``targets [N]`` and the row
+    logsumexps ``[N]``: nothing with ``N x V`` elements. Per chunk, with ``p = softmax(z)`` and upstream
+    gradients ``g`` (log-prob) and ``e`` (entropy ``H = lse - Σ p z``)::
+
+        dL/dz = g (onehot(target) - p) - e p (log p + H)
+        dL/du = dL/dz / temperature * (1 - tanh²(u / cap))        (u: the head's output before capping)
+        grad_hidden[chunk] = dL/du @ W,  grad_weight += dL/duᵀ @ hidden[chunk],  grad_bias += Σ_rows dL/du
+
+    The matmuls run in ``dtype`` (autocast's, as ``lm_head`` would), logits and softmax in float32 (float64
+    inputs stay float64); ``grad_weight`` accumulates in float32 over the chunks. Gradients are computed only
+    for the inputs that need them (a frozen head under LoRA gets none).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, softcap, temperature, with_entropy, chunk, dtype):
+        acc = torch.promote_types(dtype, torch.float32)
+        n = hidden.shape[0]
+        lp = torch.empty(n, dtype=acc, device=hidden.device)
+        lse = torch.empty(n, dtype=acc, device=hidden.device)
+        ent = torch.empty(n, dtype=acc, device=hidden.device) if with_entropy else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            for s in range(0, n, chunk):
+                z = _chunk_logits(hidden[s : s + chunk].to(dtype), w, b, softcap, temperature, acc)
+                l = torch.logsumexp(z, dim=-1)
+                lse[s : s + chunk] = l
+                lp[s : s + chunk] = z.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - l
+                if with_entropy:
+                    z.sub_(l[:, None])  # log p
+                    ent[s : s + chunk] = -(z.exp() * z).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.consts = (softcap, temperature, with_entropy, chunk, dtype, acc)
+        if with_entropy:
+            return lp, ent
+        return lp
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent=None):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        softcap, temperature, with_entropy, chunk, dtype, acc = ctx.consts
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            for s in range(0, hidden.shape[0], chunk):
+                h = hidden[s : s + chunk].to(dtype)
+                z = _chunk_logits(h, w, b, softcap, temperature, acc)
+                cap_slope = 1 - (z * (temperature / softcap)) ** 2 if softcap else None  # 1 - tanh²(u / cap)
+                z.sub_(lse[s : s + chunk, None])  # log p
+                p = z.exp()
+                g = g_lp[s : s + chunk, None].to(acc)
+                if with_entropy:
+                    e = g_ent[s : s + chunk, None].to(acc)
+                    ent = -(p * z).sum(-1, keepdim=True)
+                    gz = z.add_(ent).mul_(p).mul_(-e)  # -e p (log p + H)
+                    gz.sub_(p.mul_(g))  # - g p
+                else:
+                    gz = p.mul_(-g)
+                gz.scatter_add_(-1, targets[s : s + chunk, None], g)
+                if temperature != 1.0:
+                    gz.div_(temperature)
+                if softcap:
+                    gz.mul_(cap_slope)
+                gu = gz.to(dtype)
+                if need_h:
+                    grad_h[s : s + chunk] = (gu @ w).to(hidden.dtype)
+                if need_w:
+                    grad_w += (gu.t() @ h).to(acc)
+                if need_b:
+                    grad_b += gz.sum(0)
+        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+        grad_b = None if grad_b is None else grad_b.to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None
+
+
+def _plain_head(model) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(weight, bias)`` of the output head when it is a plain ``nn.Linear`` with ordinary local weights, else
+    None: a head adapted by LoRA or wrapped (modules_to_save), one with hooks, a quantised weight, or a weight
+    that is still a sharded DTensor (FSDP2 outside the root forward) is projected by calling the module."""
+    _, lm_head = causal_lm_parts(model)
+    if type(lm_head) is not torch.nn.Linear or lm_head._forward_hooks or lm_head._forward_pre_hooks:
+        return None
+    w, b = lm_head.weight, lm_head.bias
+    if type(w) not in (torch.nn.Parameter, torch.Tensor) or not w.is_floating_point():
+        return None
+    if b is not None and type(b) not in (torch.nn.Parameter, torch.Tensor):
+        return None
+    return w, b
+
+
+def softcap_of(model) -> float | None:
+    return getattr(getattr(model, "config", None), "final_logit_softcapping", None) or None
+
+
+def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  with_entropy: bool = False, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``targets`` under ``softmax(project(model, hidden) / temperature)``, ``[N]`` in float32,
+    and the entropy of that distribution when asked: :class:`ChunkedHeadLogprobs` for a plain linear head
+    (nothing ``N x V`` saved for the backward), else the module's own forward chunk by chunk."""
+    plain = _plain_head(model)
+    if plain is not None:
+        weight, bias = plain
+        out = ChunkedHeadLogprobs.apply(hidden, weight, bias, targets, softcap_of(model), float(temperature),
+                                        with_entropy, chunk, _compute_dtype(hidden, weight))
+        return out if with_entropy else (out, None)
+    lps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk):
+        logits = project(model, hidden[s : s + chunk]).float() / temperature
+        lse = torch.logsumexp(logits, dim=-1)
+        lps.append(logits.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse)
+        if with_entropy:
+            ents.append(entropy_from_logits(logits))
+    zero = hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
+    return (torch.cat(lps) if lps else zero), ((torch.cat(ents) if ents else zero) if with_entropy else None)
+
+
 def sequence_logprobs(model, batch: Batch, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each row's completion tokens and how many there are: ``([R], [R])``.
 
     One forward over every row (chosen and rejected together when the batch holds pairs); the
     vocabulary projection runs only on completion positions, ``chunk`` rows at a time, in float32
-    for the log-softmax. Padding and prompt tokens contribute nothing.
+    for the log-softmax, and its backward recomputes the logits (:func:`head_logprobs`). Padding and
+    prompt tokens contribute nothing.
     """
-    _, lm_head = causal_lm_parts(model)
     hidden, targets = target_hidden(model, batch)
     rows = torch.arange(batch.input_ids.shape[0])[:, None].expand(-1, batch.input_ids.shape[1] - 1)
     row_of = rows[batch.labels[:, 1:] != IGNORE].to(hidden.device)
-    token_lp = token_logprobs(lambda h: project(model, h), hidden, targets, chunk)
+    token_lp, _ = head_logprobs(model, hidden, targets, chunk=chunk)
     n_rows = batch.input_ids.shape[0]
     sums = torch.zeros(n_rows, device=hidden.device, dtype=token_lp.dtype).index_add(0, row_of, token_lp)
     counts = torch.bincount(row_of, minlength=n_rows)
@@ -118,21 +274,12 @@ def response_logprobs(model, hidden: torch.Tensor, response_ids: torch.Tensor, m
                       chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens under ``softmax(logits / temperature)`` as ``[B, T]`` (0 at
     padding), and the per-token entropy of that distribution when asked; the vocabulary projection
-    runs on real response positions only, ``chunk`` rows at a time."""
+    runs on real response positions only, ``chunk`` rows at a time (:func:`head_logprobs`)."""
     device = hidden.device
     keep = mask.to(device).bool()
-    h, targets = hidden[keep], response_ids.to(device)[keep]
-    lps, ents = [], []
-    for s in range(0, h.shape[0], chunk):
-        logits = project(model, h[s : s + chunk]).float() / temperature
-        lse = torch.logsumexp(logits, dim=-1)
-        lps.append(logits.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse)
-        if with_entropy:
-            ents.append(entropy_from_logits(logits))
-    flat = torch.cat(lps) if lps else h.new_zeros(0)
+    flat, flat_e = head_logprobs(model, hidden[keep], response_ids.to(device)[keep], temperature, with_entropy, chunk)
     out = torch.zeros(keep.shape, device=device, dtype=flat.dtype).masked_scatter(keep, flat)
     ent = None
     if with_entropy:
-        flat_e = torch.cat(ents) if ents else h.new_zeros(0)
         ent = torch.zeros(keep.shape, device=device, dtype=flat_e.dtype).masked_scatter(keep, flat_e)
     return out, ent
