@@ -116,13 +116,16 @@ def is_trl(name: str) -> bool:
     return name.startswith("trl")
 
 
-def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, trl_configs: dict[str, str]) -> None:
+def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, trl_configs: dict[str, str],
+            headline_trl: tuple[str, ...] | None = None, extra_pairs: list[tuple[str, str]] = ()) -> None:
     """Run every workload (interleaved rounds), print the table with ratios to palate, write ``out``.
 
     ``checks_of(ratios) -> {description: passed}`` states the issue's targets; ``ratios["tps_vs_trl"]`` is
     palate against TRL's better configuration (the TRL workload with the most tokens/s in this run).
     ``lm_head``: whether the workload's FLOPs include the vocabulary projection (for MFU);
-    ``trl_configs``: each TRL workload's configuration in words.
+    ``trl_configs``: each TRL workload's configuration in words; ``headline_trl``: the TRL workloads the
+    ``palate`` workload is compared with (default: every TRL workload); ``extra_pairs``: further
+    ``(palate workload, TRL workload)`` comparisons reported alongside (e.g. KTO next to DPO).
     """
     from record import LoadWatch, flops_per_token, gemm_peak, roofline_line
 
@@ -147,7 +150,8 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
             "reference_seconds")
     med = {n: {k: _median([r.get(k) for r in rs]) for k in keys} for n, rs in runs.items()}
     trls = [n for n in args.only if is_trl(n)]
-    best_trl = max(trls, key=lambda n: med[n]["tokens_per_s"] or 0.0) if trls else None
+    headline = [n for n in trls if headline_trl is None or n in headline_trl]
+    best_trl = max(headline, key=lambda n: med[n]["tokens_per_s"] or 0.0) if headline else None
 
     def paired(a, b, key):
         if a not in runs or b not in runs:
@@ -155,7 +159,11 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
         return _median([ra[key] / rb[key] for ra, rb in zip(runs[a], runs[b]) if rb[key]])
 
     ratios = {f"{k}_vs_{o}": paired("palate", o, key) for o in args.only if o != "palate"
+              and (headline_trl is None or not is_trl(o) or o in headline_trl) and not o.startswith("palate")
               for k, key in (("tps", "tokens_per_s"), ("rss", "peak_rss_gib"))}
+    for ours, theirs in extra_pairs:
+        for k, key in (("tps", "tokens_per_s"), ("rss", "peak_rss_gib")):
+            ratios[f"{ours}_{k}_vs_{theirs}"] = paired(ours, theirs, key)
     if best_trl:  # against TRL's better configuration in this run
         ratios["tps_vs_trl_default"] = ratios.get("tps_vs_trl")
         ratios["rss_vs_trl_default"] = ratios.get("rss_vs_trl")
@@ -172,14 +180,19 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
     def cell(v, spec, scale=1.0, suffix=""):
         return format("-", ">" + spec.split(".")[0]) if v is None else format(v * scale, spec) + suffix
 
+    base = {n: ours for ours, theirs in extra_pairs for n in (ours, theirs)}  # the palate row each row is set against
     for n in args.only:
         m = med[n]
+        ours = base.get(n, "palate")
         lines.append(f"{n:<15} {cell(m['tokens_per_s'], '10.1f')} {cell(m['padding_fraction'], '7.1f', 100, '%')} "
                      f"{cell(m['peak_rss_gib'], '12.2f')} {cell(m['s_per_step'], '7.2f')} "
                      f"{cell(m['achieved_gflops'], '7.1f')} {cell(m['mfu_real_tokens'], '5.1f', 100, '%')} "
                      f"{cell(m['reference_seconds'] or 0, '10.1f')} "
-                     f"{cell(paired('palate', n, 'tokens_per_s'), '10.2f', suffix='x')} "
-                     f"{cell(paired(n, 'palate', 'peak_rss_gib'), '9.2f', suffix='x')}")
+                     f"{cell(paired(ours, n, 'tokens_per_s'), '10.2f', suffix='x')} "
+                     f"{cell(paired(n, ours, 'peak_rss_gib'), '9.2f', suffix='x')}")
+    for ours, theirs in extra_pairs:
+        if ours in runs:
+            lines.append(f"  {ours}, {theirs}: palate/this and RSS/palate set against {ours}, not palate")
     for n in trls:
         lines.append(f"  {n}: {trl_configs.get(n, '')}")
     lines.append(roofline_line(peak, {n: med[n]["tokens_per_s"] for n in args.only}, flops))
