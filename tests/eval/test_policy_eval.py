@@ -161,3 +161,21 @@ def test_cli_eval_end_to_end(tmp_path, tiny_dirs):
     bad = CliRunner().invoke(app, ["eval", str(policy), "--baseline", "tiny", "--prompts", str(prompts), "--out",
                                    str(out), "--judge", "oracle"])
     assert bad.exit_code == 2 and "--judge must be panel" in bad.output
+
+
+def test_hh_transcripts_as_shipped_are_a_prompt_set(tmp_path):
+    """HH-RLHF's test.jsonl.gz (chosen/rejected transcripts, gzip) gives the conversation before the last
+    Assistant turn, the same prompt the preference reader pairs the answers with."""
+    from pathlib import Path
+
+    from palate.data.readers import read_preferences
+
+    hh = Path(__file__).parents[1] / "data" / "hh-format" / "test.jsonl.gz"
+    prompts = read_eval_prompts(hh)
+    prefs = read_preferences(hh)
+    assert len(prompts) == 50 and len(prefs) == 50
+    assert [p.prompt for p in prompts] == [p.prompt for p in prefs]
+    assert all(p.prompt[-1]["role"] == "user" for p in prompts)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}])
+    with pytest.raises(DataError, match="line 1.*chosen.*Assistant"):
+        read_eval_prompts(bad)

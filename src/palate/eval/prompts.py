@@ -6,6 +6,8 @@ A prompt set is any source :func:`palate.data.readers.iter_rows` reads. Each row
     MT-Bench question.jsonl    {"question_id", "category", "turns": [first, second, ...]}   first turn used
     AlpacaEval JSON list       [{"instruction", "dataset"?, "output"?, "generator"?}, ...]
     palate / chat              {"prompt": text or messages} or {"messages": [...]} (as read_prompts)
+    HH-RLHF as shipped         {"chosen": "\\n\\nHuman: … \\n\\nAssistant: …", "rejected": …}   the conversation
+                               before chosen's last Assistant turn
 
 Optional labels on any row: ``category`` (text), ``attack`` (text, red-team framing) and ``harmful``
 (bool; ``category == "benign"`` also means not harmful). A malformed row raises
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from palate.data.errors import DataError
-from palate.data.readers import _messages, _prompt_value, iter_rows
+from palate.data.readers import _is_hh, _messages, _prompt_value, iter_rows, parse_hh
 from palate.data.records import Prompt
 
 
@@ -77,9 +79,14 @@ def _prompt_of(row: dict, src: str, n: int, column: str) -> tuple[Prompt, str | 
     if "messages" in row:
         msgs = _messages(row["messages"], src, n, "messages")
         return (msgs[:-1] if msgs[-1]["role"] == "assistant" and len(msgs) > 1 else msgs), None, None
+    if _is_hh(row.get("chosen")):  # an HH-RLHF pair: the prompt both answers reply to
+        msgs = parse_hh(row["chosen"], src, n, "chosen")
+        if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
+            raise DataError(src, n, "chosen", "the transcript must end with an Assistant turn after a Human one")
+        return msgs[:-1], None, None
     present = ", ".join(sorted(row)) or "none"
-    raise DataError(src, n, column, f"missing field: need '{column}', 'messages', 'instruction' (AlpacaEval) or "
-                    f"'turns' (MT-Bench) (fields present: {present})")
+    raise DataError(src, n, column, f"missing field: need '{column}', 'messages', 'instruction' (AlpacaEval), "
+                    f"'turns' (MT-Bench) or an HH transcript in 'chosen' (fields present: {present})")
 
 
 def read_eval_prompts(source: str | Path, *, column: str = "prompt", limit: int | None = None,
