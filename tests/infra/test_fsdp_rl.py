@@ -235,3 +235,18 @@ def test_fsdp_grpo_sigkilled_resumes_on_two_and_on_one_process(tmp_path, chars):
         assert json.loads((run / "status.json").read_text())["state"] == "finished"
         model = AutoModelForCausalLM.from_pretrained(run / "final")
         assert sum(p.numel() for p in model.parameters()) > 3e6  # whole, not a shard
+
+
+@pytest.mark.slow
+def test_a_nan_reward_on_one_process_stops_every_process_with_the_state_saved(tmp_path):
+    """The reward function fails (NaN) on rank 1's answers only: both processes stop at the same step, the last
+    good state saved as a checkpoint, instead of one waiting forever in a collective the other never reaches."""
+    reward = tmp_path / "nan.py"
+    reward.write_text("import os\n\ndef nan_on_rank1(prompt, response):\n"
+                      "    return float('nan') if os.environ.get('RANK') == '1' else 1.0\n")
+    cmd = torchrun(["-m", "palate", "grpo", f"run_dir={tmp_path / 'run'}",
+                    *grpo(f"{reward}:nan_on_rank1", "train.max_steps=2", "train.save_every=0", "train.sharding=fsdp")])
+    out = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert out.returncode != 0
+    assert out.stderr.count("stopped. The last good state is saved at") >= 2, out.stderr[-3000:]  # each process
+    assert (tmp_path / "run" / "checkpoints" / "step-00000000").is_dir()

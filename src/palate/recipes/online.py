@@ -138,16 +138,25 @@ class OnlineRun:
         then ``(exp, those)`` is returned."""
         loop = self.loop
         lo, hi = share(len(prompts), loop.rank, loop.world)
+        exp = extra = error = None
         with loop.unsharded():  # FSDP: the policy whole, so processes decode independently
-            exp = collect(self.policy, self.tok, prompts[lo:hi], self.rollout, self.rewarder, self.reference,
-                          seed=self.seed * 100_003 + step, engine=self.engine, first=lo,
-                          block=self.rollout.seed_block or hi - lo)
-            extra = also(exp) if also is not None else None
+            try:
+                exp = collect(self.policy, self.tok, prompts[lo:hi], self.rollout, self.rewarder, self.reference,
+                              seed=self.seed * 100_003 + step, engine=self.engine, first=lo,
+                              block=self.rollout.seed_block or hi - lo)
+                extra = also(exp) if also is not None else None
+            except NonFiniteError as e:  # a NaN reward on one process: every process stops (guard), together
+                if loop.world == 1:
+                    raise
+                error = str(e)
         if loop.world > 1:
-            parts = distributed.gather((exp, extra))
+            parts = distributed.gather((exp, extra, error))
+            errors = [err for _, _, err in parts if err]
+            if errors:
+                raise NonFiniteError(errors[0])
             pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-            exp = join_experience([e for e, _ in parts], pad)
-            extra = join_rows([x for _, x in parts]) if also is not None else None
+            exp = join_experience([e for e, _, _ in parts], pad)
+            extra = join_rows([x for _, x, _ in parts]) if also is not None else None
         return exp if also is None else (exp, extra)
 
     @contextlib.contextmanager
