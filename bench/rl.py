@@ -2,6 +2,14 @@
 
     python bench/rl.py                          # 2 warm-up + 10 timed steps each, 4 prompts x 4 samples, 32 new tokens
     python bench/rl.py --steps 2 --warmup 1     # quicker
+    python bench/rl.py --before /tmp/before/src # also palate as of another checkout (PYTHONPATH=that src)
+
+Sampling alone is measured twice: inside the GRPO steps (palate's ``seconds_generate``; TRL's ``_generate``,
+which calls transformers' ``generate``, timed per step), and by a sampling micro-benchmark, each engine in its
+own process: palate's engine (``rollout.generate._rollout``, with the sampled tokens' log-probs, as GRPO uses
+it) against transformers' ``generate`` (how TRL samples) on the same prompts (``--prompts-per-step`` per round,
+a new slice each round), the same ``--n`` samples per prompt, ``--max-new-tokens`` and temperature, top-p 1,
+no top-k; generated tokens count up to and including EOS.
 
 Each workload runs in its own process (peak RSS is its own). Both: the bundled SmolLM2-135M-Instruct in fp32,
 prompts from bundled:preferences, reward ``rl_trl.target_reward``, β = 0.04 with the reference as a frozen
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +43,6 @@ sys.path.insert(0, str(HERE))
 
 def run_palate(args) -> dict:
     import torch
-
     from sft import contended, peak_rss_gib, usage, usage_delta
 
     from palate.config import load_config
@@ -58,24 +66,86 @@ def run_palate(args) -> dict:
     timed = [r for r in rows if r["step"] > args.warmup]
     secs = [r["step_seconds"] for r in timed]
     gen = [r["generated_tokens"] for r in timed]
+    gen_secs = [r["seconds_generate"] for r in timed]
     use = usage_delta(before, usage())
     return {"s_per_step": statistics.median(secs), "generated_tokens_per_s": sum(gen) / sum(secs),
-            "generation_s_per_step": statistics.median(r["seconds_generate"] for r in timed),
+            "generation_s_per_step": statistics.median(gen_secs),
+            "sampling_tokens_per_s": sum(gen) / sum(gen_secs), "generation_seconds": gen_secs,
             "train_tokens_per_s": sum(r["tokens"] for r in timed) / sum(secs), "peak_rss_gib": peak_rss_gib(),
             "mean_reward_first": rows[0]["reward"], "mean_reward_last": rows[-1]["reward"], "steps": args.steps,
             "wall_s_including_load_and_save": wall, "contended": contended(use), "step_seconds": secs,
             "generated_tokens": gen}
 
 
+def run_sampling(args, engine: str) -> dict:
+    """The sampling micro-benchmark in this process: ``engine`` "palate" (its rollout engine) or "hf"
+    (transformers' ``generate``); one warm-up round, then ``--sampling-rounds`` timed ones."""
+    import torch
+    from sft import contended, peak_rss_gib, usage, usage_delta
+
+    from palate.data.readers import read_prompts
+    from palate.data.tokenize import encode_prompt, uses_chat_template
+    from palate.models.load import load_model, load_tokenizer
+    from palate.rollout import generate
+
+    torch.set_num_threads(args.threads)
+    tok = load_tokenizer("bundled")
+    model = load_model("bundled", tokenizer=tok).eval()
+    P, rounds = args.prompts_per_step, args.sampling_rounds
+    prompts = read_prompts("bundled:preferences", limit=P * (rounds + 1))
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    kw = {} if args.cache is None else {"cache": args.cache, "compile": args.compile}
+
+    def palate_round(ps, seed) -> int:
+        return int(generate._rollout(model, tok, ps, n=args.n, max_new_tokens=args.max_new_tokens,
+                                     temperature=args.temperature, top_p=1.0, seed=seed, **kw).lengths.sum())
+
+    @torch.inference_mode()
+    def hf_round(ps, seed) -> int:
+        ids, mask = generate.left_pad([encode_prompt(tok, p, uses_chat_template(tok)) for p in ps], pad)
+        ids, mask = ids.repeat_interleave(args.n, 0), mask.repeat_interleave(args.n, 0)
+        torch.manual_seed(seed)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.max_new_tokens, do_sample=True,
+                             temperature=args.temperature, top_p=1.0, top_k=0, pad_token_id=pad, eos_token_id=eos)
+        g = out[:, ids.shape[1]:]
+        ended = (g == eos).cumsum(-1)
+        return int(((ended == 0) | ((ended == 1) & (g == eos))).sum())  # tokens up to and including the first EOS
+
+    one = palate_round if engine == "palate" else hf_round
+    t0 = time.perf_counter()
+    one(prompts[:P], 10_000)
+    first = time.perf_counter() - t0  # warm-up, including a compile when asked
+    secs, toks = [], []
+    before = usage()
+    for r in range(rounds):
+        t = time.perf_counter()
+        toks.append(one(prompts[P * (r + 1): P * (r + 2)], r))
+        secs.append(time.perf_counter() - t)
+    use = usage_delta(before, usage())
+    own_cpu = use["cpu_user_s"] + use["cpu_sys_s"]
+    return {"engine": engine, "tokens_per_s": sum(toks) / sum(secs), "round_seconds": secs, "round_tokens": toks,
+            "warmup_seconds": first, "best_round_tokens_per_s": max(t / s for t, s in zip(toks, secs)),
+            "tokens_per_cpu_s_x_threads": sum(toks) / own_cpu * args.threads if own_cpu else None,
+            "peak_rss_gib": peak_rss_gib(), "timed_usage": use, "contended": contended(use), **kw}
+
+
 def worker(name: str, args) -> dict:
-    cmd = [sys.executable, str(HERE / ("rl_trl.py" if name == "trl" else "rl.py")), "--steps", str(args.steps),
+    script = "rl_trl.py" if name == "trl" else "rl.py"
+    cmd = [sys.executable, str(HERE / script), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--prompts-per-step", str(args.prompts_per_step), "--n", str(args.n),
            "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr), "--beta", str(args.beta),
            "--threads", str(args.threads), "--seed", str(args.seed)]
-    if name == "palate":
+    env = None
+    if name.endswith("_before"):  # palate of another checkout: its src first on the path
+        env = {**os.environ, "PYTHONPATH": args.before + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if name.startswith("palate"):
         cmd.append("--worker")
+    if name.startswith("sample_"):
+        cmd += ["--sampling-worker", name.split("_")[1], "--sampling-rounds", str(args.sampling_rounds)]
+        if args.cache is not None and not name.endswith("_before"):
+            cmd += ["--cache", args.cache] + (["--compile"] if args.compile else [])
     print(f"[bench] running {name}", file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"[bench] {name} failed (exit {out.returncode})")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,12 +164,23 @@ def main(argv=None) -> None:
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", nargs="+", default=["palate", "trl"])
+    ap.add_argument("--sampling-rounds", type=int, default=5, help="timed rounds of the sampling micro-benchmark")
+    ap.add_argument("--cache", choices=["dynamic", "static"], default=None,
+                    help="palate's KV cache in the sampling micro-benchmark (default: the engine's default)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile palate's decode step (micro-benchmark)")
+    ap.add_argument("--before", default=None, help="a src dir of palate to measure too (workers *_before)")
+    ap.add_argument("--only", nargs="+", default=["palate", "trl", "sample_palate", "sample_hf"])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sampling-worker", choices=["palate", "hf"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(run_palate(args)))
         return
+    if args.sampling_worker:
+        print(json.dumps(run_sampling(args, args.sampling_worker)))
+        return
+    if args.before:
+        args.only += [x for x in ("palate_before", "sample_palate_before") if x not in args.only]
     from record import LoadWatch, flops_per_token, gemm_peak
 
     with LoadWatch() as load:
@@ -108,27 +189,50 @@ def main(argv=None) -> None:
         peaks.append(gemm_peak(args.threads))
     peak = max(peaks, key=lambda p: p["peak_gflops"])
     n = flops_per_token(True)["flops_per_token"] / 6  # matmul parameters
-    for m in res.values():
+    grpo = {k: m for k, m in res.items() if not k.startswith("sample_")}
+    micro = {k: m for k, m in res.items() if k.startswith("sample_")}
+    for m in grpo.values():
         if m.get("train_tokens_per_s"):
             m["achieved_gflops"] = (8 * n * m["train_tokens_per_s"] + 2 * n * m["generated_tokens_per_s"]) / 1e9
             m["mfu"] = m["achieved_gflops"] / peak["peak_gflops"]
     lines = [f"GRPO benchmark: bundled SmolLM2-135M-Instruct fp32, {args.prompts_per_step} prompts x {args.n} samples, "
              f"{args.max_new_tokens} new tokens, beta {args.beta}, {args.warmup} warm-up + {args.steps} timed steps, "
              f"{args.threads} threads",
-             f"{'workload':<8} {'gen tok/s':>9} {'train tok/s':>11} {'s/step':>7} {'gen s/step':>10} {'peak RSS GiB':>12}"]
-    for name, m in res.items():
-        lines.append(f"{name:<8} {m['generated_tokens_per_s']:>9.2f} {m['train_tokens_per_s'] or 0:>11.1f} "
-                     f"{m['s_per_step']:>7.2f} {m['generation_s_per_step']:>10.2f} {m['peak_rss_gib']:>12.2f}"
+             f"{'workload':<14} {'gen tok/s':>9} {'sampling tok/s':>14} {'train tok/s':>11} {'s/step':>7} "
+             f"{'gen s/step':>10} {'update s/step':>13} {'peak RSS GiB':>12}"]
+    for name, m in grpo.items():
+        lines.append(f"{name:<14} {m['generated_tokens_per_s']:>9.2f} {m.get('sampling_tokens_per_s') or 0:>14.1f} "
+                     f"{m['train_tokens_per_s'] or 0:>11.1f} {m['s_per_step']:>7.2f} {m['generation_s_per_step']:>10.2f} "
+                     f"{m['s_per_step'] - m['generation_s_per_step']:>13.2f} {m['peak_rss_gib']:>12.2f}"
                      + ("  (CPU contended)" if m.get("contended") else ""))
     if "palate" in res and "trl" in res:
         p, t = res["palate"], res["trl"]
         tps = p["generated_tokens_per_s"] / t["generated_tokens_per_s"]
-        lines.append(f"palate vs TRL: generated tokens/s {tps:.2f}x, s/step {p['s_per_step'] / t['s_per_step']:.2f}x, "
-                     f"peak RSS {p['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
-        lines.append(("PASS" if tps >= 1.5 else "FAIL") + f": generated tokens/s >= 1.5x TRL ({tps:.2f}x)")
+        sps = p["sampling_tokens_per_s"] / t["sampling_tokens_per_s"]
+        lines.append(f"palate vs TRL: generated tokens/s {tps:.2f}x, sampling tokens/s {sps:.2f}x, "
+                     f"s/step {p['s_per_step'] / t['s_per_step']:.2f}x, peak RSS {p['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
+        lines.append(("PASS" if tps >= 2.5 else "FAIL") + f": GRPO generated tokens/s >= 2.5x TRL ({tps:.2f}x); "
+                     + ("PASS" if sps >= 2.0 else "FAIL") + f": sampling tokens/s >= 2x TRL's ({sps:.2f}x)")
+    if "palate" in res and "palate_before" in res:
+        p, b = res["palate"], res["palate_before"]
+        lines.append(f"palate vs palate_before: generated tokens/s {p['generated_tokens_per_s'] / b['generated_tokens_per_s']:.2f}x, "
+                     f"sampling tokens/s {p['sampling_tokens_per_s'] / b['sampling_tokens_per_s']:.2f}x")
+    if micro:
+        lines.append(f"sampling micro-benchmark ({args.prompts_per_step} prompts x {args.n} samples, {args.max_new_tokens} "
+                     f"new tokens, temperature {args.temperature}, 1 warm-up + {args.sampling_rounds} rounds, one process each):")
+        for name, m in micro.items():
+            lines.append(f"  {name:<22} {m['tokens_per_s']:>7.1f} tok/s (best round {m['best_round_tokens_per_s']:.1f}; "
+                         f"per own CPU-second x threads {m['tokens_per_cpu_s_x_threads'] or 0:.1f}; warm-up "
+                         f"{m['warmup_seconds']:.1f} s)" + ("  (CPU contended)" if m.get("contended") else ""))
+        if "sample_palate" in micro and "sample_hf" in micro:
+            lines.append(f"  palate engine vs transformers generate: "
+                         f"{micro['sample_palate']['tokens_per_s'] / micro['sample_hf']['tokens_per_s']:.2f}x")
+        if "sample_palate" in micro and "sample_palate_before" in micro:
+            lines.append(f"  palate engine vs palate_before: "
+                         f"{micro['sample_palate']['tokens_per_s'] / micro['sample_palate_before']['tokens_per_s']:.2f}x")
     lines.append(f"roofline: measured fp32 GEMM peak {peak['peak_gflops']:.0f} GFLOP/s ({args.threads} threads); "
                  + "; ".join(f"{name} {m['achieved_gflops']:.0f} GFLOP/s = {100 * m['mfu']:.1f}% MFU"
-                             for name, m in res.items() if m.get("achieved_gflops")))
+                             for name, m in grpo.items() if m.get("achieved_gflops")))
     lw = load.summary()
     if lw:
         lines.append(f"load average during the run: mean {lw['load_1m_mean']}, max {lw['load_1m_max']} on {lw['cores']} cores")
@@ -137,8 +241,10 @@ def main(argv=None) -> None:
     out = HERE / "out" / "rl.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     run_info = {"threads": args.threads, "load_during_run": lw, "gemm_peak": peak, "gemm_probes": peaks,
-                "tokens_per_s": {k: m["generated_tokens_per_s"] for k, m in res.items()},
-                "mfu_real_tokens": {k: m.get("mfu") for k, m in res.items()},
+                "tokens_per_s": {k: m["generated_tokens_per_s"] for k, m in grpo.items()},
+                "sampling_tokens_per_s": {**{k: m.get("sampling_tokens_per_s") for k, m in grpo.items()},
+                                          **{k: m["tokens_per_s"] for k, m in micro.items()}},
+                "mfu_real_tokens": {k: m.get("mfu") for k, m in grpo.items()},
                 "trl_configs": {"trl": "GRPOTrainer defaults with fp32, no checkpointing (its best CPU settings here)"}}
     payload = {"settings": vars(args), "results": res, "run": run_info, "table": text}
     out.write_text(json.dumps(payload, indent=2))
@@ -146,9 +252,14 @@ def main(argv=None) -> None:
 
     gen = {n: res[n]["generated_tokens_per_s"] if n in res else None for n in ("palate", "trl")}
     busy = [n for n, m in res.items() if m.get("contended")]
+    samp = {n: res[n]["sampling_tokens_per_s"] if n in res else None for n in ("palate", "trl")}
+    ratios = {"sampling_palate_vs_trl": samp["palate"] / samp["trl"] if samp["palate"] and samp["trl"] else None}
+    if "sample_palate" in micro and "sample_hf" in micro:
+        ratios["micro_sampling_palate_vs_hf_generate"] = (micro["sample_palate"]["tokens_per_s"]
+                                                          / micro["sample_hf"]["tokens_per_s"])
     write_result("rl", payload, metric="GRPO rollout generation throughput", unit="generated tokens/s",
-                 palate=gen["palate"], trl=gen["trl"], note="CONTENDED: " + ", ".join(busy) if busy else None,
-                 run=run_info)
+                 palate=gen["palate"], trl=gen["trl"], ratios=ratios,
+                 note="CONTENDED: " + ", ".join(busy) if busy else None, run=run_info)
 
 
 if __name__ == "__main__":

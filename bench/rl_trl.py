@@ -138,6 +138,7 @@ def run_trl_grpo(args) -> dict:
         "s_per_step": statistics.median(secs),
         "generated_tokens_per_s": sum(gen) / sum(secs),
         "generation_s_per_step": statistics.median(gen_secs[timed]),
+        "sampling_tokens_per_s": sum(gen) / sum(gen_secs[timed]),  # TRL's _generate alone (transformers' generate)
         "train_tokens_per_s": sum(seen) / sum(secs) if all(seen) else None,
         "peak_rss_gib": peak_rss_gib(),
         "mean_reward_first": mean(log[0]),

@@ -6,7 +6,16 @@ log-softmax, streaming, per-row determinism."""
 import pytest
 import torch
 
-from palate.rollout.generate import (_pick, _stop_candidates, decode, eos_ids, left_pad, reply, rollout, sample)
+from palate.rollout.generate import (
+    _pick,
+    _stop_candidates,
+    decode,
+    eos_ids,
+    left_pad,
+    reply,
+    rollout,
+    sample,
+)
 
 PROMPTS = ["hello there", "what is two plus two? explain at length please", "name a colour"]
 
@@ -66,7 +75,7 @@ def test_greedy_tokens_equal_transformers_generate_on_the_bundled_model(cache):
 
 
 def test_static_and_dynamic_caches_sample_the_same_tokens(model, tok):
-    kw = dict(n=3, max_new_tokens=14, temperature=0.8, seed=4, stop=("e",))
+    kw = {"n": 3, "max_new_tokens": 14, "temperature": 0.8, "seed": 4, "stop": ("e",)}
     a, b = rollout(model, tok, PROMPTS, cache="dynamic", **kw), rollout(model, tok, PROMPTS, cache="static", **kw)
     assert torch.equal(a.response_ids, b.response_ids) and a.stop_reason == b.stop_reason and a.texts == b.texts
     assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
