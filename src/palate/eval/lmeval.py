@@ -30,6 +30,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from palate.models.logprobs import causal_lm_parts, project, token_logprobs
+from palate.rollout.generate import decode
 
 
 @register_model("palate")
@@ -119,14 +120,12 @@ class PalateLM(LM):
             max_new = int(kw.get("max_gen_toks", 256))
             ids = (self._encode(context) or [self.prefix])[-(self.max_length - max_new):]
             sampling = bool(kw.get("do_sample")) and float(kw.get("temperature", 0) or 0) > 0
-            torch.manual_seed(self.seed)
-            gen = self.model.generate(input_ids=torch.tensor([ids], device=self._dev),
-                                      attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self._dev),
-                                      max_new_tokens=max_new, do_sample=sampling,
-                                      temperature=float(kw["temperature"]) if sampling else None,
-                                      top_p=None, top_k=None, eos_token_id=self.tok.eos_token_id,
-                                      pad_token_id=self.pad)[0, len(ids):]
-            text = self.tok.decode(gen, skip_special_tokens=True)
+            x = torch.tensor([ids])
+            d = decode(self.model, x, torch.ones_like(x), max_new_tokens=max_new,
+                       temperature=float(kw["temperature"]) if sampling else 0.0, eos={self.tok.eos_token_id},
+                       pad=self.pad, tokenizer=self.tok, stop=tuple(u for u in until if u),
+                       generator=torch.Generator().manual_seed(self.seed))
+            text = self.tok.decode(d.tokens[0, : d.length[0]], skip_special_tokens=True)
             cuts = [text.find(u) for u in until if u and u in text]
             out.append(text[: min(cuts)] if cuts else text)
         return out
