@@ -142,8 +142,9 @@ def worker(name: str, args) -> dict:
         cmd.append("--worker")
     if name.startswith("sample_"):
         cmd += ["--sampling-worker", name.split("_")[1], "--sampling-rounds", str(args.sampling_rounds)]
-        if args.cache is not None and not name.endswith("_before"):
-            cmd += ["--cache", args.cache] + (["--compile"] if args.compile else [])
+        cache = name.split("_")[2] if name.count("_") == 2 and not name.endswith("_before") else args.cache
+        if cache is not None and not name.endswith("_before"):  # sample_palate_dynamic: that cache
+            cmd += ["--cache", cache] + (["--compile"] if args.compile else [])
     print(f"[bench] running {name}", file=sys.stderr, flush=True)
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if out.returncode != 0:
@@ -169,6 +170,7 @@ def main(argv=None) -> None:
                     help="palate's KV cache in the sampling micro-benchmark (default: the engine's default)")
     ap.add_argument("--compile", action="store_true", help="torch.compile palate's decode step (micro-benchmark)")
     ap.add_argument("--before", default=None, help="a src dir of palate to measure too (workers *_before)")
+    ap.add_argument("--also", nargs="*", default=[], help="more workers, e.g. sample_palate_dynamic sample_palate_static")
     ap.add_argument("--only", nargs="+", default=["palate", "trl", "sample_palate", "sample_hf"])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sampling-worker", choices=["palate", "hf"], help=argparse.SUPPRESS)
@@ -179,6 +181,7 @@ def main(argv=None) -> None:
     if args.sampling_worker:
         print(json.dumps(run_sampling(args, args.sampling_worker)))
         return
+    args.only += [x for x in args.also if x not in args.only]
     if args.before:
         args.only += [x for x in ("palate_before", "sample_palate_before") if x not in args.only]
     from record import LoadWatch, flops_per_token, gemm_peak
