@@ -45,19 +45,23 @@ def run_palate(args) -> dict:
     import torch
     from sft import contended, peak_rss_gib, usage, usage_delta
 
-    from palate.config import load_config
+    from palate.config import ConfigError, load_config
     from palate.recipes.grpo import GRPOConfig, train
 
     torch.set_num_threads(args.threads)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-grpo-palate-")) / "run"
-    cfg = load_config(GRPOConfig, None, [
+    overrides = [
         f"run_dir={run_dir}", "model.name=bundled", "prompts.path=bundled:preferences", "prompts.eval_fraction=0",
         f"reward.function={HERE / 'rl_trl.py'}:target_reward", f"rollout.n={args.n}",
         f"rollout.max_new_tokens={args.max_new_tokens}", f"rollout.temperature={args.temperature}",
-        f"rollout.top_p={args.top_p}", f"grpo.prompts_per_step={args.prompts_per_step}", f"grpo.beta={args.beta}",
+        f"rollout.top_p={args.top_p}", f"grpo.prompts_per_step={args.prompts_per_step}", f"grpo.kl_coef={args.beta}",
         f"train.lr={args.lr}", f"train.max_steps={args.warmup + args.steps}", "train.save_every=0",
         "train.eval_every=0", f"train.threads={args.threads}", f"train.seed={args.seed}", "log.progress=false",
-        "grpo.sample_every=0"])
+        "grpo.sample_every=0"]
+    try:
+        cfg = load_config(GRPOConfig, None, overrides)
+    except ConfigError:  # an older palate (--before): the KL weight was grpo.beta
+        cfg = load_config(GRPOConfig, None, [o.replace("grpo.kl_coef=", "grpo.beta=") for o in overrides])
     before = usage()
     t0 = time.perf_counter()
     train(cfg)
