@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from palate.models.logprobs import kv_cache
-from palate.rollout.generate import _filter_logits, eos_ids, left_pad
+from palate.rollout.generate import _pick, eos_ids, left_pad
 
 log = logging.getLogger("palate.serve")
 
@@ -94,13 +94,21 @@ class Batcher:
                     r.emit({"error": f"generation failed: {type(e).__name__}: {e}"})
 
     def _pick(self, logits: torch.Tensor, rows: list[GenRequest], gens: list) -> list[int]:
-        out = []
+        """Each row's next token with its own temperature, top-p and generator, by the decoding engine's pick
+        (palate.rollout.generate._pick: greedy, or one uniform number per row against the cumulative
+        probabilities); rows sharing their settings are picked together."""
+        out = [0] * len(rows)
+        groups: dict[tuple[float, float], list[int]] = {}
         for i, r in enumerate(rows):
-            if r.temperature <= 0:
-                out.append(int(logits[i].argmax()))
-            else:
-                probs = _filter_logits(logits[i : i + 1] / r.temperature, r.top_p, 0).softmax(-1)
-                out.append(int(torch.multinomial(probs.cpu(), 1, generator=gens[i])))
+            groups.setdefault((max(r.temperature, 0.0), r.top_p), []).append(i)
+        for (temperature, top_p), idx in groups.items():
+            u = None
+            if temperature > 0:
+                u = torch.cat([torch.rand(1, 1, generator=gens[i]) for i in idx]).to(logits.device)
+            sel = torch.tensor(idx, device=logits.device)
+            tok, _ = _pick(logits.index_select(0, sel), temperature, top_p, 0, u, False)
+            for i, t in zip(idx, tok.tolist()):
+                out[i] = t
         return out
 
     def _advance(self, r: GenRequest, tok: int) -> str | None:
