@@ -174,6 +174,7 @@ def main(argv=None) -> None:
                     help="palate's KV cache in the sampling micro-benchmark (default: the engine's default)")
     ap.add_argument("--compile", action="store_true", help="torch.compile palate's decode step (micro-benchmark)")
     ap.add_argument("--before", default=None, help="a src dir of palate to measure too (workers *_before)")
+    ap.add_argument("--before-sampling-only", action="store_true", help="--before: the sampling micro-benchmark only")
     ap.add_argument("--also", nargs="*", default=[], help="more workers, e.g. sample_palate_dynamic sample_palate_static")
     ap.add_argument("--only", nargs="+", default=["palate", "trl", "sample_palate", "sample_hf"])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -186,8 +187,9 @@ def main(argv=None) -> None:
         print(json.dumps(run_sampling(args, args.sampling_worker)))
         return
     args.only += [x for x in args.also if x not in args.only]
-    if args.before:
-        args.only += [x for x in ("palate_before", "sample_palate_before") if x not in args.only]
+    if args.before:  # GRPO too unless --before-sampling-only
+        args.only += [x for x in ("palate_before", "sample_palate_before") if x not in args.only
+                      and not (args.before_sampling_only and x == "palate_before")]
     from record import LoadWatch, flops_per_token, gemm_peak
 
     with LoadWatch() as load:
