@@ -193,16 +193,19 @@ def test_ppo_on_two_processes_fsdp_is_the_one_process_run_with_a_global_kl_contr
 
 @pytest.mark.slow
 def test_fsdp_grpo_sigkilled_resumes_on_two_and_on_one_process(tmp_path, chars):
-    """A 2-process FSDP GRPO run SIGKILLed after its step-2 (DCP, sharded) checkpoint resumes on 2 processes
-    on the uninterrupted 2-process curve, and on 1 process (DCP reshards the checkpoint) with that curve's
-    step 3 (sampled from the restored weights); both finish with a whole final/ that AutoModelForCausalLM loads."""
+    """A 2-process FSDP GRPO run with LoRA (frozen base + adapter in the same FSDP groups; the reference is the
+    disabled adapter, evaluated while the policy is unsharded) SIGKILLed after its step-2 (DCP, sharded)
+    checkpoint resumes on 2 processes on the uninterrupted 2-process curve, and on 1 process (DCP reshards the
+    checkpoint) with that curve's step 3 (sampled from the restored weights); both finish with a whole, merged
+    final/ that AutoModelForCausalLM loads."""
     from transformers import AutoModelForCausalLM
 
     from palate.recipes.grpo import GRPOConfig, train
 
-    args = [*grpo(chars, "train.max_steps=4", "train.eval_every=2", "train.save_every=2", "train.keep_last=2"),
-            "train.sharding=fsdp"]
-    launch("torchrun", "grpo", [f"run_dir={tmp_path / 'whole'}", *args])
+    args = [*grpo(chars, "train.max_steps=4", "train.eval_every=2", "train.save_every=2", "train.keep_last=2",
+                  "lora.enabled=true", "lora.r=4", "lora.dropout=0.0", "train.lr=5e-3"), "train.sharding=fsdp"]
+    out = launch("torchrun", "grpo", [f"run_dir={tmp_path / 'whole'}", *args])
+    assert "frozen base weights + trainable adapter" in out.stderr
 
     two = tmp_path / "two"
     proc = subprocess.Popen(torchrun(["-m", "palate", "grpo", f"run_dir={two}", *args]), env=child_env(), cwd=ROOT,
@@ -235,6 +238,8 @@ def test_fsdp_grpo_sigkilled_resumes_on_two_and_on_one_process(tmp_path, chars):
         assert json.loads((run / "status.json").read_text())["state"] == "finished"
         model = AutoModelForCausalLM.from_pretrained(run / "final")
         assert sum(p.numel() for p in model.parameters()) > 3e6  # whole, not a shard
+        assert not any("lora" in k for k in model.state_dict())  # merged
+    assert whole[4]["kl"] != 0.0  # the adapter moved the policy away from its disabled-adapter reference
 
 
 @pytest.mark.slow
