@@ -47,6 +47,21 @@ def test_no_alert_when_gold_falls_but_proxy_falls_too():
         assert mon.update(step, proxy=2 - 0.1 * step, gold=1 - 0.1 * step) == []
 
 
+def test_no_alert_when_the_heldout_proxy_falls_with_the_gold():
+    """The training proxy rises (0.1/step) but on the held-out answers the proxy fell with the gold: step 4's
+    gold 0.5 is 0.5 below its best (1.0 at step 3), and the held-out proxy fell 0.6 (1.2 -> 0.6): they agree
+    (−0.6 <= −0.5 + 0.1), so no alert. At step 5 the held-out proxy rose to 1.4 (+0.2 > −0.6 + 0.1) while the
+    gold fell to 0.4: that is the divergence."""
+    mon = Monitor(MonitorConfig(window=3, gold_tolerance=0.1))
+    rows = [(1, 0.2, 0.2), (2, 0.8, 0.9), (3, 1.0, 1.2), (4, 0.5, 0.6), (5, 0.4, 1.4)]
+    raised = {step: mon.update(step, proxy=0.1 * step, gold=gold, heldout_proxy=held) for step, gold, held in rows}
+    assert [step for step, alerts in raised.items() if alerts] == [5]
+    assert mon.best_gold_step == 3 and "step 3" in raised[5][0].message
+    # without the held-out proxy the same gold drop at step 4 is an alert (nothing says the two agree)
+    plain = Monitor(MonitorConfig(window=3, gold_tolerance=0.1))
+    assert [s for s, g, _ in rows if plain.update(s, proxy=0.1 * s, gold=g)] == [4]
+
+
 def test_stop_action():
     mon = Monitor(MonitorConfig(window=3, gold_tolerance=0.0, action="stop"))
     for step, proxy, gold in _hacking_run():

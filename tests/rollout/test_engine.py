@@ -144,3 +144,25 @@ def test_stop_candidates_include_every_token_that_can_end_a_stop_string(tok):
         for i in tok(text, add_special_tokens=False)["input_ids"][-1:]:
             assert mask[i]
     assert not mask[tok("hello", add_special_tokens=False)["input_ids"][0]]
+
+
+def test_rollout_config_cache_and_compile_reach_the_engine(model, tok, monkeypatch):
+    """rollout.cache / rollout.compile are passed to the decoding engine (a spy records the real call's arguments);
+    both caches sample the same tokens; an unknown cache is refused naming the key."""
+    import palate.rollout.generate as generate
+    from palate.config import ConfigError
+    from palate.rollout.sampling import RolloutConfig, sample_rollout
+
+    seen, real = [], generate.decode
+
+    def spy(*args, **kw):
+        seen.append((kw["cache"], kw["compile"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(generate, "decode", spy)
+    out = {c: sample_rollout(model, tok, PROMPTS, RolloutConfig(n=2, max_new_tokens=6, cache=c), seed=3)[0]
+           for c in ("dynamic", "static")}
+    assert seen == [("dynamic", False), ("static", False)]
+    assert torch.equal(out["dynamic"].response_ids, out["static"].response_ids)
+    with pytest.raises(ConfigError, match="rollout.cache"):
+        RolloutConfig(cache="paged")

@@ -6,6 +6,11 @@ Every check looks at the last ``window`` values W of its signal:
 
     proxy_gold     the proxy reward (what is optimised) keeps rising while a held-out gold signal falls:
                    slope_LS(proxy over W) > 0  and  gold_now < max(gold so far) − gold_tolerance
+                   and, where the proxy was also scored on the gold's held-out answers (``heldout_proxy``) at
+                   the best-gold step and now, it did not fall with the gold:
+                   Δheldout_proxy > Δgold + gold_tolerance  (Δ: now − at the best-gold step). A gold signal
+                   that agrees with the proxy falls with it on the same answers and so never alerts; a drop
+                   of both on a noisy held-out evaluation is noise, not hacking.
                    (slope_LS = Σ(t−t̄)(v−v̄)/Σ(t−t̄)², least squares over the window; robust to one noisy point)
     length         reward tracks length: within one step when ``reward`` and ``length`` are per-sample lists,
                    Pearson r(reward_i, length_i) > length_corr; across steps (scalar means), the Pearson r of
@@ -46,10 +51,10 @@ import numpy as np
 from palate.config import ConfigError  # a ValueError: the CLI reports it as a config error
 from palate.eval.stats import pearson
 
-SIGNALS = ("proxy", "gold", "length", "reward", "repetition", "ensemble_std", "kl")
+SIGNALS = ("proxy", "heldout_proxy", "gold", "length", "reward", "repetition", "ensemble_std", "kl")
 # metrics.jsonl keys read by monitor_metrics (first present wins), per signal
 DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
-    "proxy": ("reward",), "gold": ("gold_reward", "eval_gold", "gold"),
+    "proxy": ("reward",), "heldout_proxy": ("eval_score", "eval_reward"), "gold": ("gold_reward", "eval_gold", "gold"),
     "length": ("response_length",), "reward": ("reward",), "repetition": ("repetition", "repeated_3gram"),
     "ensemble_std": ("ensemble_std",), "kl": ("kl",),
 }
@@ -161,11 +166,20 @@ class Monitor:
             return None
         rise = slope([s for s, _ in proxy], [v for _, v in proxy])
         gold_step, gold = self.history["gold"][-1]
-        if rise > 0 and gold < self.best_gold - self.config.gold_tolerance:
+        if rise > 0 and gold < self.best_gold - self.config.gold_tolerance and self._proxy_held(gold_step, gold):
             return (f"proxy reward rising ({rise:+.4g}/step over the last {len(proxy)} points) while the gold "
                     f"score fell to {gold:.4g} at step {gold_step} from its best {self.best_gold:.4g} at step "
                     f"{self.best_gold_step}: keep the checkpoint of step {self.best_gold_step}")
         return None
+
+    def _proxy_held(self, gold_step: int, gold: float) -> bool:
+        """False when the proxy scored on the gold's own held-out answers fell along with the gold since the
+        best-gold step (the two agree); True when it held or rose, or when there is no such pair to compare."""
+        held = dict(self.history["heldout_proxy"])
+        if self.best_gold_step not in held or gold_step not in held:
+            return True
+        fall = gold - self.best_gold
+        return held[gold_step] - held[self.best_gold_step] > fall + self.config.gold_tolerance
 
     def _length(self, given: dict) -> str | None:
         if "reward" not in given or "length" not in given:

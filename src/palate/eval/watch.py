@@ -72,7 +72,7 @@ class Watch:
         metrics["repetition"] = repetition
         self.update(step, proxy=metrics["reward"], reward=exp.rewards.score.tolist(), length=r.lengths.tolist(),
                     repetition=repetition, kl=metrics.get("kl"), ensemble_std=metrics.get("ensemble_std"),
-                    gold=metrics.get("eval_gold"))
+                    gold=metrics.get("eval_gold"), heldout_proxy=_first(metrics, "eval_score", "eval_reward"))
         metrics["monitor_alerts"] = len(self.monitor.alerts)
 
     def summary(self) -> dict:
@@ -92,6 +92,11 @@ class Watch:
         shutil.copytree(best, final)
         log.info("final/ is the best policy by the gold score (step %d); the policy at the stop is in %s",
                  self.monitor.best_gold_step, keep)
+
+
+def _first(metrics: dict, *keys: str):
+    """The value of the first of ``keys`` present in ``metrics`` (None when none is)."""
+    return next((metrics[k] for k in keys if metrics.get(k) is not None), None)
 
 
 def distinct_prompts(records: list, n: int) -> list:
@@ -155,6 +160,7 @@ class HeldOutWatch:
             with open(self.run.path / "eval_gold.jsonl", "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         self.watch.update(step, proxy=out.get("eval_reward", margin), gold=out.get("eval_gold"), reward=proxy,
+                          heldout_proxy=out.get("eval_reward"),
                           length=lengths if proxy is not None else None, repetition=out["repetition"])
         out["monitor_alerts"] = len(self.watch.monitor.alerts)
         log.info("held-out answers (step %d): %s", step, ", ".join(f"{k} {v:.4g}" for k, v in out.items()))

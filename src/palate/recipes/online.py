@@ -187,7 +187,8 @@ class OnlineRun:
             return
         metrics = self.evaluate_held_out(0)
         if "eval_gold" in metrics and self.run.writes:
-            self.watch.update(0, gold=metrics["eval_gold"])
+            self.watch.update(0, gold=metrics["eval_gold"],
+                              heldout_proxy=metrics.get("eval_score", metrics.get("eval_reward")))
         self.run.log(0, metrics)
         log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
