@@ -39,3 +39,29 @@ def test_sequence_logprobs_equal_naive_log_softmax(tok, chunk):
     per_token = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
     g2 = torch.autograd.grad((per_token * mask).sum(), model.model.embed_tokens.weight)[0]
     assert torch.allclose(g1, g2, atol=1e-4 * float(g2.abs().max()), rtol=0)  # float32 sum order differs by chunk
+
+
+def test_response_hidden_under_gradient_checkpointing_equals_the_cached_forward(tok):
+    """transformers' gradient checkpointing drops a layer's KV cache in training (cache=None), so the prefix-shared
+    forward would not attend to the prompt at all (measured: hidden states off by ~3). response_hidden then runs
+    prompt and response as one uncached forward: same hidden states and the same gradients as without
+    checkpointing."""
+    from palate.models.logprobs import response_hidden
+
+    model = tiny_model(tok).train()
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(5, 100, (2, 5), generator=g)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[0, :2] = 0  # left padding
+    resp = torch.randint(5, 100, (4, 4), generator=g)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        h = response_hidden(model, prompt, mask, resp, 2)
+        (h * torch.linspace(-1, 1, h.shape[-1])).sum().backward()
+        return h.detach(), model.model.layers[0].mlp.up_proj.weight.grad.clone()
+
+    plain_h, plain_g = run()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ckpt_h, ckpt_g = run()
+    assert torch.allclose(ckpt_h, plain_h, atol=1e-5) and torch.allclose(ckpt_g, plain_g, atol=1e-5)

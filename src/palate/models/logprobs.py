@@ -255,6 +255,8 @@ def response_hidden(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     device = next(model.parameters()).device
     mask = prompt_mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    if _checkpointing(decoder):
+        return _response_hidden_uncached(decoder, prompt_ids.to(device), mask, positions, response_ids, n)
     cache = DynamicCache(config=model.config)
     prompt_out = decoder(input_ids=prompt_ids.to(device), attention_mask=mask, position_ids=positions,
                          use_cache=True, **kv_cache(decoder, cache)).last_hidden_state  # [P, W, H]
@@ -267,6 +269,27 @@ def response_hidden(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
                    position_ids=pos[:, :-1], use_cache=True, **kv_cache(decoder, cache)).last_hidden_state
     first = prompt_out[:, -1:].repeat_interleave(n, 0)  # the last prompt position predicts token 0
     return torch.cat([first, resp], dim=1)
+
+
+def _checkpointing(decoder) -> bool:
+    """Whether a forward of ``decoder`` now would run with transformers' gradient checkpointing, which drops the
+    KV cache (``cache=None``) of a layer it checkpoints: a prompt's cache would silently not be attended."""
+    return decoder.training and torch.is_grad_enabled() and \
+        any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules())
+
+
+def _response_hidden_uncached(decoder, prompt_ids, mask, positions, response_ids, n: int) -> torch.Tensor:
+    """:func:`response_hidden` without prefix sharing: each row's prompt and response in one forward, no cache
+    (what gradient checkpointing allows). Same ``[B, T, H]``."""
+    device = prompt_ids.device
+    B, T = response_ids.shape
+    W = prompt_ids.shape[1]
+    pos = positions[:, -1:].repeat_interleave(n, 0) + 1 + torch.arange(T, device=device)[None, :]
+    ids = torch.cat([prompt_ids.repeat_interleave(n, 0), response_ids[:, :-1].to(device)], dim=1)
+    full_mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones(B, T - 1)], dim=1)
+    full_pos = torch.cat([positions.repeat_interleave(n, 0), pos[:, :-1]], dim=1)
+    hidden = decoder(input_ids=ids, attention_mask=full_mask, position_ids=full_pos, use_cache=False).last_hidden_state
+    return hidden[:, W - 1 :]  # the last prompt position predicts token 0, response position t-1 token t
 
 
 def response_logprobs(model, hidden: torch.Tensor, response_ids: torch.Tensor, mask: torch.Tensor,
