@@ -10,7 +10,8 @@ order, seed 0), the bundled SmolLM2-135M-Instruct in fp32, β = 0.1, sigmoid DPO
 
 * ``palate``: the DPO recipe's path: ``encode_groups`` + ``group_batches`` (bucketed, chosen and rejected
   in one batch), reference log-probs precomputed once over the pairs used (``reference_logprobs``), then
-  per step ``sequence_logprobs`` (projection only on completion tokens, chunked) -> ``pair_loss`` ->
+  per step ``sequence_logprobs`` (each pair's prompt run once, its KV cache shared by chosen and rejected;
+  projection only on completion tokens, chunked) -> ``pair_loss`` ->
   backward -> clip -> palate AdamW; ``keep_freed_memory()`` as ``session.start`` does.
 * ``plain``: the SAME batches; HF forward ``model(...).logits`` -> full ``log_softmax`` over
   ``[rows, seq, vocab]`` -> gather -> DPO; the reference precomputed the same naive way;
@@ -36,7 +37,9 @@ The reference pass counts: for palate, plain and trl_precompute, the time spent 
 log-probs is charged to the timed steps in proportion to the tokens they cover (for TRL, the precompute
 pass over the timed steps' pairs is measured the same way: the whole ``train()`` call is timed,
 including TRL's precompute, and the warm-up share is removed by tokens). Tokens/s counts real
-(non-padding) tokens of chosen and rejected sequences of the timed steps.
+(non-padding) tokens of chosen and rejected sequences of the timed steps, for every workload alike (a pair's
+prompt twice). palate runs a pair's prompt once: its padding is of the positions it runs, and its GFLOP/s and
+MFU count the real tokens it ran (``computed_real_tokens``), not the ones it saved.
 """
 
 from __future__ import annotations
@@ -103,10 +106,31 @@ def worker_palate(args) -> dict:
         return pair_loss(spec, pol, counts, ref_rows).losses.mean()
 
     secs, toks, slots, losses, u0 = train_loop("palate", args, torch, model, batches, ref, step, optimizer, sched.step)
-    return summarize("palate", args, charge_reference(secs, toks, ref_seconds), toks, slots, {
+    batch_slots, slots, computed = slots, *map(list, zip(*(computed_positions(b) for b in batches)))
+    out = summarize("palate", args, charge_reference(secs, toks, ref_seconds), toks, slots, {
         "losses": losses, "batches_fingerprint": fingerprint(batches), "reference_seconds": ref_seconds,
-        "keep_freed_memory": kept, "data": info, "timed_usage": usage_delta(u0, usage()),
+        "keep_freed_memory": kept, "data": info, "timed_usage": usage_delta(u0, usage()), "batch_slots": batch_slots,
     })
+    timed = slice(args.warmup, None)
+    out["computed_real_tokens"] = sum(computed[timed])  # each shared prompt once
+    out["computed_tokens_per_s"] = out["tokens_per_s"] * out["computed_real_tokens"] / max(1, out["real_tokens"])
+    out["padding_fraction"] = 1 - out["computed_real_tokens"] / max(1, out["slots"])
+    out["padding_fraction_batch_tensors"] = 1 - out["real_tokens"] / max(1, sum(batch_slots[timed]))
+    return out
+
+
+def computed_positions(batch) -> tuple[int, int]:
+    """(positions palate's forward runs, real tokens among them) for a batch: with each pair's prompt run once
+    (``models.logprobs.shared_prompts``) the prompts' and completions' padded positions, else the batch's."""
+    from palate.models.logprobs import shared_prompts
+
+    shared = shared_prompts(batch)
+    if shared is None:
+        return batch.n_slots, batch.n_tokens
+    prompt_ids, prompt_mask, response_ids, response_mask, _ = shared
+    # the completions' last position predicts nothing and is not run
+    return (prompt_ids.numel() + response_ids[:, :-1].numel(),
+            int(prompt_mask.sum()) + int(response_mask[:, :-1].sum()))
 
 
 def kto_ratings(args):

@@ -8,9 +8,9 @@ its own. All see the same preference pairs (``--data``, default ``bundled:prefer
 order, seed 0) and the bundled SmolLM2-135M-Instruct with a 1-output score head, fp32.
 
 * ``palate``: the ``palate rm`` path: ``encode_groups`` + ``group_batches`` (bucketed, chosen and
-  rejected of a pair in one batch), ``batch_scores`` (the batch's rows run in length buckets so a pair's
-  two responses do not pad each other; backbone hidden states, then the head only at each row's last
-  token), ``comparison_loss`` (Bradley–Terry), backward, clip, palate AdamW; ``keep_freed_memory()``.
+  rejected of a pair in one batch), ``batch_scores`` (each pair's prompt runs once and its KV cache serves
+  both responses, or the rows run in length buckets, whichever runs fewer positions; backbone hidden states,
+  then the head only at each row's last token), ``comparison_loss`` (Bradley–Terry), backward, clip, palate AdamW; ``keep_freed_memory()``.
 * ``plain``: the SAME batches through HF's forward (``model(...).logits``, the head on every position)
   -> ``-logsigmoid(r_c - r_r).mean()`` -> backward, clip, ``torch.optim.AdamW``.
 * ``trl``: ``RewardTrainer`` with its defaults on the same pairs as conversational prompt/chosen/rejected,
@@ -20,8 +20,10 @@ order, seed 0) and the bundled SmolLM2-135M-Instruct with a 1-output score head,
   the longer of chosen and rejected). ``RewardConfig`` 1.16 has no padding-free or packing option (its
   collator always pads chosen and rejected into one tensor), so there is nothing more to turn on.
 
-Tokens/s counts real (non-padding) tokens of chosen and rejected sequences of the timed steps; padding is
-that of the tensors the forwards run on (palate: its length buckets). MFU is against the fp32 GEMM peak
+Tokens/s counts real (non-padding) tokens of chosen and rejected sequences of the timed steps, for every
+workload alike (a pair's prompt twice); padding is that of the positions the forwards run (palate: a shared
+prompt once, or its length buckets), and palate's GFLOP/s and MFU count the real tokens it ran
+(``computed_real_tokens``), not the ones it saved. MFU is against the fp32 GEMM peak
 measured in the same run (``record.gemm_peak``), counting 6 x the decoder's matmul parameters per real token.
 """
 
@@ -63,8 +65,7 @@ def worker_palate(args) -> dict:
     kept = keep_freed_memory()
     torch, tok, model = setup_worker(args, num_labels=1)
     from palate.infra.optim import adamw, scheduler
-    from palate.data.batching import split_rows
-    from palate.models.heads import init_heads
+    from palate.models.heads import init_heads, plan_positions, reward_plan
     from palate.recipes.reward import ROW_PARTS, RewardSpec, batch_scores, comparison_loss
 
     init_heads(model, 0)
@@ -79,14 +80,21 @@ def worker_palate(args) -> dict:
 
     secs, toks, slots, losses, u0 = train_loop("palate", args, torch, model, batches, [None] * len(batches), step,
                                                optimizer, sched.step)
-    # the slots palate's forwards compute: the length buckets' (the batch tensor's are in "batch_slots")
-    batch_slots = slots
-    slots = [sum(sub.n_slots for _, sub in split_rows(b, ROW_PARTS)) for b in batches]
-    return summarize("palate", args, secs, toks, slots, {
+    # the positions palate's forwards run (each pair's prompt once, or the length buckets; the batch tensors'
+    # are in "batch_slots") and the real tokens among them
+    plans = [reward_plan(b, ROW_PARTS) for b in batches]
+    batch_slots, (slots, computed) = slots, map(list, zip(*(plan_positions(p) for p in plans)))
+    out = summarize("palate", args, secs, toks, slots, {
         "losses": losses, "batches_fingerprint": fingerprint(batches), "keep_freed_memory": kept, "data": info,
         "timed_usage": usage_delta(u0, usage()), "row_parts": ROW_PARTS, "batch_slots": batch_slots,
         "padding_fraction_batch_tensors": 1 - sum(toks[args.warmup:]) / max(1, sum(batch_slots[args.warmup:])),
+        "forwards": {how: sum(1 for h, _ in plans[args.warmup:] if h == how) for how in ("shared", "buckets", "one")},
     })
+    timed = slice(args.warmup, None)
+    out["computed_real_tokens"] = sum(computed[timed])  # each shared prompt once
+    out["computed_tokens_per_s"] = out["tokens_per_s"] * out["computed_real_tokens"] / max(1, out["real_tokens"])
+    out["padding_fraction"] = 1 - out["computed_real_tokens"] / max(1, out["slots"])
+    return out
 
 
 def worker_plain(args) -> dict:

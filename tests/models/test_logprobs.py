@@ -41,6 +41,32 @@ def test_sequence_logprobs_equal_naive_log_softmax(tok, chunk):
     assert torch.allclose(g1, g2, atol=1e-4 * float(g2.abs().max()), rtol=0)  # float32 sum order differs by chunk
 
 
+def test_pairs_run_their_prompt_once_with_the_same_logprobs(tok):
+    """A pair's chosen and rejected share their prompt: it runs once (fewer positions than the padded batch) and
+    the log-probs and gradients equal one forward over every row; rows with different prompts, packed rows and a
+    single row are not shared."""
+    from palate.models.logprobs import shared_prompts
+
+    model = tiny_model(tok, seed=3)
+    prefs = [Preference("Tell me a long story about a cat please", "Once upon a time a cat sat.", "No."),
+             Preference("Hi", "hello friend, how are you today? I am well.", "go away")]
+    (batch,) = group_batches(encode_groups(tok, prefs, 64, skips=SkipLog()), 2, tok.pad_token_id, 0, 0)
+    shared = shared_prompts(batch)
+    assert shared.which.tolist() == [0, 0, 1, 1] and shared.positions()[0] < batch.input_ids.numel()
+    assert int(shared.response_mask.sum()) == batch.n_targets  # every completion token, nothing else
+    assert sorted(r for rows, _ in shared.parts for r in rows) == [0, 1, 2, 3] and len(shared.parts) == 2
+    shared, counts = sequence_logprobs(model, batch)
+    plain, plain_counts = sequence_logprobs(model, batch, share_prompts=False)
+    assert torch.equal(counts, plain_counts) and torch.allclose(shared, plain, atol=1e-4, rtol=1e-6)
+    w = model.model.layers[0].self_attn.q_proj.weight
+    g1, g2 = (torch.autograd.grad(sequence_logprobs(model, batch, share_prompts=s)[0].sum(), w)[0] for s in (1, 0))
+    assert torch.allclose(g1, g2, atol=1e-4 * float(g2.abs().max()), rtol=0)
+    lone = [Preference(f"question {i}", "an answer", "another answer entirely") for i in range(2)]
+    (rows,) = group_batches(encode_groups(tok, lone, 64, skips=SkipLog()), 2, tok.pad_token_id, 0, 0)
+    rows.labels[1::2] = IGNORE  # no targets: not a completion after a prompt
+    assert shared_prompts(rows) is None
+
+
 def test_response_hidden_under_gradient_checkpointing_equals_the_cached_forward(tok):
     """transformers' gradient checkpointing drops a layer's KV cache in training (cache=None), so the prefix-shared
     forward would not attend to the prompt at all (measured: hidden states off by ~3). response_hidden then runs

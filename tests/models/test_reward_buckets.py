@@ -60,10 +60,13 @@ def test_bucketed_scores_equal_unbucketed_ones(tok):
     (batch,) = group_batches(groups, 8, tok.pad_token_id, 0, 0)
     assert len(split_rows(batch, ROW_PARTS)) > 1
 
-    plain = reward_scores(model, batch)
-    bucketed = batch_scores(model, batch)
+    plain = reward_scores(model, batch, share_prompts=False)
+    bucketed = reward_scores(model, batch, ROW_PARTS, share_prompts=False)
     assert bucketed.shape == plain.shape == (16, 2)
     assert torch.allclose(bucketed, plain, atol=1e-5, rtol=1e-5)
+    # what training runs: each pair's prompt once, its cache shared by both responses (cheaper than the buckets)
+    shared = batch_scores(model, batch)
+    assert torch.allclose(shared, plain, atol=1e-5, rtol=1e-5)
     # HF's own forward (head on every position, read at the last non-pad token) agrees too
     with torch.no_grad():
         hf = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -72,7 +75,8 @@ def test_bucketed_scores_equal_unbucketed_ones(tok):
     spec = RewardSpec()
     l1 = comparison_loss(plain, batch, records, spec).mean()
     l2 = comparison_loss(bucketed, batch, records, spec).mean()
-    assert torch.allclose(l1, l2, atol=1e-6)
+    l3 = comparison_loss(shared, batch, records, spec).mean()
+    assert torch.allclose(l1, l2, atol=1e-6) and torch.allclose(l1, l3, atol=1e-6)
     w = model.model.embed_tokens.weight
-    g1, g2 = (torch.autograd.grad(x, w)[0] for x in (l1, l2))
-    assert torch.allclose(g1, g2, atol=1e-6, rtol=1e-4)
+    g1, g2, g3 = (torch.autograd.grad(x, w)[0] for x in (l1, l2, l3))
+    assert torch.allclose(g1, g2, atol=1e-6, rtol=1e-4) and torch.allclose(g1, g3, atol=1e-6, rtol=1e-4)

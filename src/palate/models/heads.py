@@ -26,6 +26,7 @@ from palate.data.batching import Batch, collate, split_rows
 from palate.data.errors import SkipLog
 from palate.data.records import Prompt
 from palate.data.tokenize import encode_responses, uses_chat_template
+from palate.models.logprobs import SharedPrompts, fsdp_sharded, prompt_shared_forward, shared_prompts
 
 log = logging.getLogger("palate.models")
 
@@ -61,7 +62,7 @@ def init_heads(model, seed: int) -> None:
             head.bias.zero_()
 
 
-def reward_scores(model, batch: Batch, row_parts: int = 1) -> torch.Tensor:
+def reward_scores(model, batch: Batch, row_parts: int = 1, share_prompts: bool = True) -> torch.Tensor:
     """Rewards of each row of a right-padded batch, read at its last real token: ``[rows, heads]``.
 
     The head sees only those rows' final hidden states: the backbone returns hidden states, never a
@@ -71,15 +72,50 @@ def reward_scores(model, batch: Batch, row_parts: int = 1) -> torch.Tensor:
     ``row_parts > 1`` runs the rows as up to that many length buckets (:func:`palate.data.batching.split_rows`),
     each padded only to its own longest row, so a short rejected response is not padded to its long chosen
     one; the scores come back in the batch's row order (equal to one forward's to float rounding).
+
+    Rows that share a prompt (a comparison's responses) run it once (``share_prompts``) when that costs fewer
+    positions than the batch or its buckets (:func:`reward_plan`, :func:`palate.models.logprobs.shared_prompts`):
+    the prompt's key/value cache serves each response, whose last token's state is scored (not under FSDP2:
+    :func:`palate.models.logprobs.fsdp_sharded`).
     """
-    if row_parts > 1 and batch.attention_mask is not None and batch.input_ids.shape[0] > 1:
-        parts = split_rows(batch, row_parts)
-        if len(parts) > 1:
-            scores = torch.cat([_scores_at_last_token(model, sub) for _, sub in parts])
-            where = torch.empty(batch.input_ids.shape[0], dtype=torch.long)  # batch row -> position in ``scores``
-            where[torch.tensor([r for rows, _ in parts for r in rows])] = torch.arange(len(where))
-            return scores[where.to(scores.device)]
+    how, plan = reward_plan(batch, row_parts, share_prompts and not fsdp_sharded(model))
+    if how == "shared":
+        return _scores_with_shared_prompts(model, plan)
+    if how == "buckets":
+        scores = torch.cat([_scores_at_last_token(model, sub) for _, sub in plan])
+        where = torch.empty(batch.input_ids.shape[0], dtype=torch.long)  # batch row -> position in ``scores``
+        where[torch.tensor([r for rows, _ in plan for r in rows])] = torch.arange(len(where))
+        return scores[where.to(scores.device)]
     return _scores_at_last_token(model, batch)
+
+
+def reward_plan(batch: Batch, row_parts: int = 1, share_prompts: bool = True) -> tuple[str, Any]:
+    """How :func:`reward_scores` runs a batch, the cheapest in positions: ``("shared", shared_prompts(batch))``,
+    ``("buckets", split_rows(batch, row_parts))`` or ``("one", batch)``."""
+    parts = split_rows(batch, row_parts) if row_parts > 1 and batch.attention_mask is not None \
+        and batch.input_ids.shape[0] > 1 else []
+    shared = shared_prompts(batch, max(row_parts, 1)) if share_prompts else None
+    if shared is not None and (len(parts) < 2 or
+                               plan_positions(("shared", shared))[0] < plan_positions(("buckets", parts))[0]):
+        return "shared", shared
+    return ("buckets", parts) if len(parts) > 1 else ("one", batch)
+
+
+def plan_positions(plan: tuple[str, Any]) -> tuple[int, int]:
+    """(positions a :func:`reward_plan` runs through the backbone, real tokens among them)."""
+    how, what = plan
+    if how == "shared":
+        return what.positions(predict=False)
+    subs = [sub for _, sub in what] if how == "buckets" else [what]
+    return sum(sub.n_slots for sub in subs), sum(sub.n_tokens for sub in subs)
+
+
+def _scores_with_shared_prompts(model, shared: SharedPrompts) -> torch.Tensor:
+    backbone, head = backbone_and_head(model)
+    _, hidden = prompt_shared_forward(backbone, shared.prompt_ids, shared.prompt_mask, shared.response_ids,
+                                      shared.which, shared.parts)
+    last = shared.response_mask.sum(dim=1).to(hidden.device) - 1  # right padding: each response's last real token
+    return head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).float()
 
 
 def _scores_at_last_token(model, batch: Batch) -> torch.Tensor:

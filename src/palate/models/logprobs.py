@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from palate.data.batching import IGNORE, Batch
+from palate.data.batching import IGNORE, Batch, row_buckets
 from palate.losses.policy import entropy_from_logits
 
 
@@ -222,53 +223,193 @@ def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperatur
     return (torch.cat(lps) if lps else zero), ((torch.cat(ents) if ents else zero) if with_entropy else None)
 
 
-def sequence_logprobs(model, batch: Batch, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprobs(model, batch: Batch, chunk: int = 1024,
+                      share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each row's completion tokens and how many there are: ``([R], [R])``.
 
-    One forward over every row (chosen and rejected together when the batch holds pairs); the
-    vocabulary projection runs only on completion positions, ``chunk`` rows at a time, in float32
-    for the log-softmax, and its backward recomputes the logits (:func:`head_logprobs`). Padding and
-    prompt tokens contribute nothing.
+    Rows that share a prompt (a pair's chosen and rejected, a KTO rating and its mismatched partner) run it
+    once (``share_prompts``, :func:`shared_prompts`): each distinct prompt goes through the decoder once and
+    its key/value cache serves every completion of it (:func:`response_hidden`), which saves the repeated
+    prompt tokens and the padding of a batch whose rows differ in prompt and completion lengths. Otherwise one
+    forward over every row. The vocabulary projection runs only on completion positions, ``chunk`` rows at a
+    time, in float32 for the log-softmax, and its backward recomputes the logits (:func:`head_logprobs`).
+    Padding and prompt tokens contribute nothing; both ways give the same numbers to float rounding. Not
+    under FSDP2 (:func:`fsdp_sharded`).
     """
-    hidden, targets = target_hidden(model, batch)
-    rows = torch.arange(batch.input_ids.shape[0])[:, None].expand(-1, batch.input_ids.shape[1] - 1)
-    row_of = rows[batch.labels[:, 1:] != IGNORE].to(hidden.device)
-    token_lp, _ = head_logprobs(model, hidden, targets, chunk=chunk)
     n_rows = batch.input_ids.shape[0]
+    shared = shared_prompts(batch) if share_prompts and not fsdp_sharded(model) else None
+    if shared is not None:
+        hidden = response_hidden(model, shared.prompt_ids, shared.prompt_mask, shared.response_ids,
+                                 which=shared.which, parts=shared.parts)
+        mask = shared.response_mask.to(hidden.device)
+        hidden, targets = hidden[mask], shared.response_ids.to(hidden.device)[mask]
+        row_of = torch.arange(n_rows, device=hidden.device)[:, None].expand_as(mask)[mask]
+    else:
+        hidden, targets = target_hidden(model, batch)
+        rows = torch.arange(n_rows)[:, None].expand(-1, batch.input_ids.shape[1] - 1)
+        row_of = rows[batch.labels[:, 1:] != IGNORE].to(hidden.device)
+    token_lp, _ = head_logprobs(model, hidden, targets, chunk=chunk)
     sums = torch.zeros(n_rows, device=hidden.device, dtype=token_lp.dtype).index_add(0, row_of, token_lp)
     counts = torch.bincount(row_of, minlength=n_rows)
     return sums, counts
 
 
-def response_hidden(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                    n: int) -> torch.Tensor:
-    """Final hidden states that predict each response token: ``[B, T, H]`` for ``B = P * n`` responses.
+def fsdp_sharded(model) -> bool:
+    """Whether ``model`` holds FSDP2-sharded modules. Prompt sharing is off for them: the gradient reaching a
+    layer's key/value projections through the shared cache can arrive before FSDP's pre-backward hook (fired by
+    the layer's outputs) has gathered its weights again, and the backward fails on a freed parameter."""
+    from torch.distributed.fsdp import FSDPModule
 
-    Prefix sharing: each of the ``P`` left-padded prompts runs through the decoder once and its key/value
-    cache is repeated for its ``n`` responses, so a group of samples pays for its prompt once in the
-    forward and the backward (gradients flow through the shared cache). Row ``b`` answers prompt
-    ``b // n``; ``hidden[:, t]`` is the state after the prompt and response tokens ``< t``.
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+@dataclass
+class SharedPrompts:
+    """A batch's rows as distinct prompts and completions (:func:`shared_prompts`): ``prompt_ids`` ``[P, W]``
+    left-padded with ``prompt_mask``, ``response_ids`` ``[R, T]`` right-padded with ``response_mask`` (bool),
+    row ``r`` completing prompt ``which[r]``; ``parts``: the rows' length buckets ``(rows, longest completion)``,
+    each run as one forward on a copy of its rows' prompt caches."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    which: torch.Tensor
+    parts: list[tuple[list[int], int]]
+
+    def positions(self, predict: bool = True) -> tuple[int, int]:
+        """(positions the forwards run, real tokens among them); ``predict``: a completion's last token is not
+        run (it predicts nothing: log-probs), else it is (its state is read: reward models)."""
+        drop = 1 if predict else 0
+        run = sum(len(rows) * (width - drop) for rows, width in self.parts)
+        real = int(self.response_mask.sum()) - drop * len(self.which)
+        return self.prompt_ids.numel() + run, int(self.prompt_mask.sum()) + real
+
+
+def shared_prompts(batch: Batch, row_parts: int = 2) -> SharedPrompts | None:
+    """A right-padded batch's rows as :class:`SharedPrompts`, when running each distinct prompt once (and the
+    completions in up to ``row_parts`` length buckets) costs fewer token positions than the batch itself; None
+    otherwise (packed rows, no prompt shared, a row whose targets are not one contiguous completion after its
+    prompt, or no saving).
+
+    A row's prompt is its tokens before its first target (label); rows share a prompt when those tokens are
+    equal, so a pair whose two rows were truncated differently simply does not share."""
+    if batch.attention_mask is None or batch.position_ids is not None or batch.input_ids.shape[0] < 2:
+        return None
+    ids, labels = batch.input_ids.cpu(), batch.labels.cpu()
+    lengths = batch.attention_mask.cpu().sum(dim=1).tolist()
+    is_target = labels != IGNORE
+    prompts: dict[tuple[int, ...], int] = {}
+    which, spans = [], []
+    for r, length in enumerate(lengths):
+        targets = is_target[r].nonzero().flatten().tolist()
+        if not targets or targets[0] < 1 or targets[-1] != length - 1 or len(targets) != length - targets[0]:
+            return None
+        start = targets[0]
+        which.append(prompts.setdefault(tuple(ids[r, :start].tolist()), len(prompts)))
+        spans.append((start, length))
+    P, R = len(prompts), len(lengths)
+    if P == R or max(end - start for start, end in spans) < 2:
+        return None
+    W, T = max(len(p) for p in prompts), max(end - start for start, end in spans)
+    pad = int(ids[0, lengths[0]]) if lengths[0] < ids.shape[1] else 0  # the batch's own padding id
+    prompt_ids = torch.full((P, W), pad, dtype=ids.dtype)
+    prompt_mask = torch.zeros(P, W, dtype=torch.long)
+    for prompt, p in prompts.items():  # left-padded: the last prompt token predicts the first completion token
+        prompt_ids[p, W - len(prompt):] = torch.tensor(prompt, dtype=ids.dtype)
+        prompt_mask[p, W - len(prompt):] = 1
+    response_ids = torch.full((R, T), pad, dtype=ids.dtype)
+    response_mask = torch.zeros(R, T, dtype=torch.bool)
+    for r, (start, end) in enumerate(spans):
+        response_ids[r, : end - start] = ids[r, start:end]
+        response_mask[r, : end - start] = True
+    lengths = [end - start for start, end in spans]
+    parts = [(rows, max(lengths[r] for r in rows)) for rows in row_buckets(lengths, row_parts)]
+    shared = SharedPrompts(prompt_ids, prompt_mask, response_ids, response_mask, torch.tensor(which), parts)
+    return shared if shared.positions(predict=False)[0] < ids.numel() else None
+
+
+def response_hidden(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                    n: int = 1, which: torch.Tensor | None = None,
+                    parts: list[tuple[list[int], int]] | None = None) -> torch.Tensor:
+    """Final hidden states that predict each response token: ``[B, T, H]`` for ``B`` responses.
+
+    Prefix sharing (:func:`prompt_shared_forward`): each of the ``P`` left-padded prompts runs through the
+    decoder once and its key/value cache serves its responses, so a group of samples pays for its prompt once
+    in the forward and the backward. Row ``b`` answers prompt ``b // n`` (``B = P * n``), or prompt ``which[b]``
+    when ``which`` is given; ``hidden[:, t]`` is the state after the prompt and response tokens ``< t``.
+    ``parts``: row buckets run as separate forwards, ``(rows, width)`` with ``width`` counted in response
+    tokens (see :func:`prompt_shared_forward`).
     """
+    decoder, _ = causal_lm_parts(model)
+    which = torch.arange(prompt_ids.shape[0]).repeat_interleave(n) if which is None else which
+    if parts is not None:  # a response's last token predicts nothing: it is not run
+        parts = [(rows, max(width - 1, 1)) for rows, width in parts]
+    last, hidden = prompt_shared_forward(decoder, prompt_ids, prompt_mask, response_ids[:, :-1], which, parts)
+    return torch.cat([last[:, None], hidden], dim=1)  # the last prompt position predicts token 0
+
+
+def prompt_shared_forward(decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, continuation_ids: torch.Tensor,
+                          which: torch.Tensor, parts: list[tuple[list[int], int]] | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``P`` left-padded prompts through ``decoder`` (a transformers base model) once, then continuation ``b``
+    (right-padded ``[B, C]``) after prompt ``which[b]`` on a copy of that prompt's key/value cache: the final
+    hidden state at each row's last prompt token ``[B, H]`` and at each continuation token ``[B, C, H]``.
+    Gradients flow back through the shared cache into the prompt's forward.
+
+    ``parts``: ``(row positions, width)`` pairs (None: all rows together) run as separate continuation forwards,
+    each on its rows' first ``width`` continuation tokens (the longest real one among them), so short
+    continuations are not padded to long ones; positions past a part's width come back as zeros. Under gradient checkpointing,
+    which drops a checkpointed layer's cache, each row's prompt and continuation run as one uncached forward
+    instead (same states)."""
     from transformers import DynamicCache
 
-    decoder, _ = causal_lm_parts(model)
-    device = next(model.parameters()).device
+    device = next(decoder.parameters()).device
     mask = prompt_mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    which = which.to(device)
+    B, C = continuation_ids.shape
+    W = prompt_ids.shape[1]
+    cont_pos = positions[which, -1:] + 1 + torch.arange(C, device=device)[None, :]
+    # Continuations are right-padded: under causal attention no real token sees the padding after it.
+    full_mask = torch.cat([mask[which], mask.new_ones(B, C)], dim=1)
     if _checkpointing(decoder):
-        return _response_hidden_uncached(decoder, prompt_ids.to(device), mask, positions, response_ids, n)
-    cache = DynamicCache(config=model.config)
+        hidden = decoder(input_ids=torch.cat([prompt_ids.to(device)[which], continuation_ids.to(device)], dim=1),
+                         attention_mask=full_mask, position_ids=torch.cat([positions[which], cont_pos], dim=1),
+                         use_cache=False).last_hidden_state
+        return hidden[:, W - 1], hidden[:, W:]
+    cache = DynamicCache(config=decoder.config)
     prompt_out = decoder(input_ids=prompt_ids.to(device), attention_mask=mask, position_ids=positions,
                          use_cache=True, **kv_cache(decoder, cache)).last_hidden_state  # [P, W, H]
-    cache.batch_repeat_interleave(n)
-    B, T = response_ids.shape
-    # Responses are right-padded: under causal attention no real token sees the padding after it.
-    full_mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones(B, T)], dim=1)
-    pos = positions[:, -1:].repeat_interleave(n, 0) + 1 + torch.arange(T, device=device)[None, :]
-    resp = decoder(input_ids=response_ids[:, :-1].to(device), attention_mask=full_mask[:, :-1],
-                   position_ids=pos[:, :-1], use_cache=True, **kv_cache(decoder, cache)).last_hidden_state
-    first = prompt_out[:, -1:].repeat_interleave(n, 0)  # the last prompt position predicts token 0
-    return torch.cat([first, resp], dim=1)
+    groups = [(list(range(B)), C)] if not parts or len(parts) < 2 or not hasattr(cache, "layers") else parts
+    outs = []
+    for rows, width in groups:
+        idx = torch.tensor(rows, device=device)
+        part_cache = _cache_rows(cache, which[idx], copy=len(groups) > 1)
+        h = decoder(input_ids=continuation_ids.to(device)[idx, :width], attention_mask=full_mask[idx, : W + width],
+                    position_ids=cont_pos[idx, :width], use_cache=True, **kv_cache(decoder, part_cache)).last_hidden_state
+        outs.append(F.pad(h, (0, 0, 0, C - width)))
+    hidden = outs[0] if len(groups) == 1 else torch.cat(outs)[_inverse([rows for rows, _ in groups], B, device)]
+    return prompt_out[which, -1], hidden
+
+
+def _cache_rows(cache, rows: torch.Tensor, copy: bool):
+    """``cache`` with its batch rows replaced by ``rows`` (a prompt index per continuation row); with ``copy``
+    the original keeps its rows (each layer is a shallow copy whose tensors are replaced, not written)."""
+    import copy as copy_module
+
+    if copy:
+        cache = copy_module.copy(cache)
+        cache.layers = [copy_module.copy(layer) for layer in cache.layers]
+    cache.reorder_cache(rows)
+    return cache
+
+
+def _inverse(groups: list[list[int]], n: int, device) -> torch.Tensor:
+    """Positions that put rows concatenated group by group back in their original order."""
+    where = torch.empty(n, dtype=torch.long)
+    where[torch.tensor([r for rows in groups for r in rows])] = torch.arange(n)
+    return where.to(device)
 
 
 def _checkpointing(decoder) -> bool:
@@ -276,20 +417,6 @@ def _checkpointing(decoder) -> bool:
     KV cache (``cache=None``) of a layer it checkpoints: a prompt's cache would silently not be attended."""
     return decoder.training and torch.is_grad_enabled() and \
         any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules())
-
-
-def _response_hidden_uncached(decoder, prompt_ids, mask, positions, response_ids, n: int) -> torch.Tensor:
-    """:func:`response_hidden` without prefix sharing: each row's prompt and response in one forward, no cache
-    (what gradient checkpointing allows). Same ``[B, T, H]``."""
-    device = prompt_ids.device
-    B, T = response_ids.shape
-    W = prompt_ids.shape[1]
-    pos = positions[:, -1:].repeat_interleave(n, 0) + 1 + torch.arange(T, device=device)[None, :]
-    ids = torch.cat([prompt_ids.repeat_interleave(n, 0), response_ids[:, :-1].to(device)], dim=1)
-    full_mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones(B, T - 1)], dim=1)
-    full_pos = torch.cat([positions.repeat_interleave(n, 0), pos[:, :-1]], dim=1)
-    hidden = decoder(input_ids=ids, attention_mask=full_mask, position_ids=full_pos, use_cache=False).last_hidden_state
-    return hidden[:, W - 1 :]  # the last prompt position predicts token 0, response position t-1 token t
 
 
 def response_logprobs(model, hidden: torch.Tensor, response_ids: torch.Tensor, mask: torch.Tensor,
