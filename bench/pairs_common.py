@@ -149,7 +149,7 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
             r["achieved_gflops"] = flops["flops_per_token"] * r.get("computed_tokens_per_s", r["tokens_per_s"]) / 1e9
             r["mfu_real_tokens"] = r["achieved_gflops"] / peak["peak_gflops"]
     keys = ("tokens_per_s", "padding_fraction", "peak_rss_gib", "s_per_step", "mfu_real_tokens", "achieved_gflops",
-            "reference_seconds")
+            "reference_seconds", "computed_tokens_per_s")
     med = {n: {k: _median([r.get(k) for r in rs]) for k in keys} for n, rs in runs.items()}
     trls = [n for n in args.only if is_trl(n)]
     headline = [n for n in trls if headline_trl is None or n in headline_trl]
@@ -197,7 +197,8 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
             lines.append(f"  {ours}, {theirs}: palate/this and RSS/palate set against {ours}, not palate")
     for n in trls:
         lines.append(f"  {n}: {trl_configs.get(n, '')}")
-    lines.append(roofline_line(peak, {n: med[n]["tokens_per_s"] for n in args.only}, flops))
+    lines.append(roofline_line(peak, {n: med[n]["computed_tokens_per_s"] or med[n]["tokens_per_s"] for n in args.only},
+                               flops))
     if best_trl and ratios.get("tps_vs_trl") is not None:
         lines.append(f"palate vs TRL's better configuration here ({best_trl}): tokens/s "
                      f"{ratios['tps_vs_trl']:.2f}x, peak RSS {ratios['rss_vs_trl']:.2f}x")
