@@ -120,17 +120,13 @@ def worker_palate(args) -> dict:
 
 
 def computed_positions(batch) -> tuple[int, int]:
-    """(positions palate's forward runs, real tokens among them) for a batch: with each pair's prompt run once
-    (``models.logprobs.shared_prompts``) the prompts' and completions' padded positions, else the batch's."""
+    """(positions palate's forwards run, real tokens among them) for a batch: with each pair's prompt run once
+    (``models.logprobs.shared_prompts``) the prompts' and the completions' buckets' padded positions (a
+    completion's last token predicts nothing and is not run), else the batch's."""
     from palate.models.logprobs import shared_prompts
 
     shared = shared_prompts(batch)
-    if shared is None:
-        return batch.n_slots, batch.n_tokens
-    prompt_ids, prompt_mask, response_ids, response_mask, _ = shared
-    # the completions' last position predicts nothing and is not run
-    return (prompt_ids.numel() + response_ids[:, :-1].numel(),
-            int(prompt_mask.sum()) + int(response_mask[:, :-1].sum()))
+    return (batch.n_slots, batch.n_tokens) if shared is None else shared.positions(predict=True)
 
 
 def kto_ratings(args):
