@@ -4,7 +4,6 @@ rerun continues on the identical numbers. Plus the batch slicing those runs rely
 
 import json
 import os
-import signal
 import shutil
 import socket
 import subprocess
@@ -108,6 +107,23 @@ def launch(launcher, recipe, overrides):
     return out
 
 
+def kill_at_checkpoint(cmd: list[str], run_dir: Path, step: int = 2) -> Path:
+    """Start ``cmd`` (a training run writing ``run_dir``), SIGKILL it and its workers as soon as the checkpoint of
+    ``step`` exists, and check it had not finished; the checkpoint's path."""
+    ckpt = run_dir / "checkpoints" / f"step-{step:08d}"
+    proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + TIMEOUT
+        while not ckpt.exists():
+            assert proc.poll() is None, "run ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint in time"
+            time.sleep(0.005)
+    finally:
+        kill_tree(proc)
+    assert not (run_dir / "final").exists(), "the run finished before the kill"
+    return ckpt
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the launcher and its workers (torchrun starts them in sessions of their own)."""
     import psutil
@@ -158,17 +174,7 @@ def test_sft_on_two_processes_sigkilled_and_resumed_matches_one_process(tmp_path
     one_process(train, SFTConfig, [f"run_dir={tmp_path / 'one'}", *common])
 
     two = tmp_path / "two"
-    proc = subprocess.Popen(command("torchrun", "sft", [f"run_dir={two}", *common]), env=child_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + TIMEOUT
-        while not (two / "checkpoints" / "step-00000002").exists():
-            assert proc.poll() is None, "run ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint in time"
-            time.sleep(0.005)
-    finally:
-        kill_tree(proc)
-    assert not (two / "final").exists(), "the run finished before the kill"
+    kill_at_checkpoint(command("torchrun", "sft", [f"run_dir={two}", *common]), two)
     shutil.copytree(two, tmp_path / "two-then-one")
     rerun = launch("torchrun", "sft", [f"run_dir={two}", *common])
     assert "resuming from step-" in rerun.stderr

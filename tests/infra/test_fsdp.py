@@ -15,8 +15,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +28,7 @@ from tests.infra.test_distributed import (
     assert_same_curve,
     child_env,
     free_port,
-    kill_tree,
+    kill_at_checkpoint,
     launch,
     metrics,
     one_process,
@@ -143,17 +141,7 @@ def test_fsdp_sft_sigkilled_resumes_on_two_and_on_one_process_on_the_one_process
     one_process(train, SFTConfig, [f"run_dir={tmp_path / 'one'}", *common])
 
     two = tmp_path / "two"
-    proc = subprocess.Popen(torchrun(["-m", "palate", "sft", f"run_dir={two}", *common]), env=child_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + TIMEOUT
-        while not (two / "checkpoints" / "step-00000002").exists():
-            assert proc.poll() is None, "run ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint in time"
-            time.sleep(0.005)
-    finally:
-        kill_tree(proc)
-    assert not (two / "final").exists(), "the run finished before the kill"
+    kill_at_checkpoint(torchrun(["-m", "palate", "sft", f"run_dir={two}", *common]), two)
     ckpt = two / "checkpoints" / "step-00000002"
     assert sorted(p.name for p in (ckpt / "dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not (ckpt / "trainable.safetensors").exists()  # the weights are the shards
@@ -235,17 +223,7 @@ def test_fsdp_lora_sft_sigkilled_resumes_on_two_and_on_one_process_on_the_one_pr
     one_process(train, SFTConfig, [f"run_dir={tmp_path / 'one'}", *common])
 
     two = tmp_path / "two"
-    proc = subprocess.Popen(torchrun(["-m", "palate", "sft", f"run_dir={two}", *common]), env=child_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + TIMEOUT
-        while not (two / "checkpoints" / "step-00000002").exists():
-            assert proc.poll() is None, "run ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint in time"
-            time.sleep(0.005)
-    finally:
-        kill_tree(proc)
-    assert not (two / "final").exists(), "the run finished before the kill"
+    kill_at_checkpoint(torchrun(["-m", "palate", "sft", f"run_dir={two}", *common]), two)
     assert sorted(p.name for p in (two / "checkpoints" / "step-00000002" / "dcp").iterdir()) == [
         ".metadata", "__0_0.distcp", "__1_0.distcp"]
     shutil.copytree(two, tmp_path / "two-then-one")

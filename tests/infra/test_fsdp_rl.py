@@ -19,7 +19,6 @@ A reward function of the response's length in characters gives the random tiny m
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from tests.infra.test_distributed import (
     ROOT,
     TIMEOUT,
     child_env,
-    kill_tree,
+    kill_at_checkpoint,
     launch,
     metrics,
     one_process,
@@ -208,18 +207,7 @@ def test_fsdp_grpo_sigkilled_resumes_on_two_and_on_one_process(tmp_path, chars):
     assert "frozen base weights + trainable adapter" in out.stderr
 
     two = tmp_path / "two"
-    proc = subprocess.Popen(torchrun(["-m", "palate", "grpo", f"run_dir={two}", *args]), env=child_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + TIMEOUT
-        while not (two / "checkpoints" / "step-00000002").exists():
-            assert proc.poll() is None, "run ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint in time"
-            time.sleep(0.005)
-    finally:
-        kill_tree(proc)
-    assert not (two / "final").exists(), "the run finished before the kill"
-    ckpt = two / "checkpoints" / "step-00000002"
+    ckpt = kill_at_checkpoint(torchrun(["-m", "palate", "grpo", f"run_dir={two}", *args]), two)
     assert sorted(p.name for p in (ckpt / "dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     shutil.copytree(two, tmp_path / "two-then-one")
 
