@@ -10,7 +10,8 @@ order, seed 0) and the bundled SmolLM2-135M-Instruct with a 1-output score head,
 * ``palate``: the ``palate rm`` path: ``encode_groups`` + ``group_batches`` (bucketed, chosen and
   rejected of a pair in one batch), ``batch_scores`` (each pair's prompt runs once and its KV cache serves
   both responses, or the rows run in length buckets, whichever runs fewer positions; backbone hidden states,
-  then the head only at each row's last token), ``comparison_loss`` (Bradley–Terry), backward, clip, palate AdamW; ``keep_freed_memory()``.
+  then the head only at each row's last token), ``comparison_loss`` (Bradley–Terry), backward, clip, palate
+  AdamW; ``keep_freed_memory()``.
 * ``plain``: the SAME batches through HF's forward (``model(...).logits``, the head on every position)
   -> ``-logsigmoid(r_c - r_r).mean()`` -> backward, clip, ``torch.optim.AdamW``.
 * ``trl``: ``RewardTrainer`` with its defaults on the same pairs as conversational prompt/chosen/rejected,

@@ -359,9 +359,10 @@ def prompt_shared_forward(decoder, prompt_ids: torch.Tensor, prompt_mask: torch.
 
     ``parts``: ``(row positions, width)`` pairs (None: all rows together) run as separate continuation forwards,
     each on its rows' first ``width`` continuation tokens (the longest real one among them), so short
-    continuations are not padded to long ones; positions past a part's width come back as zeros. Under gradient checkpointing,
-    which drops a checkpointed layer's cache, each row's prompt and continuation run as one uncached forward
-    instead (same states)."""
+    continuations are not padded to long ones; positions past a part's width come back as zeros.
+
+    Under gradient checkpointing, which drops a checkpointed layer's cache, each row's prompt and continuation
+    run as one uncached forward instead (same states)."""
     from transformers import DynamicCache
 
     device = next(decoder.parameters()).device
@@ -387,7 +388,8 @@ def prompt_shared_forward(decoder, prompt_ids: torch.Tensor, prompt_mask: torch.
         idx = torch.tensor(rows, device=device)
         part_cache = _cache_rows(cache, which[idx], copy=len(groups) > 1)
         h = decoder(input_ids=continuation_ids.to(device)[idx, :width], attention_mask=full_mask[idx, : W + width],
-                    position_ids=cont_pos[idx, :width], use_cache=True, **kv_cache(decoder, part_cache)).last_hidden_state
+                    position_ids=cont_pos[idx, :width], use_cache=True,
+                    **kv_cache(decoder, part_cache)).last_hidden_state
         outs.append(F.pad(h, (0, 0, 0, C - width)))
     hidden = outs[0] if len(groups) == 1 else torch.cat(outs)[_inverse([rows for rows, _ in groups], B, device)]
     return prompt_out[which, -1], hidden
