@@ -57,6 +57,7 @@ from pairs_common import (  # noqa: E402
     add_length_column,
     add_arguments,
     charge_reference,
+    credit_computed,
     palate_batches,
     run_all,
     selected_pairs,
@@ -111,12 +112,8 @@ def worker_palate(args) -> dict:
         "losses": losses, "batches_fingerprint": fingerprint(batches), "reference_seconds": ref_seconds,
         "keep_freed_memory": kept, "data": info, "timed_usage": usage_delta(u0, usage()), "batch_slots": batch_slots,
     })
-    timed = slice(args.warmup, None)
-    out["computed_real_tokens"] = sum(computed[timed])  # each shared prompt once
-    out["computed_tokens_per_s"] = out["tokens_per_s"] * out["computed_real_tokens"] / max(1, out["real_tokens"])
-    out["padding_fraction"] = 1 - out["computed_real_tokens"] / max(1, out["slots"])
-    out["padding_fraction_batch_tensors"] = 1 - out["real_tokens"] / max(1, sum(batch_slots[timed]))
-    return out
+    out["padding_fraction_batch_tensors"] = 1 - out["real_tokens"] / max(1, sum(batch_slots[args.warmup:]))
+    return credit_computed(out, computed, args.warmup)
 
 
 def computed_positions(batch) -> tuple[int, int]:

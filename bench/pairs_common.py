@@ -94,6 +94,16 @@ def train_loop(name, args, torch, model, batches, ref, step_fn, optimizer, after
     return secs, toks, slots, losses, u0
 
 
+def credit_computed(out: dict, computed: list[int], warmup: int) -> dict:
+    """A palate result whose forwards ran ``computed`` real tokens per step (a shared prompt once) instead of the
+    workload's real tokens: the computed total and rate (what its FLOPs are credited with) and its padding among
+    the positions it ran (``out["slots"]``)."""
+    out["computed_real_tokens"] = sum(computed[warmup:])
+    out["computed_tokens_per_s"] = out["tokens_per_s"] * out["computed_real_tokens"] / max(1, out["real_tokens"])
+    out["padding_fraction"] = 1 - out["computed_real_tokens"] / max(1, out["slots"])
+    return out
+
+
 def charge_reference(secs, toks, ref_seconds):
     """Add each step's share of a one-off reference pass (by tokens) to its time."""
     total = sum(toks)

@@ -41,6 +41,7 @@ from pairs_common import (  # noqa: E402
     TRL_BEST,
     add_length_column,
     add_arguments,
+    credit_computed,
     palate_batches,
     run_all,
     selected_pairs,
@@ -91,11 +92,7 @@ def worker_palate(args) -> dict:
         "padding_fraction_batch_tensors": 1 - sum(toks[args.warmup:]) / max(1, sum(batch_slots[args.warmup:])),
         "forwards": {how: sum(1 for h, _ in plans[args.warmup:] if h == how) for how in ("shared", "buckets", "one")},
     })
-    timed = slice(args.warmup, None)
-    out["computed_real_tokens"] = sum(computed[timed])  # each shared prompt once
-    out["computed_tokens_per_s"] = out["tokens_per_s"] * out["computed_real_tokens"] / max(1, out["real_tokens"])
-    out["padding_fraction"] = 1 - out["computed_real_tokens"] / max(1, out["slots"])
-    return out
+    return credit_computed(out, computed, args.warmup)
 
 
 def worker_plain(args) -> dict:

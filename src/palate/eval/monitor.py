@@ -249,6 +249,12 @@ def read_metrics(path: str | Path, *, allow_partial_last: bool = False) -> list[
     return rows
 
 
+def metric_value(row: dict[str, Any], signal: str, keys: dict[str, Sequence[str]] | None = None) -> float | None:
+    """The value of ``signal`` in a metrics row: its first metric name (:data:`DEFAULT_KEYS`, or ``keys``) present
+    with a number; None when none is."""
+    return next((row[k] for k in (keys or DEFAULT_KEYS)[signal] if isinstance(row.get(k), (int, float))), None)
+
+
 def monitor_metrics(metrics: str | Path | Iterable[dict[str, Any]], config: MonitorConfig | None = None,
                     keys: dict[str, Sequence[str]] | None = None) -> Monitor:
     """Replay a run's metrics (a ``metrics.jsonl`` path or its rows) through a :class:`Monitor`; ``keys``
@@ -257,12 +263,7 @@ def monitor_metrics(metrics: str | Path | Iterable[dict[str, Any]], config: Moni
     names = {**DEFAULT_KEYS, **(keys or {})}
     mon = Monitor(config or MonitorConfig())
     for row in rows:
-        signals = {}
-        for signal, candidates in names.items():
-            for key in candidates:
-                if isinstance(row.get(key), (int, float)):
-                    signals[signal] = row[key]
-                    break
+        signals = {signal: v for signal in names if (v := metric_value(row, signal, names)) is not None}
         if signals:
             mon.update(int(row.get("step", 0)), **signals)
     return mon

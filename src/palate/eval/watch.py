@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from palate.data.records import prompt_text
-from palate.eval.monitor import Monitor, MonitorConfig, monitor_metrics
+from palate.eval.monitor import Monitor, MonitorConfig, metric_value, monitor_metrics
 from palate.eval.rl import write_eval_samples
 from palate.eval.text import repeated_ngram_fraction
 from palate.feedback.simulate import panel_score
@@ -72,7 +72,7 @@ class Watch:
         metrics["repetition"] = repetition
         self.update(step, proxy=metrics["reward"], reward=exp.rewards.score.tolist(), length=r.lengths.tolist(),
                     repetition=repetition, kl=metrics.get("kl"), ensemble_std=metrics.get("ensemble_std"),
-                    gold=metrics.get("eval_gold"), heldout_proxy=_first(metrics, "eval_score", "eval_reward"))
+                    gold=metrics.get("eval_gold"), heldout_proxy=metric_value(metrics, "heldout_proxy"))
         metrics["monitor_alerts"] = len(self.monitor.alerts)
 
     def summary(self) -> dict:
@@ -92,11 +92,6 @@ class Watch:
         shutil.copytree(best, final)
         log.info("final/ is the best policy by the gold score (step %d); the policy at the stop is in %s",
                  self.monitor.best_gold_step, keep)
-
-
-def _first(metrics: dict, *keys: str):
-    """The value of the first of ``keys`` present in ``metrics`` (None when none is)."""
-    return next((metrics[k] for k in keys if metrics.get(k) is not None), None)
 
 
 def distinct_prompts(records: list, n: int) -> list:

@@ -42,6 +42,7 @@ from typing import Any
 from palate.config import ConfigError
 from palate.data.errors import SkipLog
 from palate.data.records import prompt_text
+from palate.eval.monitor import metric_value
 from palate.eval.rl import format_rl_report, record_eval, rl_report
 from palate.eval.watch import Watch
 from palate.infra import distributed, session
@@ -187,8 +188,7 @@ class OnlineRun:
             return
         metrics = self.evaluate_held_out(0)
         if "eval_gold" in metrics and self.run.writes:
-            self.watch.update(0, gold=metrics["eval_gold"],
-                              heldout_proxy=metrics.get("eval_score", metrics.get("eval_reward")))
+            self.watch.update(0, gold=metrics["eval_gold"], heldout_proxy=metric_value(metrics, "heldout_proxy"))
         self.run.log(0, metrics)
         log.info("before training: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
