@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import autocast, resolve_precision  # noqa: E402
 from pairs_common import (  # noqa: E402
     RESULT_TAG,
     TRL_BEST,
@@ -93,7 +94,7 @@ def worker_palate(args) -> dict:
 
     pairs = selected_pairs(args.data, (args.warmup + args.steps) * args.batch_size)
     batches, info = palate_batches(args, tok, pairs)
-    env = session.Env(torch.device("cpu"), "fp32", False, False)
+    env = session.Env(torch.device("cpu"), args.precision, False, False)
     t0 = time.perf_counter()
     table = reference_logprobs(model, batches, len(pairs), env)  # once per dataset in the recipe
     ref_seconds = time.perf_counter() - t0
@@ -155,7 +156,7 @@ def worker_palate_kto(args) -> dict:
         pairs += kto_batches(groups, per_step, tok.pad_token_id, 0, epoch)
         epoch += 1
     pairs = pairs[:need]
-    env = session.Env(torch.device("cpu"), "fp32", False, False)
+    env = session.Env(torch.device("cpu"), args.precision, False, False)
     t0 = time.perf_counter()  # the recipe's precompute: own and mismatched rows of every rating, once
     table = reference_logprobs(model, group_batches(groups, per_step, tok.pad_token_id, 0, 0), len(ratings), env)
     ref_seconds = time.perf_counter() - t0
@@ -193,7 +194,7 @@ def worker_plain(args) -> dict:
 
     t0 = time.perf_counter()
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(args.precision):
         ref = [logps(b).view(-1, 2) for b in batches]
     model.train()
     ref_seconds = time.perf_counter() - t0
@@ -293,6 +294,7 @@ def main(argv=None) -> None:
     add_arguments(ap, WORKLOADS, data="bundled:preferences", lr=1e-6)
     args = ap.parse_args(argv)
     if args.worker:
+        args.precision = resolve_precision(args.precision)
         fn = {"palate": worker_palate, "plain": worker_plain, "trl": worker_trl,
               "trl_precompute": lambda a: worker_trl(a, precompute=True),
               "trl_best": lambda a: worker_trl(a, precompute=True, best=True),

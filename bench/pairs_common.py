@@ -74,8 +74,11 @@ def train_loop(name, args, torch, model, batches, ref, step_fn, optimizer, after
     u0 = usage()
     t_prev = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
+    from record import autocast
+
     for step, b in enumerate(batches):
-        loss = step_fn(b, ref[step])
+        with autocast(args.precision):
+            loss = step_fn(b, ref[step])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -113,7 +116,8 @@ def charge_reference(secs, toks, ref_seconds):
 def run_worker(script: str, name: str, args) -> dict:
     cmd = [sys.executable, script, "--worker", name, "--data", args.data,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-           "--max-length", str(args.max_length), "--lr", str(args.lr), "--threads", str(args.threads)]
+           "--max-length", str(args.max_length), "--lr", str(args.lr), "--threads", str(args.threads),
+           "--precision", args.precision]
     print(f"[bench] running {name}", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
@@ -137,7 +141,9 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
     ``palate`` workload is compared with (default: every TRL workload); ``extra_pairs``: further
     ``(palate workload, TRL workload)`` comparisons reported alongside (e.g. KTO next to DPO).
     """
-    from record import LoadWatch, flops_per_token, gemm_peak, roofline_line
+    from record import LoadWatch, flops_per_token, gemm_peak, resolve_precision, roofline_line
+
+    args.precision = resolve_precision(args.precision)
 
     b0 = _system_cpu()[0]
     time.sleep(2)
@@ -145,11 +151,11 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
         print("[bench] WARNING: the machine is already busy; timings will be contended", file=sys.stderr)
     runs: dict[str, list[dict]] = {n: [] for n in args.only}
     with LoadWatch() as load:
-        peaks = [gemm_peak(args.threads)]
+        peaks = [gemm_peak(args.threads, precision=args.precision)]
         for _ in range(args.repeats):
             for n in args.only:
                 runs[n].append(run_worker(script, n, args))
-        peaks.append(gemm_peak(args.threads))
+        peaks.append(gemm_peak(args.threads, precision=args.precision))
     peak = max(peaks, key=lambda p: p["peak_gflops"])
     flops = flops_per_token(lm_head)
     for rs in runs.values():
@@ -182,7 +188,7 @@ def run_all(script: str, args, title: str, out: Path, checks_of, lm_head: bool, 
         ratios["tps_vs_trl"] = paired("palate", best_trl, "tokens_per_s")
         ratios["rss_vs_trl"] = paired("palate", best_trl, "peak_rss_gib")
     checks = checks_of(ratios)
-    lines = [f"{title}: bundled SmolLM2-135M-Instruct fp32, {args.batch_size} pairs/step, max_length "
+    lines = [f"{title}: bundled SmolLM2-135M-Instruct {args.precision}, {args.batch_size} pairs/step, max_length "
              f"{args.max_length}, {args.warmup} warm-up + {args.steps} timed steps, {args.threads} threads, data "
              f"{args.data}" + (f"; median of {args.repeats} rounds" if args.repeats > 1 else "")]
     hdr = f"{'workload':<15} {'real tok/s':>10} {'padding':>8} {'peak RSS GiB':>12} {'s/step':>7} {'GFLOP/s':>7} " \
@@ -263,6 +269,8 @@ def add_arguments(ap, workloads, data: str, lr: float) -> None:
     ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="every workload's precision (auto: palate's choice on this CPU; TRL gets bf16=True for bf16)")
 
 
 def trl_pairs_dataset(pairs):
@@ -277,13 +285,14 @@ def trl_pairs_dataset(pairs):
 
 
 def trl_common_args(args, prefix: str) -> dict:
-    """Identical TRL settings for every TRL workload: fp32, no checkpointing, no saving, no workers."""
+    """Identical TRL settings for every TRL workload: the run's precision (bf16 autocast is TRL's own default), no
+    checkpointing, no saving, no workers."""
     import tempfile
 
     return dict(
         output_dir=tempfile.mkdtemp(prefix=prefix), per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1, max_steps=args.warmup + args.steps, learning_rate=args.lr, weight_decay=0.0,
-        max_grad_norm=1.0, max_length=args.max_length, bf16=False, fp16=False, gradient_checkpointing=False,
+        max_grad_norm=1.0, max_length=args.max_length, bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False,
         use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
         dataloader_num_workers=0, seed=0, data_seed=0,
     )

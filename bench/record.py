@@ -80,8 +80,9 @@ GEMM_SHAPES = {"attn 576x576": (576, 576), "mlp up 576x1536": (576, 1536), "mlp 
                "vocab 576x49152": (576, 49152)}
 
 
-def gemm_peak(threads: int, m: int = 512, seconds: float = 0.6) -> dict[str, Any]:
-    """The fp32 GEMM rate this machine reaches now, with ``threads`` threads: ``torch.matmul`` of ``m`` token rows
+def gemm_peak(threads: int, m: int = 512, seconds: float = 0.6, precision: str = "fp32") -> dict[str, Any]:
+    """The GEMM rate this machine reaches now in ``precision`` (fp32, or bf16: the matmuls bf16 autocast runs),
+    with ``threads`` threads: ``torch.matmul`` of ``m`` token rows
     at each of :data:`GEMM_SHAPES` (one warm-up, then repeated for about ``seconds``); ``peak_gflops`` is the best.
     Measured in the benchmark's own run so that MFU means utilisation of this machine, not of another one."""
     import torch
@@ -92,7 +93,8 @@ def gemm_peak(threads: int, m: int = 512, seconds: float = 0.6) -> dict[str, Any
     try:
         with torch.no_grad():
             for name, (k, n) in GEMM_SHAPES.items():
-                a, b = torch.randn(m, k), torch.randn(k, n)
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+                a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
                 torch.matmul(a, b)
                 reps, t0 = 0, time.perf_counter()
                 while True:
@@ -104,7 +106,8 @@ def gemm_peak(threads: int, m: int = 512, seconds: float = 0.6) -> dict[str, Any
                 out[name] = 2 * m * k * n * reps / dt / 1e9
     finally:
         torch.set_num_threads(before)
-    return {"peak_gflops": max(out.values()), "gflops": out, "rows": m, "threads": threads, "dtype": "float32"}
+    return {"peak_gflops": max(out.values()), "gflops": out, "rows": m, "threads": threads,
+            "dtype": "bfloat16" if precision == "bf16" else "float32"}
 
 
 def bundled_config() -> dict[str, Any]:
@@ -171,7 +174,8 @@ def roofline_line(peak: dict[str, Any], rows: dict[str, float | None], flops: di
              f"{100 * flops['flops_per_token'] * tps / (peak['peak_gflops'] * 1e9):.1f}% MFU"
              for name, tps in rows.items() if tps]
     shapes = ", ".join(f"{k} {v:.0f}" for k, v in peak["gflops"].items())
-    return (f"roofline: measured fp32 GEMM peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['threads']} threads, "
+    dtype = "bf16" if peak.get("dtype") == "bfloat16" else "fp32"
+    return (f"roofline: measured {dtype} GEMM peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['threads']} threads, "
             f"{peak['rows']} rows: {shapes}); real-token FLOP/s at {flops['flops_per_token'] / 1e9:.2f} GFLOP/token "
             f"(6 x {flops['matmul_params'] / 1e6:.1f}M matmul params): " + "; ".join(parts))
 
@@ -201,3 +205,23 @@ def write_result(name: str, result: dict[str, Any], *, metric: str, unit: str, p
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result, "bench": head}, indent=2) + "\n")
     return out
+
+
+def resolve_precision(requested: str) -> str:
+    """The precision every workload of a benchmark runs in: ``auto`` is what palate picks on this CPU
+    (``palate.infra.device.pick_precision``: bf16 autocast where the CPU has AMX bf16 units, else fp32); TRL gets
+    the same (``bf16=True`` for bf16, which is also TRL's own default)."""
+    import torch
+
+    from palate.infra.device import pick_precision
+
+    return pick_precision(requested, torch.device("cpu"))
+
+
+def autocast(precision: str):
+    """The context a palate or plain-loop step runs in for ``precision`` (as ``palate.infra.device.autocast``)."""
+    import torch
+
+    from palate.infra.device import autocast as palate_autocast
+
+    return palate_autocast(precision, torch.device("cpu"))

@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import resolve_precision  # noqa: E402
 from pairs_common import (  # noqa: E402
     RESULT_TAG,
     TRL_BEST,
@@ -140,6 +141,7 @@ def main(argv=None) -> None:
     add_arguments(ap, WORKLOADS, data="bundled:preferences", lr=1e-5)
     args = ap.parse_args(argv)
     if args.worker:
+        args.precision = resolve_precision(args.precision)
         result = {"palate": worker_palate, "plain": worker_plain, "trl": worker_trl,
                   "trl_best": lambda a: worker_trl(a, best=True)}[args.worker](args)
         sys.stdout.flush()

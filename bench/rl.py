@@ -57,7 +57,7 @@ def run_palate(args) -> dict:
         f"rollout.top_p={args.top_p}", f"grpo.prompts_per_step={args.prompts_per_step}", f"grpo.kl_coef={args.beta}",
         f"train.lr={args.lr}", f"train.max_steps={args.warmup + args.steps}", "train.save_every=0",
         "train.eval_every=0", f"train.threads={args.threads}", f"train.seed={args.seed}", "log.progress=false",
-        "grpo.sample_every=0"]
+        "grpo.sample_every=0", f"train.precision={args.precision}"]
     try:
         cfg = load_config(GRPOConfig, None, overrides)
     except ConfigError:  # an older palate (--before): the KL weight was grpo.beta
@@ -95,6 +95,8 @@ def run_sampling(args, engine: str) -> dict:
     torch.set_num_threads(args.threads)
     tok = load_tokenizer("bundled")
     model = load_model("bundled", tokenizer=tok).eval()
+    if engine == "palate" and args.precision == "bf16":  # what palate's GRPO samples with (its bf16 copy)
+        model = model.to(torch.bfloat16)
     P, rounds = args.prompts_per_step, args.sampling_rounds
     prompts = read_prompts("bundled:preferences", limit=P * (rounds + 1))
     pad, eos = tok.pad_token_id, tok.eos_token_id
@@ -127,18 +129,19 @@ def run_sampling(args, engine: str) -> dict:
         secs.append(time.perf_counter() - t)
     use = usage_delta(before, usage())
     own_cpu = use["cpu_user_s"] + use["cpu_sys_s"]
-    return {"engine": engine, "tokens_per_s": sum(toks) / sum(secs), "round_seconds": secs, "round_tokens": toks,
+    return {"engine": engine, "dtype": str(next(model.parameters()).dtype), "tokens_per_s": sum(toks) / sum(secs), "round_seconds": secs, "round_tokens": toks,
             "warmup_seconds": first, "best_round_tokens_per_s": max(t / s for t, s in zip(toks, secs)),
             "tokens_per_cpu_s_x_threads": sum(toks) / own_cpu * args.threads if own_cpu else None,
             "peak_rss_gib": peak_rss_gib(), "timed_usage": use, "contended": contended(use), **kw}
 
 
 def worker(name: str, args) -> dict:
-    script = "rl_trl.py" if name == "trl" else "rl.py"
+    script = "rl_trl.py" if name.startswith("trl") else "rl.py"
+    precision = "fp32" if name == "trl_fp32" else args.precision
     cmd = [sys.executable, str(HERE / script), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--prompts-per-step", str(args.prompts_per_step), "--n", str(args.n),
            "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr), "--beta", str(args.beta),
-           "--threads", str(args.threads), "--seed", str(args.seed)]
+           "--threads", str(args.threads), "--seed", str(args.seed), "--precision", precision]
     env = None
     if name.endswith("_before"):  # palate of another checkout: its src first on the path
         env = {**os.environ, "PYTHONPATH": args.before + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -177,9 +180,15 @@ def main(argv=None) -> None:
     ap.add_argument("--before-sampling-only", action="store_true", help="--before: the sampling micro-benchmark only")
     ap.add_argument("--also", nargs="*", default=[], help="more workers, e.g. sample_palate_dynamic sample_palate_static")
     ap.add_argument("--only", nargs="+", default=["palate", "trl", "sample_palate", "sample_hf"])
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="palate's train.precision and TRL's (bf16=True); auto: palate's choice on this CPU. With bf16, "
+                         "TRL also runs in fp32 (trl_fp32) and the ratios are against the faster of the two")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sampling-worker", choices=["palate", "hf"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from record import resolve_precision
+
+    args.precision = resolve_precision(args.precision)
     if args.worker:
         print(json.dumps(run_palate(args)))
         return
@@ -187,15 +196,17 @@ def main(argv=None) -> None:
         print(json.dumps(run_sampling(args, args.sampling_worker)))
         return
     args.only += [x for x in args.also if x not in args.only]
+    if args.precision == "bf16" and "trl" in args.only and "trl_fp32" not in args.only:
+        args.only.insert(args.only.index("trl") + 1, "trl_fp32")  # TRL at its better precision too
     if args.before:  # GRPO too unless --before-sampling-only
         args.only += [x for x in ("palate_before", "sample_palate_before") if x not in args.only
                       and not (args.before_sampling_only and x == "palate_before")]
     from record import LoadWatch, flops_per_token, gemm_peak
 
     with LoadWatch() as load:
-        peaks = [gemm_peak(args.threads)]
+        peaks = [gemm_peak(args.threads, precision=args.precision)]
         res = {name: worker(name, args) for name in args.only}
-        peaks.append(gemm_peak(args.threads))
+        peaks.append(gemm_peak(args.threads, precision=args.precision))
     peak = max(peaks, key=lambda p: p["peak_gflops"])
     n = flops_per_token(True)["flops_per_token"] / 6  # matmul parameters
     grpo = {k: m for k, m in res.items() if not k.startswith("sample_")}
@@ -204,7 +215,7 @@ def main(argv=None) -> None:
         if m.get("train_tokens_per_s"):
             m["achieved_gflops"] = (8 * n * m["train_tokens_per_s"] + 2 * n * m["generated_tokens_per_s"]) / 1e9
             m["mfu"] = m["achieved_gflops"] / peak["peak_gflops"]
-    lines = [f"GRPO benchmark: bundled SmolLM2-135M-Instruct fp32, {args.prompts_per_step} prompts x {args.n} samples, "
+    lines = [f"GRPO benchmark: bundled SmolLM2-135M-Instruct {args.precision}, {args.prompts_per_step} prompts x {args.n} samples, "
              f"{args.max_new_tokens} new tokens, beta {args.beta}, {args.warmup} warm-up + {args.steps} timed steps, "
              f"{args.threads} threads",
              f"{'workload':<14} {'gen tok/s':>9} {'sampling tok/s':>14} {'train tok/s':>11} {'s/step':>7} "
@@ -214,11 +225,16 @@ def main(argv=None) -> None:
                      f"{m['train_tokens_per_s'] or 0:>11.1f} {m['s_per_step']:>7.2f} {m['generation_s_per_step']:>10.2f} "
                      f"{m['s_per_step'] - m['generation_s_per_step']:>13.2f} {m['peak_rss_gib']:>12.2f}"
                      + ("  (CPU contended)" if m.get("contended") else ""))
-    if "palate" in res and "trl" in res:
-        p, t = res["palate"], res["trl"]
+    trls = [k for k in grpo if k.startswith("trl")]
+    best_trl = max(trls, key=lambda k: res[k]["generated_tokens_per_s"]) if trls else None
+    best_sampling = max(trls, key=lambda k: res[k]["sampling_tokens_per_s"]) if trls else None
+    if "palate" in res and best_trl:
+        p, t = res["palate"], res[best_trl]
         tps = p["generated_tokens_per_s"] / t["generated_tokens_per_s"]
-        sps = p["sampling_tokens_per_s"] / t["sampling_tokens_per_s"]
-        lines.append(f"palate vs TRL: generated tokens/s {tps:.2f}x, sampling tokens/s {sps:.2f}x, "
+        sps = p["sampling_tokens_per_s"] / res[best_sampling]["sampling_tokens_per_s"]
+        lines.append(f"  trl: GRPOTrainer defaults in {args.precision}" + (", trl_fp32: the same in fp32" if "trl_fp32" in res
+                     else "") + f", no checkpointing; TRL's better here: {best_trl} (steps), {best_sampling} (sampling)")
+        lines.append(f"palate vs TRL's better: generated tokens/s {tps:.2f}x, sampling tokens/s {sps:.2f}x, "
                      f"s/step {p['s_per_step'] / t['s_per_step']:.2f}x, peak RSS {p['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
         lines.append(("PASS" if tps >= 2.5 else "FAIL") + f": GRPO generated tokens/s >= 2.5x TRL ({tps:.2f}x); "
                      + ("PASS" if sps >= 2.0 else "FAIL") + f": sampling tokens/s >= 2x TRL's ({sps:.2f}x)")
@@ -239,7 +255,7 @@ def main(argv=None) -> None:
         if "sample_palate" in micro and "sample_palate_before" in micro:
             lines.append(f"  palate engine vs palate_before: "
                          f"{micro['sample_palate']['tokens_per_s'] / micro['sample_palate_before']['tokens_per_s']:.2f}x")
-    lines.append(f"roofline: measured fp32 GEMM peak {peak['peak_gflops']:.0f} GFLOP/s ({args.threads} threads); "
+    lines.append(f"roofline: measured {args.precision} GEMM peak {peak['peak_gflops']:.0f} GFLOP/s ({args.threads} threads); "
                  + "; ".join(f"{name} {m['achieved_gflops']:.0f} GFLOP/s = {100 * m['mfu']:.1f}% MFU"
                              for name, m in grpo.items() if m.get("achieved_gflops")))
     lw = load.summary()
@@ -254,14 +270,17 @@ def main(argv=None) -> None:
                 "sampling_tokens_per_s": {**{k: m.get("sampling_tokens_per_s") for k, m in grpo.items()},
                                           **{k: m["tokens_per_s"] for k, m in micro.items()}},
                 "mfu_real_tokens": {k: m.get("mfu") for k, m in grpo.items()},
-                "trl_configs": {"trl": "GRPOTrainer defaults with fp32, no checkpointing (its best CPU settings here)"}}
+                "trl_configs": {"trl": f"GRPOTrainer defaults in {args.precision}, no checkpointing",
+                                "trl_fp32": "GRPOTrainer defaults in fp32, no checkpointing"}, "trl_best_of_run": best_trl,
+                "precision": args.precision}
     payload = {"settings": vars(args), "results": res, "run": run_info, "table": text}
     out.write_text(json.dumps(payload, indent=2))
     from record import write_result
 
-    gen = {n: res[n]["generated_tokens_per_s"] if n in res else None for n in ("palate", "trl")}
+    gen = {n: res[k]["generated_tokens_per_s"] if k in res else None for n, k in (("palate", "palate"), ("trl", best_trl))}
     busy = [n for n, m in res.items() if m.get("contended")]
-    samp = {n: res[n]["sampling_tokens_per_s"] if n in res else None for n in ("palate", "trl")}
+    samp = {n: res[k]["sampling_tokens_per_s"] if k in res else None
+            for n, k in (("palate", "palate"), ("trl", best_sampling))}
     ratios = {"sampling_palate_vs_trl": samp["palate"] / samp["trl"] if samp["palate"] and samp["trl"] else None}
     if "sample_palate" in micro and "sample_hf" in micro:
         ratios["micro_sampling_palate_vs_hf_generate"] = (micro["sample_palate"]["tokens_per_s"]

@@ -55,6 +55,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import autocast  # noqa: E402
+
 RESULT_TAG = "BENCH_RESULT "
 WORKLOADS = ("palate", "plain", "trl", "trl_best", "trl_packed")
 TRL_CONFIGS = {"trl": "SFTTrainer defaults (random batches, padded), fp32, no gradient checkpointing",
@@ -214,7 +217,8 @@ def worker_palate(args) -> dict:
         t_fwd = t_bwd = 0.0
         for b in micro:
             ta = time.perf_counter()
-            loss = batch_loss(model, b, normalizer=n_targets)
+            with autocast(args.precision):
+                loss = batch_loss(model, b, normalizer=n_targets)
             tb = time.perf_counter()
             loss.backward()
             tc = time.perf_counter()
@@ -255,7 +259,8 @@ def worker_plain(args) -> dict:
     t_prev = time.perf_counter()
     for step, b in enumerate(batches):
         t0 = time.perf_counter()
-        loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
+        with autocast(args.precision):
+            loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
         tb = time.perf_counter()
         loss.backward()
         tc = time.perf_counter()
@@ -334,7 +339,7 @@ def worker_trl(args, variant: str = "trl") -> dict:
         packing=variant == "trl_packed",
         padding_free=False,
         **({"train_sampling_strategy": "group_by_length"} if variant == "trl_best" else {}),
-        bf16=False,
+        bf16=args.precision == "bf16",
         fp16=False,
         gradient_checkpointing=False,
         use_cpu=True,
@@ -392,7 +397,8 @@ def worker_trl(args, variant: str = "trl") -> dict:
 def run_worker(name: str, args, data: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--data", data,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-           "--max-length", str(args.max_length), "--lr", str(args.lr), "--threads", str(args.threads)]
+           "--max-length", str(args.max_length), "--lr", str(args.lr), "--threads", str(args.threads),
+           "--precision", args.precision]
     print(f"[bench] running {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -437,13 +443,14 @@ def main_parent(args) -> None:
 
     runs: dict[str, list[dict]] = {name: [] for name in args.only}
     with LoadWatch() as load:
-        peaks = [gemm_peak(args.threads)]  # the MFU denominator, measured on this machine in this run
+        # the MFU denominator, measured on this machine in this run, in the precision the workloads run in
+        peaks = [gemm_peak(args.threads, precision=args.precision)]
         for rnd in range(args.repeats):
             for name in args.only:
                 if args.repeats > 1:
                     print(f"[bench] round {rnd + 1}/{args.repeats}", file=sys.stderr)
                 runs[name].append(run_worker(name, args, data))
-        peaks.append(gemm_peak(args.threads))
+        peaks.append(gemm_peak(args.threads, precision=args.precision))
     peak = max(peaks, key=lambda p: p["peak_gflops"])
     flops = flops_per_token(lm_head=True)
     params = n_params()
@@ -486,7 +493,7 @@ def main_parent(args) -> None:
 
     # ---- table
     lines = []
-    lines.append(f"SFT benchmark: bundled SmolLM2-135M-Instruct fp32, batch {args.batch_size}, max_length "
+    lines.append(f"SFT benchmark: bundled SmolLM2-135M-Instruct {args.precision}, batch {args.batch_size}, max_length "
                  f"{args.max_length}, {args.warmup} warm-up + {args.steps} timed steps, {args.threads} threads, "
                  f"data {data}" + (f", median of {args.repeats} interleaved rounds" if args.repeats > 1 else ""))
     hdr = f"{'workload':<10} {'real tok/s':>10} {'padding':>8} {'peak RSS GiB':>12} {'s/step':>7} {'GFLOP/s':>7} " \
@@ -552,7 +559,7 @@ def main_parent(args) -> None:
     payload = {
         "settings": {"data": data, "batch_size": args.batch_size, "max_length": args.max_length,
                      "warmup": args.warmup, "steps": args.steps, "lr": args.lr, "threads": args.threads,
-                     "repeats": args.repeats, "model": "bundled (SmolLM2-135M-Instruct) fp32", "params": params,
+                     "repeats": args.repeats, "model": "bundled (SmolLM2-135M-Instruct)", "precision": args.precision, "params": params,
                      "gemm_peak_gflops": peak["peak_gflops"]},
         "summary": med, "ratios": ratios, "targets": TARGETS, "checks": checks,
         "passed": all(checks.values()) if checks else None, "same_batches_palate_plain": same,
@@ -591,7 +598,12 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians are reported")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="every workload's precision (auto: palate's choice on this CPU; TRL gets bf16=True for bf16)")
     args = ap.parse_args(argv)
+    from record import resolve_precision
+
+    args.precision = resolve_precision(args.precision)
     if args.worker:
         result = {"palate": worker_palate, "plain": worker_plain, "trl": worker_trl,
                   "trl_best": lambda a: worker_trl(a, "trl_best"),

@@ -28,7 +28,8 @@ class ModelConfig:
     name: str = "bundled"
     """bundled | tiny | run dir | HF dir | .gguf file | hub name"""
     dtype: str = "auto"
-    """auto (fp32 on CPU, bf16 on capable GPUs) | fp32 | bf16"""
+    """auto (fp32 on CPU, bf16 on capable GPUs) | fp32 | bf16: the weights' dtype (train.precision says what
+    the matmuls run in)"""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N"""
     trust_remote_code: bool = False
@@ -81,7 +82,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     precision: str = "auto"
-    """auto | fp32 | bf16 (autocast); auto is fp32 on CPU, bf16 on capable GPUs"""
+    """auto | fp32 | bf16 (autocast on fp32 weights); auto is bf16 on capable GPUs and on CPUs with AMX bf16 units
+    (Intel Sapphire Rapids and later, ~2x faster there), fp32 on other CPUs and for sharded training on CPU"""
     gradient_checkpointing: bool | None = None
     """None: auto (off on CPU, where memory is rarely the limit)"""
     log_every: int = 1

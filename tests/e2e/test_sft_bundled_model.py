@@ -2,6 +2,7 @@
 demonstrations, check the loss falls, reload the saved model and generate."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -27,7 +28,7 @@ def test_bundled_model_finetunes_reloads_and_generates(tmp_path):
            "train.lr=5e-5", "train.warmup_ratio=0", "train.eval_every=1", "train.save_every=-1", "log.progress=false"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "precision fp32 (auto" in out.stderr  # the choice is said out loud
+    assert re.search(r"precision (fp32|bf16) \(auto: ", out.stderr)  # the choice is said out loud, with its reason
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [m["eval_loss"] for m in metrics]
     assert len(evals) == 6

@@ -84,6 +84,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fp32(overrides: list[str]) -> list[str]:
+    """``overrides`` with ``train.precision=fp32`` unless they name a precision: these tests compare process
+    layouts, not precisions, and sharded runs on CPU train fp32 (auto may pick bf16 on one process)."""
+    if any(o.startswith("train.precision=") for o in overrides):
+        return list(overrides)
+    return [*overrides, "train.precision=fp32"]
+
+
 def command(launcher: str, recipe: str, overrides: list[str]) -> list[str]:
     port = str(free_port())
     if launcher == "torchrun":
@@ -92,7 +100,7 @@ def command(launcher: str, recipe: str, overrides: list[str]) -> list[str]:
     else:  # accelerate launch with the shipped DDP config
         head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port", port]
-    return [*head, "-m", "palate", recipe, *overrides]
+    return [*head, "-m", "palate", recipe, *fp32(overrides)]
 
 
 def child_env() -> dict:
@@ -157,7 +165,7 @@ def assert_same_curve(one: Path, two: Path, keys, rel=1e-4):
 
 
 def one_process(train_fn, config_cls, overrides):
-    return train_fn(load_config(config_cls, None, overrides))
+    return train_fn(load_config(config_cls, None, fp32(overrides)))
 
 
 SFT = ["model.name=tiny", "train.max_steps=8", "train.batch_size=4", "train.grad_accum=2", "train.lr=1e-3",

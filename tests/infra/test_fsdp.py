@@ -27,6 +27,7 @@ from tests.infra.test_distributed import (
     TIMEOUT,
     assert_same_curve,
     child_env,
+    fp32,
     free_port,
     kill_at_checkpoint,
     launch,
@@ -38,6 +39,8 @@ FSDP = ["train.sharding=fsdp"]
 
 
 def torchrun(args: list[str]) -> list[str]:
+    if args[:2] == ["-m", "palate"]:
+        args = [*args[:3], *fp32(args[3:])]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
             "--master_port", str(free_port()), *args]
 
@@ -45,7 +48,7 @@ def torchrun(args: list[str]) -> list[str]:
 def accelerate_fsdp(recipe: str, overrides: list[str]) -> subprocess.CompletedProcess:
     """``accelerate launch`` with the shipped FSDP config (its 8 processes overridden to 2)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/fsdp.yaml"),
-           "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "palate", recipe, *overrides]
+           "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "palate", recipe, *fp32(overrides)]
     out = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-4000:]
     return out

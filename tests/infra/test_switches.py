@@ -24,8 +24,8 @@ def run(tmp_path, name, data, *more):
 
 def test_gradient_checkpointing_and_bf16_switches(tmp_path, arithmetic_jsonl, caplog):
     caplog.set_level(logging.INFO, logger="palate")
-    base = run(tmp_path, "base", arithmetic_jsonl)
-    ckpt = run(tmp_path, "ckpt", arithmetic_jsonl, "train.gradient_checkpointing=true")
+    base = run(tmp_path, "base", arithmetic_jsonl, "train.precision=fp32")
+    ckpt = run(tmp_path, "ckpt", arithmetic_jsonl, "train.precision=fp32", "train.gradient_checkpointing=true")
     assert "gradient checkpointing on" in caplog.text
     assert ckpt == pytest.approx(base, rel=1e-5)  # recomputation gives the same gradients
     bf16 = run(tmp_path, "bf16", arithmetic_jsonl, "train.precision=bf16")

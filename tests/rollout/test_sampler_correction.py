@@ -102,3 +102,54 @@ def test_backend_is_checked_when_the_config_is_built():
     except ImportError:
         with pytest.raises(ConfigError, match=r"pip install 'palate\[vllm\]'"):
             RolloutConfig(backend="vllm")
+
+
+def test_bf16_sampler_copy_follows_the_policy_and_its_mismatch_is_corrected(tok):
+    """rollout.backend=hf with a bf16 trainer on fp32 weights: a bf16 copy samples (CastSampler), synced from
+    the policy every step; the trainer's recomputed log-probs are π_old and the copy's rounding becomes
+    importance weights near 1."""
+    from palate.models.load import load_model
+    from palate.rollout.sampling import CastSampler, cast_sampler
+
+    policy = load_model("tiny", tokenizer=tok)
+    cfg = RolloutConfig(n=2, max_new_tokens=8)
+    assert cast_sampler(policy, tok, cfg, "fp32") is None  # fp32 trainer: the policy samples itself
+    assert cast_sampler(policy, tok, cfg, "bf16", sharding="fsdp") is None
+    engine = cast_sampler(policy, tok, cfg, "bf16")
+    assert isinstance(engine, CastSampler) and next(engine.model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        policy.lm_head.weight.add_(0.5)  # a training step happened
+    prompts = ["hello there", "what is two plus two?"]
+    r, c = sample_rollout(policy, tok, prompts, cfg, seed=3, engine=engine)
+    copy = dict(engine.model.named_parameters())
+    for name, p in policy.named_parameters():  # the copy holds the policy's current weights, rounded to bf16
+        assert torch.equal(copy[name], p.detach().to(torch.bfloat16)), name
+    assert not any(p.requires_grad for p in engine.model.parameters())
+    mask = r.response_mask.bool()
+    again = sample_rollout(policy, tok, prompts, cfg, seed=3, engine=engine)[0]
+    assert torch.equal(again.response_ids, r.response_ids)  # same seed, same weights: same samples
+    from palate.models.reference import rollout_logprobs
+
+    assert torch.equal(r.logprobs, rollout_logprobs(policy, r, cfg.temperature))  # π_old: the fp32 trainer's
+    gap = (r.logprobs - r.sampler_logprobs)[mask].abs()
+    assert 0 < float(gap.max()) < 0.5, gap  # bf16 rounding: small, not zero
+    assert torch.allclose(c.weights[mask], torch.exp(r.logprobs - r.sampler_logprobs)[mask].clamp(max=cfg.correction_cap))
+
+
+def test_joined_shares_weigh_like_one_batch():
+    """Processes each correct their share of the rows; joined, the weights and token means are those of one
+    process correcting every row (shares of different widths and token counts)."""
+    from palate.rollout.experience import join_corrections
+
+    g = torch.Generator().manual_seed(0)
+    trainer, sampler = torch.randn(5, 6, generator=g) * 0.3 - 1, torch.randn(5, 6, generator=g) * 0.3 - 1
+    mask = torch.rand(5, 6, generator=g) > 0.3
+    mask[:2, 4:] = False  # the first share is narrower: its rows end by column 4
+    whole = sampler_correction(trainer, sampler, mask, cap=1.2)
+    parts = [sampler_correction(trainer[:2, :4], sampler[:2, :4], mask[:2, :4], cap=1.2),
+             sampler_correction(trainer[2:], sampler[2:], mask[2:], cap=1.2)]
+    joined = join_corrections(parts, [mask[:2, :4], mask[2:]], 6)
+    assert torch.allclose(joined.weights, whole.weights)
+    for field in ("weight_mean", "truncated_fraction", "mismatch_kl"):
+        assert float(getattr(joined, field)) == pytest.approx(float(getattr(whole, field)), abs=1e-6), field
+    assert join_corrections([None, None], [mask, mask], 6) is None

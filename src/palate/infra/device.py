@@ -30,13 +30,39 @@ def pick_device(requested: str = "auto") -> torch.device:
     return dev
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (Intel AMX tiles with AVX-512 BF16: Sapphire Rapids and
+    later). There oneDNN's bf16 GEMM runs several times faster than fp32 (measured on a 2-core Sapphire Rapids VM:
+    ~2,900 vs ~420 GFLOP/s at 1024x576x1536, and a bf16-autocast training step of SmolLM2-135M 2.2x faster);
+    without AMX, bf16 is emulated and slower than fp32."""
+    probe = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    try:
+        return all(f is not None and bool(f()) for f in probe)
+    except Exception:  # noqa: BLE001 - a probe that cannot run means no
+        return False
+
+
 def pick_precision(requested: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on GPUs that support it; fp32 on CPU, where bf16 matmuls are slower."""
+    """``auto``: bf16 autocast on GPUs that support it and on CPUs with native bf16 matrix units
+    (:func:`cpu_has_fast_bf16`); fp32 elsewhere, where bf16 matmuls are emulated and slower."""
     if requested == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
     if requested not in ("fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {requested!r}")
     return requested
+
+
+def precision_reason(requested: str, device: torch.device) -> str:
+    """Why ``auto`` chose what it chose, for the run's log ('' when the precision was asked for)."""
+    if requested != "auto":
+        return ""
+    if device.type == "cuda":
+        return " (auto: bf16 where the GPU supports it)"
+    if cpu_has_fast_bf16():
+        return " (auto: this CPU has AMX bf16 matrix units, where bf16 runs ~2x faster than fp32)"
+    return " (auto: fp32 on a CPU without AMX bf16, where bf16 is slower)"
 
 
 def autocast(precision: str, device: torch.device):

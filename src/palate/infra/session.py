@@ -43,6 +43,7 @@ from palate.infra.device import (
     pick_device,
     pick_gradient_checkpointing,
     pick_precision,
+    precision_reason,
 )
 from palate.infra.logging import Progress, attach_sinks, setup_logging
 from palate.infra.optim import adamw, scheduler
@@ -112,8 +113,12 @@ def start(train: TrainConfig, model: ModelConfig, run: RunDir, log_cfg: LogConfi
     device = pick_device(model.device)
     if distributed.launched() and device.type == "cuda" and device.index is None:
         device = distributed.state().device  # this process's GPU (cuda:LOCAL_RANK)
+    precision, reason = pick_precision(train.precision, device), precision_reason(train.precision, device)
+    if train.precision == "auto" and device.type == "cpu" and precision == "bf16" \
+            and distributed.sharding(train.sharding) not in ("none", "ddp"):
+        precision, reason = "fp32", " (auto: sharded training on CPU runs fp32; bf16 sharding is for GPUs)"
     env = Env(
-        device, pick_precision(train.precision, device),
+        device, precision,
         pick_gradient_checkpointing(train.gradient_checkpointing, device), progress=log_cfg.progress,
     )
     if distributed.launched():
@@ -121,8 +126,7 @@ def start(train: TrainConfig, model: ModelConfig, run: RunDir, log_cfg: LogConfi
                  distributed.state().distributed_type, distributed.rank())
     log.info(
         "run %s | device %s, %d threads | precision %s%s | gradient checkpointing %s%s | allocator keeps freed memory: %s",
-        run.path, device, torch.get_num_threads(), env.precision,
-        " (auto: fp32 on CPU, where bf16 is slower)" if train.precision == "auto" and device.type == "cpu" else "",
+        run.path, device, torch.get_num_threads(), env.precision, reason,
         "on" if env.gradient_checkpointing else "off",
         " (auto)" if train.gradient_checkpointing is None else "",
         "yes" if kept else "no",
@@ -348,10 +352,12 @@ class Loop:
         self.engine.set_requires_gradient_sync(True)
 
     def forward(self, fn: Callable[..., Any], *args, **kwargs):
-        """``fn(model, *args, **kwargs)``; multi-process, run inside the prepared (DDP/FSDP/DeepSpeed) module."""
-        if self.accelerator is None and self.sharding != "fsdp":
-            return fn(self.model, *args, **kwargs)
-        return self.engine(fn, *args, **kwargs)
+        """``fn(model, *args, **kwargs)`` under the run's precision (bf16 autocast or none); multi-process, run
+        inside the prepared (DDP/FSDP/DeepSpeed) module."""
+        with autocast(self.env.precision, self.env.device):
+            if self.accelerator is None and self.sharding != "fsdp":
+                return fn(self.model, *args, **kwargs)
+            return self.engine(fn, *args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of this process's share of a loss normalised by global counts. DDP and FSDP average

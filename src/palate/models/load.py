@@ -38,7 +38,8 @@ def cache_dir() -> Path:
 
 
 def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """``auto`` picks float32 on CPU (bf16 matmuls are slower there) and bf16 on GPUs that support it."""
+    """``auto`` picks float32 on CPU (the weights a CPU run trains; where the CPU has AMX bf16 units,
+    ``train.precision=auto`` computes in bf16 autocast on them) and bf16 on GPUs that support it."""
     if dtype == "auto":
         dev = torch.device(device)
         if dev.type == "cuda" and torch.cuda.is_bf16_supported():

@@ -79,7 +79,8 @@ def rollout_logprobs(model, r, temperature: float) -> torch.Tensor:
     [B, T] float32 on the CPU, 0 at padding (the model is evaluated in eval mode, then put back)."""
     was_training = model.training
     model.eval()
-    hidden = response_hidden(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.n)
-    lp, _ = response_logprobs(model, hidden, r.response_ids, r.response_mask, temperature)
+    with torch.no_grad():
+        hidden = response_hidden(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.n)
+        lp, _ = response_logprobs(model, hidden, r.response_ids, r.response_mask, temperature)
     model.train(was_training)
     return lp.float().cpu() * r.response_mask

@@ -61,7 +61,7 @@ from palate.rollout.experience import (
     warn_negative_kl,
 )
 from palate.rollout.rewards import NonFiniteError
-from palate.rollout.sampling import RolloutConfig
+from palate.rollout.sampling import RolloutConfig, cast_sampler
 
 log = logging.getLogger("palate.rl")
 
@@ -130,7 +130,23 @@ class OnlineRun:
     eval_samples: int = 1
     """answers per held-out prompt"""
     engine: Any = None
-    """a rollout engine that samples the training steps instead of the trainer (Ray workers)"""
+    """a rollout engine that samples the training steps instead of the trainer (Ray workers; else, when the run
+    trains in bf16 on whole fp32 weights, a bf16 copy of the policy: :func:`palate.rollout.sampling.cast_sampler`)"""
+
+    def __post_init__(self):
+        if self.engine is None:
+            self.engine = cast_sampler(self.policy, self.tok, self.rollout, self.loop.env.precision,
+                                       self.loop.sharding)
+            if self.engine is not None:
+                log.info("sampling: a bf16 copy of the policy, refreshed every step (the trainer recomputes the "
+                         "sampled tokens' log-probs in its precision; truncated importance weights, cap %g, "
+                         "correct the copy's rounding)", self.rollout.correction_cap)
+
+    def precision(self):
+        """The trainer's precision around experience collection (the reference and the recomputed log-probs
+        in the precision of the update, so that the PPO ratio starts at 1); FSDP keeps its own."""
+        env = self.loop.env
+        return session.autocast(env.precision, env.device) if self.loop.sharding != "fsdp" else contextlib.nullcontext()
 
     def collect(self, step: int, prompts: list, also=None):
         """The step's experience: this process samples, scores and takes reference log-probs for its share of
@@ -140,7 +156,7 @@ class OnlineRun:
         loop = self.loop
         lo, hi = share(len(prompts), loop.rank, loop.world)
         exp = extra = error = None
-        with loop.unsharded():  # FSDP: the policy whole, so processes decode independently
+        with loop.unsharded(), self.precision():  # FSDP: the policy whole, so processes decode independently
             try:
                 exp = collect(self.policy, self.tok, prompts[lo:hi], self.rollout, self.rewarder, self.reference,
                               seed=self.seed * 100_003 + step, engine=self.engine, first=lo,

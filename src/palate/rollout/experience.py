@@ -88,7 +88,25 @@ def join_experience(parts: list[Experience], pad: int) -> Experience:
                       {k: torch.cat([x.penalties[k] for x in rw]) for k in rw[0].penalties})
     ref = torch.cat([_widen(e.ref_logprobs, T) for e in parts]) if parts[0].ref_logprobs is not None else None
     seconds = {k: max(e.seconds[k] for e in parts) for k in parts[0].seconds}
-    return Experience([p for e in parts for p in e.prompts], rollout, rewards, ref, seconds, None)
+    correction = join_corrections([e.correction for e in parts], [e.mask for e in parts], T)
+    return Experience([p for e in parts for p in e.prompts], rollout, rewards, ref, seconds, correction)
+
+
+def join_corrections(parts: list[SamplerCorrection | None], masks: list[torch.Tensor],
+                     width: int) -> SamplerCorrection | None:
+    """The importance weights of consecutive row shares as one batch's: weights re-padded and stacked, the
+    token means (weight mean, truncated fraction, mismatch KL) weighted by each share's response tokens, which is
+    what one process computing them over all rows gets."""
+    if parts[0] is None:
+        return None
+    tokens = torch.tensor([float(m.sum()) for m in masks])
+    share = tokens / tokens.sum().clamp_min(1.0)
+
+    def mean(field: str) -> torch.Tensor:
+        return torch.tensor(sum(float(getattr(c, field)) * s for c, s in zip(parts, share.tolist())))
+
+    return SamplerCorrection(torch.cat([_widen(c.weights, width) for c in parts]), mean("weight_mean"),
+                             mean("truncated_fraction"), mean("mismatch_kl"))
 
 
 def join_rows(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -63,6 +63,53 @@ class RolloutConfig:
                 raise ConfigError("rollout.backend=vllm needs vLLM on a CUDA machine: pip install 'palate[vllm]'")
 
 
+class CastSampler:
+    """palate's sampler on a copy of the policy in a lower precision (bf16), refreshed from the policy before
+    every step: decoding reads the weights once per token, so on CPUs with AMX bf16 units (and on GPUs) a bf16
+    copy decodes faster than an fp32 policy under autocast, which would cast every weight again at every token.
+    It is a rollout engine (``sync`` + ``rollout``): the trainer recomputes the sampled tokens' log-probs in its
+    own precision (π_old of the PPO ratio) and the truncated importance weights correct for the copy's
+    rounding (:func:`sampler_correction`), as for vLLM. One process or DDP (whole weights); not FSDP."""
+
+    def __init__(self, policy, tok, dtype, cache: str = "dynamic", compile: bool = False):
+        import copy
+
+        import torch
+
+        self.tok, self.dtype, self.cache, self.compile = tok, dtype, cache, compile
+        self.model = copy.deepcopy(policy).to(dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._pairs = None
+        self._torch = torch
+
+    def sync(self, policy) -> None:
+        """Copy the policy's current weights (and buffers) into the bf16 copy, cast."""
+        if self._pairs is None:
+            mine = dict(self.model.named_parameters())
+            mine.update(dict(self.model.named_buffers()))
+            theirs = list(policy.named_parameters()) + list(policy.named_buffers())
+            missing = [n for n, _ in theirs if n not in mine]
+            if missing:
+                raise ValueError(f"CastSampler: the policy has tensors the sampler copy lacks: {missing[:3]}")
+            self._pairs = [(mine[n], t) for n, t in theirs]
+        with self._torch.no_grad():
+            for dst, src in self._pairs:
+                dst.copy_(src.detach())
+
+
+def cast_sampler(policy, tok, cfg: RolloutConfig, precision: str, sharding: str = "none"):
+    """The bf16 sampler copy (:class:`CastSampler`) when the trainer runs bf16 autocast on fp32 weights with
+    palate's own sampler on whole weights; else None (the policy samples itself)."""
+    import torch
+
+    if precision != "bf16" or cfg.backend != "hf" or sharding == "fsdp":
+        return None
+    if next(policy.parameters()).dtype != torch.float32:
+        return None
+    return CastSampler(policy, tok, torch.bfloat16, cfg.cache, cfg.compile)
+
+
 def block_seed(seed: int, block: int) -> int:
     """The sampling seed of seed block ``block`` (global index) of a step whose seed is ``seed``: ``seed`` itself
     for block 0, so a run that samples its step in one block draws what it always drew."""
@@ -112,7 +159,11 @@ def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
 
         engine = sampler_for(policy, tok, cfg.vllm_gpu_memory_utilization, seed=0)
     engine.sync(policy)
-    r = engine.rollout(prompts, **settings)
+    if isinstance(engine, CastSampler):  # seed blocks, as the policy's own sampler would draw them
+        r = sample_blocks(engine.model, tok, prompts, {**settings, "cache": engine.cache, "compile": engine.compile},
+                          first, cfg.seed_block if block is None else block)
+    else:
+        r = engine.rollout(prompts, **settings)
     r.sampler_logprobs = r.logprobs * r.response_mask
     r.logprobs = rollout_logprobs(policy, r, cfg.temperature)
     return r, sampler_correction(r.logprobs, r.sampler_logprobs, r.response_mask, cfg.correction_cap,
