@@ -4,6 +4,11 @@
     python bench/rl.py --steps 2 --warmup 1     # quicker
     python bench/rl.py --before /tmp/before/src # also palate as of another checkout (PYTHONPATH=that src)
 
+With ``--precision bf16`` (``auto`` on a CPU with AMX bf16 units) palate trains under bf16 autocast and samples
+with a bf16 copy of the policy; its trainer then recomputes the samples' log-probs (``seconds_recompute``, part of
+the step, not of sampling: TRL with one iteration per generation computes no old log-probs at all); TRL runs with
+``bf16=True`` (its default) and again in fp32 (``trl_fp32``), and the ratios are against the faster of the two.
+
 Sampling alone is measured twice: inside the GRPO steps (palate's ``seconds_generate``; TRL's ``_generate``,
 which calls transformers' ``generate``, timed per step), and by a sampling micro-benchmark, each engine in its
 own process: palate's engine (``rollout.generate._rollout``, with the sampled tokens' log-probs, as GRPO uses

@@ -120,7 +120,9 @@ def test_bf16_sampler_copy_follows_the_policy_and_its_mismatch_is_corrected(tok)
     with torch.no_grad():
         policy.lm_head.weight.add_(0.5)  # a training step happened
     prompts = ["hello there", "what is two plus two?"]
-    r, c = sample_rollout(policy, tok, prompts, cfg, seed=3, engine=engine)
+    seconds = {}
+    r, c = sample_rollout(policy, tok, prompts, cfg, seed=3, engine=engine, seconds=seconds)
+    assert set(seconds) == {"generate", "recompute"}  # sampling timed apart from the trainer's recomputation
     copy = dict(engine.model.named_parameters())
     for name, p in policy.named_parameters():  # the copy holds the policy's current weights, rounded to bf16
         assert torch.equal(copy[name], p.detach().to(torch.bfloat16)), name

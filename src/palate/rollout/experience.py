@@ -59,15 +59,15 @@ def collect(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, 
             seed: int, engine=None, first: int = 0, block: int | None = None) -> Experience:
     """Sample, score and reference log-probs for ``prompts`` (global indices ``first`` .. of the step, seed
     blocks of ``block`` prompts: see :func:`palate.rollout.sampling.sample_rollout`)."""
-    t0 = time.perf_counter()
-    r, correction = sample_rollout(policy, tok, prompts, cfg, seed, engine, first=first, block=block)
+    seconds: dict[str, float] = {}
+    r, correction = sample_rollout(policy, tok, prompts, cfg, seed, engine, first=first, block=block,
+                                   seconds=seconds)  # generate (and recompute: the trainer's π_old of an engine's)
     t1 = time.perf_counter()
     rewards = score_rollout(rewarder, prompts, r)
     t2 = time.perf_counter()
     ref = reference.response_logprobs(r, cfg.temperature) if reference is not None else None
     t3 = time.perf_counter()
-    return Experience(prompts, r, rewards, ref, {"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
-                      correction)
+    return Experience(prompts, r, rewards, ref, {**seconds, "score": t2 - t1, "reference": t3 - t2}, correction)
 
 
 def _widen(x: torch.Tensor, width: int) -> torch.Tensor:

@@ -133,8 +133,8 @@ def sample_blocks(policy, tok, prompts: list, settings: dict, first: int, block:
     return concat_rollouts(parts, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
-def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
-                   engine=None, first: int = 0, block: int | None = None) -> tuple[Rollout, SamplerCorrection | None]:
+def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int, engine=None, first: int = 0,
+                   block: int | None = None, seconds: dict | None = None) -> tuple[Rollout, SamplerCorrection | None]:
     """Sample with the configured backend. ``hf``: the trainer's own model, whose sampled log-probs are π_old.
     ``vllm`` (or any ``engine`` with ``sync(policy)`` and ``rollout(prompts, **settings)``): the engine gets
     the policy's current weights and samples; the trainer then recomputes the sampled tokens' log-probs
@@ -142,7 +142,12 @@ def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
     importance weights correct the loss for the engine's mismatch (:func:`sampler_correction`).
 
     ``first``: the global index of ``prompts[0]`` in the step (a process's share starts there); ``block``: prompts
-    per seed block (None: ``cfg.seed_block``), see :func:`sample_blocks` (``hf`` only)."""
+    per seed block (None: ``cfg.seed_block``), see :func:`sample_blocks` (``hf`` only). ``seconds``: filled with
+    ``generate`` (sampling) and, with an engine, ``recompute`` (the trainer's log-probs of the samples)."""
+    import time
+
+    t0 = time.perf_counter()
+    seconds = {} if seconds is None else seconds
     settings = dict(n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                     top_k=cfg.top_k, stop=tuple(cfg.stop), seed=seed)
     if engine is None and cfg.backend == "hf":
@@ -151,6 +156,7 @@ def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
         r = sample_blocks(policy, tok, prompts, {**settings, "cache": cfg.cache, "compile": cfg.compile}, first,
                           cfg.seed_block if block is None else block)
         policy.train(was_training)
+        seconds["generate"] = time.perf_counter() - t0
         return r, None
     if engine is None:
         if cfg.backend != "vllm":
@@ -160,11 +166,17 @@ def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int,
         engine = sampler_for(policy, tok, cfg.vllm_gpu_memory_utilization, seed=0)
     engine.sync(policy)
     if isinstance(engine, CastSampler):  # seed blocks, as the policy's own sampler would draw them
-        r = sample_blocks(engine.model, tok, prompts, {**settings, "cache": engine.cache, "compile": engine.compile},
-                          first, cfg.seed_block if block is None else block)
+        import torch
+
+        with torch.autocast(next(engine.model.parameters()).device.type, enabled=False):  # bf16 already
+            r = sample_blocks(engine.model, tok, prompts, {**settings, "cache": engine.cache,
+                                                           "compile": engine.compile},
+                              first, cfg.seed_block if block is None else block)
     else:
         r = engine.rollout(prompts, **settings)
+    t1 = time.perf_counter()
     r.sampler_logprobs = r.logprobs * r.response_mask
     r.logprobs = rollout_logprobs(policy, r, cfg.temperature)
+    seconds.update(generate=t1 - t0, recompute=time.perf_counter() - t1)
     return r, sampler_correction(r.logprobs, r.sampler_logprobs, r.response_mask, cfg.correction_cap,
                                  cfg.correction_level)
