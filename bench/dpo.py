@@ -6,7 +6,7 @@
 
 Each workload runs in its own subprocess (``python bench/dpo.py --worker NAME``) so that its peak RSS is
 its own. All see the same preference pairs (``--data``, default ``bundled:preferences``, fixed shuffled
-order, seed 0), the bundled SmolLM2-135M-Instruct in fp32, β = 0.1, sigmoid DPO.
+order, seed 0), the bundled SmolLM2-135M-Instruct (fp32 weights, compute in ``--precision``), β = 0.1, sigmoid DPO.
 
 * ``palate``: the DPO recipe's path: ``encode_groups`` + ``group_batches`` (bucketed, chosen and rejected
   in one batch), reference log-probs precomputed once over the pairs used (``reference_logprobs``), then
@@ -72,7 +72,7 @@ from sft import fingerprint, summarize, usage, usage_delta  # noqa: E402
 
 WORKLOADS = ("palate", "plain", "trl", "trl_precompute", "trl_best", "palate_kto", "trl_kto")
 DPO_TRL = ("trl", "trl_precompute", "trl_best")  # the TRL configurations palate's DPO is compared with
-TRL_CONFIGS = {"trl": "DPOTrainer defaults (reference = second model copy, random batches), fp32, no checkpointing",
+TRL_CONFIGS = {"trl": "DPOTrainer defaults (reference = second model copy, random batches), the run's precision, no checkpointing",
                "trl_precompute": "+ precompute_ref_log_probs=True",
                "trl_best": "+ precompute_ref_log_probs=True + train_sampling_strategy=group_by_length "
                            "(padding_free is disabled in TRL 1.16's DPOTrainer)",

@@ -5,7 +5,8 @@
 
 Each workload runs in its own subprocess (``python bench/reward.py --worker NAME``) so that its peak RSS is
 its own. All see the same preference pairs (``--data``, default ``bundled:preferences``, fixed shuffled
-order, seed 0) and the bundled SmolLM2-135M-Instruct with a 1-output score head, fp32.
+order, seed 0) and the bundled SmolLM2-135M-Instruct with a 1-output score head, weights fp32, compute in the run's ``--precision`` (auto: palate's choice on this CPU;
+bf16 autocast for every workload, TRL's ``bf16=True``).
 
 * ``palate``: the ``palate rm`` path: ``encode_groups`` + ``group_batches`` (bucketed, chosen and
   rejected of a pair in one batch), ``batch_scores`` (each pair's prompt runs once and its KV cache serves
@@ -15,7 +16,7 @@ order, seed 0) and the bundled SmolLM2-135M-Instruct with a 1-output score head,
 * ``plain``: the SAME batches through HF's forward (``model(...).logits``, the head on every position)
   -> ``-logsigmoid(r_c - r_r).mean()`` -> backward, clip, ``torch.optim.AdamW``.
 * ``trl``: ``RewardTrainer`` with its defaults on the same pairs as conversational prompt/chosen/rejected,
-  except fp32 and no gradient checkpointing (TRL's defaults would turn on bf16 and checkpointing, which are
+  except the run's precision and no gradient checkpointing (TRL's defaults would turn on checkpointing, which is
   far slower on CPU, see BASELINE.md).
 * ``trl_best``: the same plus TRL's best CPU setting: length grouping (``pairs_common.TRL_BEST``, lengths
   the longer of chosen and rejected). ``RewardConfig`` 1.16 has no padding-free or packing option (its
@@ -24,7 +25,7 @@ order, seed 0) and the bundled SmolLM2-135M-Instruct with a 1-output score head,
 Tokens/s counts real (non-padding) tokens of chosen and rejected sequences of the timed steps, for every
 workload alike (a pair's prompt twice); padding is that of the positions the forwards run (palate: a shared
 prompt once, or its length buckets), and palate's GFLOP/s and MFU count the real tokens it ran
-(``computed_real_tokens``), not the ones it saved. MFU is against the fp32 GEMM peak
+(``computed_real_tokens``), not the ones it saved. MFU is against the GEMM peak (in the run's precision)
 measured in the same run (``record.gemm_peak``), counting 6 x the decoder's matmul parameters per real token.
 """
 
@@ -55,7 +56,7 @@ from pairs_common import (  # noqa: E402
 from sft import fingerprint, summarize, usage, usage_delta  # noqa: E402
 
 WORKLOADS = ("palate", "plain", "trl", "trl_best")
-TRL_CONFIGS = {"trl": "RewardTrainer defaults (random batches) with fp32, no gradient checkpointing",
+TRL_CONFIGS = {"trl": "RewardTrainer defaults (random batches) in the run's precision, no gradient checkpointing",
                "trl_best": "+ train_sampling_strategy=group_by_length (length = longer of chosen/rejected); "
                            "no padding-free/packing option exists for RewardTrainer in TRL 1.16"}
 OUT = Path(__file__).resolve().parent / "out" / "reward.json"

@@ -20,7 +20,8 @@ shuffled order (seed 0), of which the first ``(warmup + steps) * batch_size`` ar
   labels=labels).loss``, backward, ``clip_grad_norm_``, ``torch.optim.AdamW`` (the ceiling).
 * ``trl``: ``SFTTrainer.train()`` on the same records as prompt/completion conversations, its own
   default collation (random batches padded to the batch's longest), completion-only loss,
-  fp32, no gradient checkpointing, ``max_steps = warmup + steps``.
+  the run's precision (``--precision``: fp32, or bf16 = ``bf16=True``), no gradient checkpointing,
+  ``max_steps = warmup + steps``.
 * ``trl_best``: the same with length grouping (``train_sampling_strategy="group_by_length"``, which
   replaced ``group_by_length=True`` in transformers 5): batches of similar lengths, still padded.
 * ``trl_packed``: the same with TRL's padding-free packing (``packing=True``, best-fit-decreasing into
@@ -60,7 +61,7 @@ from record import autocast  # noqa: E402
 
 RESULT_TAG = "BENCH_RESULT "
 WORKLOADS = ("palate", "plain", "trl", "trl_best", "trl_packed")
-TRL_CONFIGS = {"trl": "SFTTrainer defaults (random batches, padded), fp32, no gradient checkpointing",
+TRL_CONFIGS = {"trl": "SFTTrainer defaults (random batches, padded), the run's precision, no gradient checkpointing",
                "trl_best": "+ train_sampling_strategy=group_by_length",
                "trl_packed": "+ packing=True (bfd, padding-free: flattened rows, position ids; SDPA with a "
                              "block-diagonal mask)"}

@@ -55,7 +55,8 @@ def _mfu(r: dict) -> str:
     run = r.get("run") or {}
     mfu = (run.get("mfu_real_tokens") or {}).get("palate")
     peak = (run.get("gemm_peak") or {}).get("peak_gflops")
-    return "–" if mfu is None or not peak else f"{100 * mfu:.0f}% of {peak:.0f} GFLOP/s"
+    dtype = "bf16" if (run.get("gemm_peak") or {}).get("dtype") == "bfloat16" else "fp32"
+    return "–" if mfu is None or not peak else f"{100 * mfu:.0f}% of {peak:.0f} {dtype} GFLOP/s"
 
 
 def _load(r: dict) -> str:
@@ -86,8 +87,8 @@ def render(rows: list[dict], skipped: list[str]) -> str:
              "then this table). Ratios are palate ÷ the other side; for times (lower is better) a ratio below 1 "
              "means palate is faster. Where a benchmark runs TRL twice (its defaults and its best CPU configuration: "
              "length grouping, padding-free packing where TRL supports it), the ratio is against the better of the "
-             "two. MFU is real-token model FLOP/s over the fp32 GEMM peak measured on the same machine in the same "
-             "run. Each figure holds only for the machine, load and date on its row.", "",
+             "two. MFU is real-token model FLOP/s over the GEMM peak measured on the same machine in the same run, in "
+             "the precision the benchmark ran in (bf16 autocast where palate picks it: CPUs with AMX bf16 units). Each figure holds only for the machine, load and date on its row.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in rows:
         ratios = r.get("ratios") or {}

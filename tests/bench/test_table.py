@@ -68,7 +68,7 @@ def test_table_shows_trl_defaults_and_best_mfu_and_load(tmp_path):
     assert table.main(["--results", str(res), "--out", str(out)]) == 0
     row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| reward"))
     cells = row.split(" | ")
-    assert cells[2:9] == ["300", "120", "150", "250", "2.00×", "1.20×", "52% of 358 GFLOP/s"]
+    assert cells[2:9] == ["300", "120", "150", "250", "2.00×", "1.20×", "52% of 358 fp32 GFLOP/s"]
     assert "load 2.4 (max 3.1) during the run" in row
     head = json.loads((res / "reward.json").read_text())["bench"]
     assert head["run"] == run and "commit" in head
