@@ -127,6 +127,8 @@ def test_bf16_sampler_copy_follows_the_policy_and_its_mismatch_is_corrected(tok)
     for name, p in policy.named_parameters():  # the copy holds the policy's current weights, rounded to bf16
         assert torch.equal(copy[name], p.detach().to(torch.bfloat16)), name
     assert not any(p.requires_grad for p in engine.model.parameters())
+    floats = [b for b in engine.model.buffers() if b.is_floating_point()]
+    assert floats and all(b.dtype == torch.float32 for b in floats)  # rotary frequencies keep their precision
     mask = r.response_mask.bool()
     again = sample_rollout(policy, tok, prompts, cfg, seed=3, engine=engine)[0]
     assert torch.equal(again.response_ids, r.response_ids)  # same seed, same weights: same samples

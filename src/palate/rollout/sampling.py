@@ -77,14 +77,15 @@ class CastSampler:
         import torch
 
         self.tok, self.dtype, self.cache, self.compile = tok, dtype, cache, compile
-        self.model = copy.deepcopy(policy).to(dtype).eval()
-        for p in self.model.parameters():
+        self.model = copy.deepcopy(policy).eval()
+        for p in self.model.parameters():  # the weights cast; buffers (rotary frequencies) keep their precision
             p.requires_grad_(False)
+            p.data = p.data.to(dtype)
         self._pairs = None
         self._torch = torch
 
     def sync(self, policy) -> None:
-        """Copy the policy's current weights (and buffers) into the bf16 copy, cast."""
+        """Copy the policy's current weights (cast) and buffers into the copy."""
         if self._pairs is None:
             mine = dict(self.model.named_parameters())
             mine.update(dict(self.model.named_buffers()))
