@@ -53,7 +53,9 @@ def cluster():
 
 
 def grpo_args(run_dir: Path, *extra: str) -> list[str]:
-    return [f"run_dir={run_dir}", "model.name=tiny", f"reward.function={REWARDS}:the_count",
+    # fp32: the comparison is of layouts, and Ray's reference and reward actors compute in fp32 whatever the
+    # trainer's precision (auto may pick bf16 on this CPU)
+    return [f"run_dir={run_dir}", "model.name=tiny", "train.precision=fp32", f"reward.function={REWARDS}:the_count",
             "reward.length_penalty=0.05", "reward.missing_eos_penalty=0.5", "rollout.max_new_tokens=12",
             "prompts.eval_max=4", "train.max_steps=3", "train.lr=1e-3", "train.eval_every=3", "train.save_every=0",
             "train.threads=1", "grpo.prompts_per_step=2", "rollout.n=2", "grpo.kl_coef=0.04", "log.progress=false",
