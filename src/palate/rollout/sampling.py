@@ -4,7 +4,11 @@ re-scores, with truncated importance weights correcting the loss for the engine'
 
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import dataclass, field
+
+import torch
 
 from palate.config import ConfigError
 from palate.losses.policy import SamplerCorrection, sampler_correction
@@ -67,22 +71,17 @@ class CastSampler:
     """palate's sampler on a copy of the policy in a lower precision (bf16), refreshed from the policy before
     every step: decoding reads the weights once per token, so on CPUs with AMX bf16 units (and on GPUs) a bf16
     copy decodes faster than an fp32 policy under autocast, which would cast every weight again at every token.
-    It is a rollout engine (``sync`` + ``rollout``): the trainer recomputes the sampled tokens' log-probs in its
+    It is a rollout engine (``sync`` + ``rollout``, which also takes the step's seed blocks): the trainer recomputes the sampled tokens' log-probs in its
     own precision (π_old of the PPO ratio) and the truncated importance weights correct for the copy's
     rounding (:func:`sampler_correction`), as for vLLM. One process or DDP (whole weights); not FSDP."""
 
     def __init__(self, policy, tok, dtype, cache: str = "dynamic", compile: bool = False):
-        import copy
-
-        import torch
-
-        self.tok, self.dtype, self.cache, self.compile = tok, dtype, cache, compile
+        self.tok, self.cache, self.compile = tok, cache, compile
         self.model = copy.deepcopy(policy).eval()
         for p in self.model.parameters():  # the weights cast; buffers (rotary frequencies) keep their precision
             p.requires_grad_(False)
             p.data = p.data.to(dtype)
         self._pairs = None
-        self._torch = torch
 
     def sync(self, policy) -> None:
         """Copy the policy's current weights (cast) and buffers into the copy."""
@@ -94,16 +93,21 @@ class CastSampler:
             if missing:
                 raise ValueError(f"CastSampler: the policy has tensors the sampler copy lacks: {missing[:3]}")
             self._pairs = [(mine[n], t) for n, t in theirs]
-        with self._torch.no_grad():
+        with torch.no_grad():
             for dst, src in self._pairs:
                 dst.copy_(src.detach())
+
+    def rollout(self, prompts: list, first: int = 0, block: int = 0, **settings) -> Rollout:
+        """Sample as the policy's own sampler would (its seed blocks, :func:`sample_blocks`), outside autocast:
+        the copy is bf16 already, and autocast's per-op dispatch cost ~15% per token."""
+        with torch.autocast(next(self.model.parameters()).device.type, enabled=False):
+            return sample_blocks(self.model, self.tok, prompts,
+                                 {**settings, "cache": self.cache, "compile": self.compile}, first, block)
 
 
 def cast_sampler(policy, tok, cfg: RolloutConfig, precision: str, sharding: str = "none"):
     """The bf16 sampler copy (:class:`CastSampler`) when the trainer runs bf16 autocast on fp32 weights with
     palate's own sampler on whole weights; else None (the policy samples itself)."""
-    import torch
-
     if precision != "bf16" or cfg.backend != "hf" or sharding == "fsdp":
         return None
     if next(policy.parameters()).dtype != torch.float32:
@@ -145,8 +149,6 @@ def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int, en
     ``first``: the global index of ``prompts[0]`` in the step (a process's share starts there); ``block``: prompts
     per seed block (None: ``cfg.seed_block``), see :func:`sample_blocks` (``hf`` only). ``seconds``: filled with
     ``generate`` (sampling) and, with an engine, ``recompute`` (the trainer's log-probs of the samples)."""
-    import time
-
     t0 = time.perf_counter()
     seconds = {} if seconds is None else seconds
     settings = dict(n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -166,13 +168,8 @@ def sample_rollout(policy, tok, prompts: list, cfg: RolloutConfig, seed: int, en
 
         engine = sampler_for(policy, tok, cfg.vllm_gpu_memory_utilization, seed=0)
     engine.sync(policy)
-    if isinstance(engine, CastSampler):  # seed blocks, as the policy's own sampler would draw them
-        import torch
-
-        with torch.autocast(next(engine.model.parameters()).device.type, enabled=False):  # bf16 already
-            r = sample_blocks(engine.model, tok, prompts, {**settings, "cache": engine.cache,
-                                                           "compile": engine.compile},
-                              first, cfg.seed_block if block is None else block)
+    if isinstance(engine, CastSampler):  # in process: the step's seed blocks, as the policy itself would draw
+        r = engine.rollout(prompts, first=first, block=cfg.seed_block if block is None else block, **settings)
     else:
         r = engine.rollout(prompts, **settings)
     t1 = time.perf_counter()
