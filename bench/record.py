@@ -225,3 +225,11 @@ def autocast(precision: str):
     from palate.infra.device import autocast as palate_autocast
 
     return palate_autocast(precision, torch.device("cpu"))
+
+
+def palate_model(model, precision: str):
+    """What ``session.policy`` does to a model palate trains on this CPU: in bf16, palate's attention backward
+    (:func:`palate.models.attention.use_cpu_training_attention`). Returns whether it applied."""
+    from palate.models.attention import use_cpu_training_attention
+
+    return precision == "bf16" and use_cpu_training_attention(model)

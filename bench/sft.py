@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import autocast  # noqa: E402
+from record import autocast, palate_model  # noqa: E402
 
 RESULT_TAG = "BENCH_RESULT "
 WORKLOADS = ("palate", "plain", "trl", "trl_best", "trl_packed")
@@ -197,6 +197,7 @@ def worker_palate(args) -> dict:
 
     kept = keep_freed_memory()  # as session.start does, before any big allocation
     torch, tok, model = setup_worker(args)
+    attention = palate_model(model, args.precision)
     from palate.infra.optim import adamw, scheduler
     from palate.recipes.sft import batch_loss
 
@@ -245,7 +246,7 @@ def worker_palate(args) -> dict:
               file=sys.stderr, flush=True)
     return summarize("palate", args, secs, toks, slots, {
         "losses": losses, "phases": phases, "batches_fingerprint": fingerprint(batches),
-        "keep_freed_memory": kept, "data": data_info, "timed_usage": usage_delta(u0, usage()),
+        "keep_freed_memory": kept, "cpu_training_attention": attention, "data": data_info, "timed_usage": usage_delta(u0, usage()),
     })
 
 

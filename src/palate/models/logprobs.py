@@ -380,19 +380,28 @@ def prompt_shared_forward(decoder, prompt_ids: torch.Tensor, prompt_mask: torch.
                          use_cache=False).last_hidden_state
         return hidden[:, W - 1], hidden[:, W:]
     cache = DynamicCache(config=decoder.config)
-    prompt_out = decoder(input_ids=prompt_ids.to(device), attention_mask=mask, position_ids=positions,
+    # One embedding lookup for the prompts and every continuation: its backward writes one dense
+    # [vocabulary, hidden] gradient instead of one per forward (each ~60 ms to zero and add on 2 CPU threads).
+    prompt_embeds, cont_embeds = _embed_together(decoder, prompt_ids.to(device), continuation_ids.to(device))
+    prompt_out = decoder(inputs_embeds=prompt_embeds, attention_mask=mask, position_ids=positions,
                          use_cache=True, **kv_cache(decoder, cache)).last_hidden_state  # [P, W, H]
     groups = [(list(range(B)), C)] if not parts or len(parts) < 2 or not hasattr(cache, "layers") else parts
     outs = []
     for rows, width in groups:
         idx = torch.tensor(rows, device=device)
         part_cache = _cache_rows(cache, which[idx], copy=len(groups) > 1)
-        h = decoder(input_ids=continuation_ids.to(device)[idx, :width], attention_mask=full_mask[idx, : W + width],
+        h = decoder(inputs_embeds=cont_embeds[idx, :width], attention_mask=full_mask[idx, : W + width],
                     position_ids=cont_pos[idx, :width], use_cache=True,
                     **kv_cache(decoder, part_cache)).last_hidden_state
         outs.append(F.pad(h, (0, 0, 0, C - width)))
     hidden = outs[0] if len(groups) == 1 else torch.cat(outs)[_inverse([rows for rows, _ in groups], B, device)]
     return prompt_out[which, -1], hidden
+
+
+def _embed_together(decoder, *ids: torch.Tensor) -> list[torch.Tensor]:
+    """The input embeddings of each id tensor, looked up in one call of ``decoder``'s embedding layer."""
+    flat = decoder.get_input_embeddings()(torch.cat([x.reshape(-1) for x in ids]))
+    return [part.view(*x.shape, -1) for part, x in zip(flat.split([x.numel() for x in ids]), ids)]
 
 
 def _cache_rows(cache, rows: torch.Tensor, copy: bool):
