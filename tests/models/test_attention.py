@@ -14,7 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from palate.models.attention import FlashForwardAttention, attention_backward, use_cpu_training_attention
+from palate.models.attention import (
+    FlashForwardAttention,
+    attention_backward,
+    use_cpu_training_attention,
+)
 
 
 def reference(q, k, v, mask, causal):
@@ -82,7 +86,7 @@ def test_bf16_gradients_are_as_close_to_the_truth_as_pytorchs_own_flash_backward
 
 
 def test_blocks_of_rows_and_of_query_positions_give_the_whole_backward():
-    q, k, v, mask, causal = inputs("padded", torch.float64, B=4, Tq=9, Tk=12)
+    q, k, v, mask, _ = inputs("padded", torch.float64, B=4, Tq=9, Tk=12)
     grad_out = torch.randn(q.shape, dtype=torch.float64)
     scale = 1.0 / math.sqrt(q.shape[-1])
     additive = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
