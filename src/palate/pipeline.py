@@ -36,6 +36,7 @@ from typing import Any
 from palate.config import ConfigError, build, dump_yaml
 
 log = logging.getLogger("palate.pipeline")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 STAGE_FILE = "stage.json"
 PIPELINE_FILE = "pipeline.json"
@@ -63,6 +64,9 @@ class SampleSpec:
     repetition_penalty: float = 1.0
     batch_size: int = 16
     seed: int = 0
+    dtype: str = "auto"
+    """weights the policy samples in: auto (bf16 where the CPU has AMX bf16 units or the GPU bf16, else fp32) |
+    fp32 | bf16"""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class EvalSpec:
     repetition_penalty: float = 1.1
     batch_size: int = 16
     n_resamples: int = 2000
+    dtype: str = "auto"
+    """weights the answers are generated in (as ``sample.dtype``)"""
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,9 @@ def check(cfg: PipelineConfig) -> None:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.sample.n < 2:
         raise ConfigError(f"sample.n must be >= 2 (pairs are judged), got {cfg.sample.n}")
+    for name, dtype in (("sample.dtype", cfg.sample.dtype), ("eval.dtype", cfg.eval.dtype)):
+        if dtype not in DTYPES:
+            raise ConfigError(f"{name} must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if cfg.per_group and cfg.judge.kind != "panel":
         raise ConfigError("per_group needs labeler groups: judge.kind must be panel")
     if cfg.judge.pairs not in ("all", "best_worst"):
@@ -241,12 +250,12 @@ def split_prompts(cfg: PipelineConfig, out: Path) -> None:
 
 def sample_responses(model_name: str, prompts_file: Path, spec: SampleSpec, seed: int, out: Path) -> None:
     from palate.data.readers import read_prompts
-    from palate.models.load import load_model, load_tokenizer
+    from palate.models.load import inference_dtype, load_model, load_tokenizer
     from palate.rollout.generate import sample
 
     prompts = read_prompts(prompts_file)
     tok = load_tokenizer(model_name)
-    model = load_model(model_name).eval()
+    model = load_model(model_name, dtype=inference_dtype(spec.dtype)).eval()
     got = sample(model, tok, prompts, n=spec.n, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
                  top_p=spec.top_p, repetition_penalty=spec.repetition_penalty, seed=seed, batch_size=spec.batch_size)
     write_jsonl(out / "samples.jsonl", [{"prompt": p, "responses": [s.text for s in ss],
@@ -424,7 +433,7 @@ def evaluate_round(cfg: PipelineConfig, policies: dict[str, Path], baseline: Pat
 
     e = cfg.eval
     settings = GenSettings(max_new_tokens=e.max_new_tokens, temperature=e.temperature,
-                           repetition_penalty=e.repetition_penalty)
+                           repetition_penalty=e.repetition_penalty, dtype=e.dtype)
     names = list(policies)
     evaluate([str(policies[n]) for n in names], str(prompts), str(baseline), out, judge=e.judge, settings=settings,
              batch_size=e.batch_size, n_resamples=e.n_resamples)

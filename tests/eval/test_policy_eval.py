@@ -30,7 +30,7 @@ def no_model(*a, **k):
 def fixed_run(tmp_path, monkeypatch):
     """An OUT dir whose answers.jsonl already holds every answer of policy 'pol' and baseline 'base'."""
     prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
-    settings = GenSettings(max_new_tokens=8)
+    settings = GenSettings(max_new_tokens=8, dtype="fp32")  # the answers as an fp32 model gave them
     rows = [{"key": answer_key(model_fingerprint(m), p["prompt"], settings), "answer": pair[k]}
             for m, k in (("pol", 0), ("base", 1)) for p, pair in zip(PROMPTS, ANSWERS)]
     write_jsonl(tmp_path / "out" / "answers.jsonl", rows)
@@ -179,3 +179,15 @@ def test_hh_transcripts_as_shipped_are_a_prompt_set(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}])
     with pytest.raises(DataError, match="line 1.*chosen.*Assistant"):
         read_eval_prompts(bad)
+
+
+def test_answers_are_keyed_by_the_precision_they_were_generated_in():
+    """An fp32 answer keeps the key answers had before the precision was a setting; another precision's differs."""
+    import hashlib
+    from dataclasses import asdict
+
+    fp32 = GenSettings(max_new_tokens=8, dtype="fp32")
+    old = {k: v for k, v in asdict(fp32).items() if k != "dtype"}
+    blob = json.dumps(["m", "hi", old], sort_keys=True, ensure_ascii=False)
+    assert answer_key("m", "hi", fp32) == hashlib.sha256(blob.encode()).hexdigest()[:24]
+    assert answer_key("m", "hi", GenSettings(max_new_tokens=8, dtype="bf16")) != answer_key("m", "hi", fp32)

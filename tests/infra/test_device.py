@@ -5,6 +5,7 @@ from palate.infra import device
 from palate.infra.device import keep_freed_memory, pick_device, pick_gradient_checkpointing, pick_precision
 from palate.infra.logging import attach_sinks
 from palate.config import LogConfig
+from palate.models.load import inference_dtype
 
 
 def test_auto_choices_on_cpu():
@@ -34,6 +35,8 @@ def test_auto_precision_on_cpu_follows_the_bf16_matrix_units(monkeypatch, amx, a
     cpu = torch.device("cpu")
     assert pick_precision("auto", cpu) == expected
     assert pick_precision("fp32", cpu) == "fp32"  # asked for: kept
+    assert inference_dtype("auto", cpu) == expected  # generation and scoring: weights cast where it pays
+    assert inference_dtype("fp32", cpu) == "fp32"
     assert ("AMX" in device.precision_reason("auto", cpu)) is True
     assert ("bf16 runs ~2x faster" in device.precision_reason("auto", cpu)) == (expected == "bf16")
     assert device.precision_reason("fp32", cpu) == ""
@@ -60,3 +63,8 @@ def test_optional_sinks_fail_clearly_when_not_installed(tmp_path, flag, extra):
 
     with pytest.raises(RuntimeError, match=rf"pip install palate\[{extra}\]"):
         attach_sinks(Run(), LogConfig(**{flag: True}), {})
+
+
+def test_inference_dtype_names_a_bad_dtype():
+    with pytest.raises(ValueError, match="fp8"):
+        inference_dtype("fp8", "cpu")

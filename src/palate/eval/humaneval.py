@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ def run_humaneval(model_name: str, out: str | Path, *, problems: str | None = No
                   batch_size: int = 8, workers: int = 2) -> dict[str, Any]:
     """Generate ``n_samples`` completions per problem with ``model_name``, check them, write OUT/humaneval/."""
     from palate.eval.policy import GenSettings
-    from palate.models.load import load_model, load_tokenizer
+    from palate.models.load import inference_dtype, load_model, load_tokenizer
     from palate.rollout.generate import sample
 
     settings = settings or GenSettings(max_new_tokens=384)
@@ -139,7 +139,8 @@ def run_humaneval(model_name: str, out: str | Path, *, problems: str | None = No
         raise ValueError("--n-samples > 1 needs --temperature > 0 (greedy samples are all the same)")
     probs = read_problems(problems, limit=limit)
     tok = load_tokenizer(model_name)
-    model = load_model(model_name, tokenizer=tok, device=device, seed=settings.seed).eval()
+    settings = replace(settings, dtype=inference_dtype(settings.dtype, device))
+    model = load_model(model_name, tokenizer=tok, device=device, dtype=settings.dtype, seed=settings.seed).eval()
     samples = sample(model, tok, [chat_prompt(p) for p in probs], n=n_samples, max_new_tokens=settings.max_new_tokens,
                      temperature=settings.temperature, top_p=settings.top_p,
                      repetition_penalty=settings.repetition_penalty, seed=settings.seed, batch_size=batch_size,

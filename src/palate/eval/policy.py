@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ class GenSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int = 0
+    dtype: str = "auto"
+    """weights the answers are generated in: auto (bf16 where the CPU has AMX bf16 units or the GPU has bf16,
+    else fp32) | fp32 | bf16"""
 
 
 def model_fingerprint(name: str) -> str:
@@ -61,7 +64,12 @@ def model_fingerprint(name: str) -> str:
 
 
 def answer_key(fingerprint: str, prompt: Prompt, settings: GenSettings) -> str:
-    blob = json.dumps([fingerprint, prompt, asdict(settings)], sort_keys=True, ensure_ascii=False)
+    """The cache key of an answer; ``settings.dtype`` resolved (an fp32 answer keeps the key it had before answers
+    could be generated in another precision)."""
+    fields = asdict(settings)
+    if fields.pop("dtype") != "fp32":
+        fields["dtype"] = settings.dtype
+    blob = json.dumps([fingerprint, prompt, fields], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -125,6 +133,9 @@ def generate_answers(model_name: str, prompts: Sequence[Prompt], cache: AnswerCa
     ``cache``."""
     if is_endpoint(model_name):
         return endpoint_answers(model_name, prompts, cache, settings, label=label, concurrency=batch_size)
+    from palate.models.load import inference_dtype
+
+    settings = replace(settings, dtype=inference_dtype(settings.dtype, device))
     fp = model_fingerprint(model_name)
     keys = [answer_key(fp, p, settings) for p in prompts]
     missing: list[int] = []
@@ -136,7 +147,7 @@ def generate_answers(model_name: str, prompts: Sequence[Prompt], cache: AnswerCa
         from palate.rollout.generate import sample
 
         tok = load_tokenizer(model_name)
-        model = load_model(model_name, tokenizer=tok, device=device, seed=settings.seed).eval()
+        model = load_model(model_name, tokenizer=tok, device=device, dtype=settings.dtype, seed=settings.seed).eval()
         samples = sample(model, tok, [prompts[i] for i in missing], n=1, max_new_tokens=settings.max_new_tokens,
                          temperature=settings.temperature, top_p=settings.top_p,
                          repetition_penalty=settings.repetition_penalty, seed=settings.seed, batch_size=batch_size)

