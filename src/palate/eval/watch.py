@@ -25,6 +25,7 @@ from palate.models.heads import RewardModel
 from palate.models.lora import save_model
 from palate.rollout.experience import Experience, score_rollout
 from palate.rollout.generate import sample
+from palate.rollout.sampling import generation_copy
 from palate.rollout.rewards import RewardConfig, Rewarder, load_function
 
 log = logging.getLogger("palate.watch")
@@ -118,8 +119,10 @@ class HeldOutWatch:
     to ``eval_samples.jsonl`` (and ``eval_gold.jsonl``) and the signals to a :class:`Watch`."""
 
     def __init__(self, run, model, tok, records: list, monitor_cfg: MonitorConfig, start_step: int, *,
-                 n_prompts: int, reward_model: str | None, gold: str | None, max_new_tokens: int):
+                 n_prompts: int, reward_model: str | None, gold: str | None, max_new_tokens: int,
+                 precision: str = "fp32"):
         self.model, self.tok, self.run, self.max_new_tokens = model, tok, run, max_new_tokens
+        self.precision = precision  # the run's: a bf16 run answers with a bf16 copy of its fp32 weights
         self.prompts = [rec.prompt for rec in distinct_prompts(records, n_prompts)]
         self.rm = RewardModel.load(reward_model) if reward_model else None
         self.gold = gold_scorer(gold) if gold else None
@@ -134,9 +137,11 @@ class HeldOutWatch:
         else ``margin`` (the recipe's own held-out implicit reward margin: what its loss pushes up)."""
         was_training = self.model.training
         self.model.eval()
-        answers = [s[0].text for s in sample(self.model, self.tok, self.prompts, n=1, temperature=0.0,
+        answering = generation_copy(self.model, self.precision)
+        answers = [s[0].text for s in sample(answering, self.tok, self.prompts, n=1, temperature=0.0,
                                              max_new_tokens=self.max_new_tokens, repetition_penalty=1.1,
                                              batch_size=64)]
+        del answering
         self.model.train(was_training)
         proxy = self.rm.score(self.prompts, answers).mean.tolist() if self.rm is not None else None
         gold = [float(self.gold(prompt_text(p), a)) for p, a in zip(self.prompts, answers)] if self.gold else None

@@ -108,12 +108,12 @@ def train(cfg: BestOfNConfig, *, overwrite: bool = False) -> Path:
 
 def sample_and_select(cfg: BestOfNConfig, r: int, policy: str, prompts: list, rm, rdir: Path) -> dict:
     """One round's sampling, scoring and selection; writes its files into ``rdir``."""
-    from palate.models.load import load_model, load_tokenizer
+    from palate.models.load import inference_dtype, load_model, load_tokenizer
     from palate.rollout.generate import sample
 
     rdir.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(policy)
-    model = load_model(policy, tokenizer=tok, seed=cfg.seed).eval()
+    model = load_model(policy, tokenizer=tok, dtype=inference_dtype(cfg.model.dtype), seed=cfg.seed).eval()
     s = cfg.sampling
     log.info("round %d: sampling %d x %d responses from %s", r, len(prompts), s.n, policy)
     samples = sample(model, tok, prompts, n=s.n, max_new_tokens=s.max_new_tokens, temperature=s.temperature,

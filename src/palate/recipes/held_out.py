@@ -123,7 +123,8 @@ def start_watch(loop, model, tok, shown: list, spec, monitor_cfg) -> HeldOutWatc
     if not watching(spec):
         return None
     watch = HeldOutWatch(loop.run, model, tok, shown, monitor_cfg, loop.start_step, n_prompts=spec.watch_prompts,
-                         reward_model=spec.reward_model, gold=spec.gold, max_new_tokens=spec.watch_max_new_tokens)
+                         reward_model=spec.reward_model, gold=spec.gold, max_new_tokens=spec.watch_max_new_tokens,
+                         precision=loop.env.precision)
     if loop.start_step == 0:
         loop.run.log(0, watch.measure(0))
     return watch

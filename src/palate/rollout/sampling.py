@@ -77,10 +77,7 @@ class CastSampler:
 
     def __init__(self, policy, tok, dtype, cache: str = "dynamic", compile: bool = False):
         self.tok, self.cache, self.compile = tok, cache, compile
-        self.model = copy.deepcopy(policy).eval()
-        for p in self.model.parameters():  # the weights cast; buffers (rotary frequencies) keep their precision
-            p.requires_grad_(False)
-            p.data = p.data.to(dtype)
+        self.model = cast_copy(policy, dtype)
         self._pairs = None
 
     def sync(self, policy) -> None:
@@ -103,6 +100,24 @@ class CastSampler:
         with torch.autocast(next(self.model.parameters()).device.type, enabled=False):
             return sample_blocks(self.model, self.tok, prompts,
                                  {**settings, "cache": self.cache, "compile": self.compile}, first, block)
+
+
+def cast_copy(model, dtype: torch.dtype):
+    """A frozen copy of ``model`` in eval mode for generation, its weights cast to ``dtype``; buffers (rotary
+    frequencies) keep their precision."""
+    out = copy.deepcopy(model).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+        p.data = p.data.to(dtype)
+    return out
+
+
+def generation_copy(model, precision: str):
+    """What generation outside the rollout engine runs on in a run of ``precision``: a bf16 copy
+    (:func:`cast_copy`) of an fp32 model in a bf16 run, else ``model`` itself."""
+    if precision == "bf16" and next(model.parameters()).dtype == torch.float32:
+        return cast_copy(model, torch.bfloat16)
+    return model
 
 
 def cast_sampler(policy, tok, cfg: RolloutConfig, precision: str, sharding: str = "none"):

@@ -227,8 +227,9 @@ def serve(model_name: str, *, host: str = "127.0.0.1", port: int = 8000, device:
     holds :func:`load_guardrails` options."""
     import uvicorn
 
-    from palate.models.load import load_model, load_tokenizer
+    from palate.models.load import inference_dtype, load_model, load_tokenizer
 
+    dtype = inference_dtype(dtype, device)  # a bad dtype fails before anything loads
     guardrails = load_guardrails(device=device, **(guard or {}))  # a bad guardrail option fails before the model loads
     tok = load_tokenizer(model_name)
     model = load_model(model_name, tokenizer=tok, device=device, dtype=dtype)

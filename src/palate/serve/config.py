@@ -33,6 +33,9 @@ class ServeConfig:
     """largest max_tokens a request may ask for"""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N"""
+    dtype: str = "auto"
+    """weights the model answers in: auto (bf16 where the CPU has AMX bf16 units or the GPU bf16, else fp32) | fp32 |
+    bf16"""
     safety_classifier: str | None = None
     """guardrail: bundled | palate safety dir | HF classifier[#LABEL]"""
     input_threshold: float | None = None
@@ -68,6 +71,8 @@ def check_serve(cfg: ServeConfig) -> None:
     """What a run needs beyond a config that prints: a model."""
     if cfg.model is None:
         raise ConfigError("serve needs a MODEL (argument or model=...)")
+    if cfg.dtype not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {cfg.dtype!r}")
 
 
 def serve_config(cfg: ServeConfig, api_key: str | None) -> None:
@@ -76,6 +81,6 @@ def serve_config(cfg: ServeConfig, api_key: str | None) -> None:
     from palate.serve.app import serve
 
     check_serve(cfg)
-    serve(cfg.model, host=cfg.host, port=cfg.port, device=str(pick_device(cfg.device)), api_key=api_key,
-          max_batch=cfg.max_batch, batch_wait_ms=cfg.batch_wait_ms, max_request_bytes=cfg.max_request_bytes,
-          max_tokens_limit=cfg.max_tokens_limit, guard=cfg.guard())
+    serve(cfg.model, host=cfg.host, port=cfg.port, device=str(pick_device(cfg.device)), dtype=cfg.dtype,
+          api_key=api_key, max_batch=cfg.max_batch, batch_wait_ms=cfg.batch_wait_ms,
+          max_request_bytes=cfg.max_request_bytes, max_tokens_limit=cfg.max_tokens_limit, guard=cfg.guard())
