@@ -52,10 +52,9 @@ def cluster():
     ray.shutdown()
 
 
-def grpo_args(run_dir: Path, *extra: str) -> list[str]:
-    # fp32: the comparison is of layouts, and Ray's reference and reward actors compute in fp32 whatever the
-    # trainer's precision (auto may pick bf16 on this CPU)
-    return [f"run_dir={run_dir}", "model.name=tiny", "train.precision=fp32", f"reward.function={REWARDS}:the_count",
+def grpo_args(run_dir: Path, *extra: str, precision: str = "fp32") -> list[str]:
+    return [f"run_dir={run_dir}", "model.name=tiny", f"train.precision={precision}",
+            f"reward.function={REWARDS}:the_count",
             "reward.length_penalty=0.05", "reward.missing_eos_penalty=0.5", "rollout.max_new_tokens=12",
             "prompts.eval_max=4", "train.max_steps=3", "train.lr=1e-3", "train.eval_every=3", "train.save_every=0",
             "train.threads=1", "grpo.prompts_per_step=2", "rollout.n=2", "grpo.kl_coef=0.04", "log.progress=false",
@@ -63,11 +62,15 @@ def grpo_args(run_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_grpo_over_ray_workers_matches_the_in_process_run(tmp_path, cluster):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_grpo_over_ray_workers_matches_the_in_process_run(tmp_path, cluster, precision):
+    """Same run in process and over Ray, in fp32 and in bf16 (where the trainer samples with its bf16 copy and the
+    rollout and reference workers follow the trainer's precision)."""
     from palate.recipes.grpo import GRPOConfig, train
 
-    train(load_config(GRPOConfig, None, grpo_args(tmp_path / "local")))
-    train(load_config(GRPOConfig, None, grpo_args(tmp_path / "ray", "ray.enabled=true", "ray.worker_threads=1")))
+    train(load_config(GRPOConfig, None, grpo_args(tmp_path / "local", precision=precision)))
+    train(load_config(GRPOConfig, None, grpo_args(tmp_path / "ray", "ray.enabled=true", "ray.worker_threads=1",
+                                                  precision=precision)))
     local, remote = metrics(tmp_path / "local"), metrics(tmp_path / "ray")
     assert [r["step"] for r in local] == [r["step"] for r in remote] == [0, 1, 2, 3]
     for a, b in zip(local, remote):

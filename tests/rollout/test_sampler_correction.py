@@ -157,3 +157,29 @@ def test_joined_shares_weigh_like_one_batch():
     for field in ("weight_mean", "truncated_fraction", "mismatch_kl"):
         assert float(getattr(joined, field)) == pytest.approx(float(getattr(whole, field)), abs=1e-6), field
     assert join_corrections([None, None], [mask, mask], 6) is None
+
+
+def test_held_out_evaluation_samples_with_the_sampler_copy_and_scores_under_the_policy(tok):
+    """A bf16 run's held-out evaluation samples as its steps do (the copy, same seed: same answers) and the
+    KL is the policy's (its recomputed log-probs), not the copy's."""
+    from palate.models.load import load_model
+    from palate.rollout.experience import evaluate
+    from palate.rollout.rewards import RewardConfig, Rewarder
+    from palate.rollout.sampling import cast_sampler
+
+    rewards = __file__.replace("test_sampler_correction.py", "rl_rewards.py")
+    policy = load_model("tiny", tokenizer=tok)
+    cfg = RolloutConfig(n=2, max_new_tokens=8)
+    engine = cast_sampler(policy, tok, cfg, "bf16")
+    with torch.no_grad():
+        policy.lm_head.weight.add_(0.5)  # trained since the copy was made: evaluation syncs it first
+    prompts = ["hello there", "what is two plus two?"]
+    metrics, exp = evaluate(policy, tok, prompts, cfg, Rewarder(RewardConfig(function=f"{rewards}:the_count")),
+                            None, seed=5, samples=2, engine=engine)
+    direct = engine.rollout(prompts, n=2, max_new_tokens=8, temperature=cfg.temperature, top_p=cfg.top_p,
+                            top_k=cfg.top_k, stop=tuple(cfg.stop), seed=5)
+    assert torch.equal(exp.rollout.response_ids, direct.response_ids)
+    from palate.models.reference import rollout_logprobs
+
+    assert torch.equal(exp.rollout.logprobs, rollout_logprobs(policy, exp.rollout, cfg.temperature))
+    assert exp.correction is not None and set(metrics) >= {"eval_reward", "eval_response_length"}

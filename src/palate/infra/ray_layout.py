@@ -11,8 +11,8 @@ The workers stand behind the interfaces the recipes already use — a rollout en
 (``sync(policy)``/``rollout(prompts, ...)``, the same seam as the vLLM backend), a ``Rewarder`` and a
 ``Reference`` — so PPO and GRPO run unchanged. The trainer recomputes the sampled tokens' log-probs
 (π_old) and weights the loss by the truncated ratio π_trainer/π_sampler, which is 1 up to rounding when
-the workers run the same precision, and corrects the mismatch when they do not (e.g. bf16 GPU workers).
-Held-out evaluation samples in the trainer. Where each actor ran (node, host, pid, device) is written to
+the workers run the same precision (they follow the trainer's: bf16 weights and autocast in a bf16 run), and
+corrects the mismatch when they do not. Held-out evaluation samples with the rollout workers too. Where each actor ran (node, host, pid, device) is written to
 ``ray.json`` in the run dir.
 
 ``ray.address: null`` starts a local cluster inside the run (``ray.num_cpus`` CPUs) and stops it at the
@@ -99,12 +99,14 @@ def _load(model: dict, threads: int, seed: int, gpu: bool):
 
 
 class RolloutWorker:
-    """A plain copy of the policy that samples with palate's sampler once given the trainer's weights."""
+    """A plain copy of the policy that samples with palate's sampler once given the trainer's weights; in a bf16
+    run its weights are bf16 (the trainer's fp32 weights cast as they load), as the in-process sampler copy's."""
 
-    def __init__(self, model: dict, threads: int, seed: int, gpu: bool):
+    def __init__(self, model: dict, threads: int, seed: int, gpu: bool, precision: str = "fp32"):
         from palate.models.load import load_tokenizer
+        from palate.rollout.sampling import generation_copy
 
-        self.model = _load(model, threads, seed, gpu)
+        self.model = generation_copy(_load(model, threads, seed, gpu), precision)
         self.tok = load_tokenizer(model["name"], trust_remote_code=model["trust_remote_code"],
                                   revision=model["revision"])
 
@@ -141,16 +143,22 @@ class RewardWorker:
 
 
 class ReferenceWorker:
-    def __init__(self, model: dict, threads: int, seed: int, gpu: bool):
+    """The frozen starting model; its log-probs in the trainer's precision (bf16 autocast in a bf16 run), as the
+    in-process reference computes them."""
+
+    def __init__(self, model: dict, threads: int, seed: int, gpu: bool, precision: str = "fp32"):
         self.model = _load(model, threads, seed, gpu)
+        self.precision = precision
 
     def where(self) -> dict:
         return {"role": "reference", **_where(), "device": str(next(self.model.parameters()).device)}
 
     def response_logprobs(self, r, temperature: float):
+        from palate.infra.device import autocast
         from palate.models.reference import rollout_logprobs
 
-        return rollout_logprobs(self.model, r, temperature)
+        with autocast(self.precision, next(self.model.parameters()).device):
+            return rollout_logprobs(self.model, r, temperature)
 
 
 # ----------------------------------------------------------------------------- the trainer's side
@@ -215,9 +223,10 @@ def _absolute(spec: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def place(cfg: RayConfig, run, model_cfg, reward_cfg, tok, seed: int, reference: bool):
+def place(cfg: RayConfig, run, model_cfg, reward_cfg, tok, seed: int, reference: bool, precision: str = "fp32"):
     """Start (or join) the cluster and the configured actors; yields a :class:`Placement` (empty when Ray is
-    off). A cluster started here is shut down at the end, also on error."""
+    off). A cluster started here is shut down at the end, also on error. ``precision``: the trainer's, which the
+    rollout and reference workers follow."""
     if not cfg.enabled:
         yield Placement()
         return
@@ -241,7 +250,7 @@ def place(cfg: RayConfig, run, model_cfg, reward_cfg, tok, seed: int, reference:
         gpu = cfg.worker_gpus > 0
         p = Placement()
         if cfg.rollout_workers:
-            workers = [ray.remote(RolloutWorker).options(**opts).remote(model, threads, seed, gpu)
+            workers = [ray.remote(RolloutWorker).options(**opts).remote(model, threads, seed, gpu, precision)
                        for _ in range(cfg.rollout_workers)]
             actors += workers
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -251,7 +260,7 @@ def place(cfg: RayConfig, run, model_cfg, reward_cfg, tok, seed: int, reference:
             actors.append(actor)
             p.rewarder = RemoteRewarder(ray, actor)
         if cfg.reference_worker and reference:
-            actor = ray.remote(ReferenceWorker).options(**opts).remote(model, threads, seed, gpu)
+            actor = ray.remote(ReferenceWorker).options(**opts).remote(model, threads, seed, gpu, precision)
             actors.append(actor)
             p.reference = RemoteReference(ray, actor)
         where = ray.get([a.where.remote() for a in actors])  # waits until every actor has loaded

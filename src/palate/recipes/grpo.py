@@ -148,7 +148,8 @@ def train(cfg: GRPOConfig, *, overwrite: bool = False) -> Path:
     check(cfg)
     g, rc = cfg.grpo, cfg.rollout
     run, env, tok, stream, held = start_online(cfg, g.prompts_per_step, overwrite)
-    with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=g.kl_coef > 0) as placed:
+    with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=g.kl_coef > 0,
+                          precision=env.precision) as placed:
         rewarder = placed.rewarder or Rewarder(cfg.reward)
         policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
         reference = placed.reference or (Reference(policy, g.reference_device) if g.kl_coef > 0 else None)

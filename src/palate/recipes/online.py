@@ -189,10 +189,10 @@ class OnlineRun:
         """Held-out reward (and KL, and the gold score when there is one); every answer is recorded. On several
         processes the main one evaluates alone (the numbers of a 1-process run) and sends them to the others."""
         metrics = None
-        with self.loop.unsharded():
-            if self.run.writes:
+        with self.loop.unsharded(), self.precision():
+            if self.run.writes:  # sampled as the steps are: by the bf16 sampler copy or the Ray workers
                 metrics, exp = evaluate(self.policy, self.tok, self.held, self.rollout, self.rewarder, self.reference,
-                                        eval_seed(self.seed), self.eval_samples)
+                                        eval_seed(self.seed), self.eval_samples, engine=self.engine)
                 record_eval(self.run.path, step, exp)
                 gold = self.watch.gold_score(exp)
                 if gold is not None:

@@ -159,7 +159,8 @@ def train(cfg: PPOConfig, *, overwrite: bool = False) -> Path:
     check(cfg)
     p, rc = cfg.ppo, cfg.rollout
     run, env, tok, stream, held = start_online(cfg, p.prompts_per_step, overwrite)
-    with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=True) as placed:
+    with ray_layout.place(cfg.ray, run, cfg.model, cfg.reward, tok, cfg.train.seed, reference=True,
+                          precision=env.precision) as placed:
         rewarder = placed.rewarder or Rewarder(cfg.reward)
         policy = session.policy(cfg.model, cfg.lora, cfg.train, env, tok)
         critic = session.policy(cfg.model, cfg.lora, cfg.train, env, tok) if p.critic == "separate" else None

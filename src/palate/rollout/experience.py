@@ -163,14 +163,17 @@ def require_finite(step: int, **values) -> None:
 
 @torch.no_grad()
 def evaluate(policy, tok, prompts: list, cfg: RolloutConfig, rewarder: Rewarder, reference: Reference | None,
-             seed: int, samples: int = 1) -> tuple[dict[str, float], Experience]:
+             seed: int, samples: int = 1, engine=None) -> tuple[dict[str, float], Experience]:
     """Held-out reward (and KL to the reference) of ``samples`` fresh samples per prompt, with a fixed seed
-    so every evaluation of a run sees the same sampling noise."""
+    so every evaluation of a run sees the same sampling noise; sampled by ``engine`` when given (the run's bf16
+    sampler copy), as the training steps are."""
     if samples < 1:
         raise ValueError(f"held-out samples per prompt must be >= 1, got {samples}")
     exp = collect(policy, tok, prompts, RolloutConfig(n=samples, max_new_tokens=cfg.max_new_tokens,
                                                       temperature=cfg.temperature, top_p=cfg.top_p,
-                                                      top_k=cfg.top_k, stop=cfg.stop), rewarder, reference, seed)
+                                                      top_k=cfg.top_k, stop=cfg.stop, correction_cap=cfg.correction_cap,
+                                                      correction_level=cfg.correction_level),
+                  rewarder, reference, seed, engine=engine)
     m = experience_metrics(exp)
     out = {f"eval_{k}": m[k] for k in ("reward", "score", "response_length", "kl") if k in m}
     return out, exp
