@@ -12,8 +12,8 @@ The workers stand behind the interfaces the recipes already use — a rollout en
 ``Reference`` — so PPO and GRPO run unchanged. The trainer recomputes the sampled tokens' log-probs
 (π_old) and weights the loss by the truncated ratio π_trainer/π_sampler, which is 1 up to rounding when
 the workers run the same precision (they follow the trainer's: bf16 weights and autocast in a bf16 run), and
-corrects the mismatch when they do not. Held-out evaluation samples with the rollout workers too. Where each actor ran (node, host, pid, device) is written to
-``ray.json`` in the run dir.
+corrects the mismatch when they do not. Held-out evaluation samples with the rollout workers too. Where each
+actor ran (node, host, pid, device) is written to ``ray.json`` in the run dir.
 
 ``ray.address: null`` starts a local cluster inside the run (``ray.num_cpus`` CPUs) and stops it at the
 end; ``auto`` or ``ray://HEAD:10001`` joins a running cluster, on whose every node palate must be
