@@ -43,3 +43,17 @@ def test_renamed_keys_name_their_new_place():
 
     with pytest.raises(ConfigError, match=r"dpo.desirable_weight was renamed: use kto.desirable_weight"):
         load_config(DPOConfig, None, ["dpo.desirable_weight=2.0"])
+
+
+def test_a_bad_dtype_is_named_by_its_key_everywhere():
+    from palate.config import ConfigError, load_config
+    from palate.eval.run import EvalConfig
+    from palate.pipeline import PipelineConfig, check
+    from palate.serve.config import ServeConfig, check_serve
+
+    with pytest.raises(ConfigError, match=r"^dtype must be one of auto, fp32, bf16, fp16, got 'fp8'"):
+        load_config(EvalConfig, None, ["dtype=fp8"])
+    with pytest.raises(ConfigError, match=r"^dtype must be one of .* got 'int4'"):
+        check_serve(load_config(ServeConfig, None, ["model=tiny", "dtype=int4"]))
+    with pytest.raises(ConfigError, match=r"^eval.dtype must be one of .* got 'half'"):
+        check(load_config(PipelineConfig, None, ["eval.dtype=half"]))

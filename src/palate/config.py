@@ -132,6 +132,16 @@ class LogConfig:
 # ----------------------------------------------------------------------------- building
 
 
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+"""what a ``dtype`` key may say (weights to load a model in; auto: the device's choice)"""
+
+
+def check_dtype(key: str, value: str) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` is one of :data:`DTYPES`."""
+    if value not in DTYPES:
+        raise ConfigError(f"{key} must be one of {', '.join(DTYPES)}, got {value!r}")
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (e.g. train.lr=1e-5)")

@@ -33,10 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from palate.config import ConfigError, build, dump_yaml
+from palate.config import ConfigError, build, check_dtype, dump_yaml
 
 log = logging.getLogger("palate.pipeline")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 STAGE_FILE = "stage.json"
 PIPELINE_FILE = "pipeline.json"
@@ -143,9 +142,8 @@ def check(cfg: PipelineConfig) -> None:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.sample.n < 2:
         raise ConfigError(f"sample.n must be >= 2 (pairs are judged), got {cfg.sample.n}")
-    for name, dtype in (("sample.dtype", cfg.sample.dtype), ("eval.dtype", cfg.eval.dtype)):
-        if dtype not in DTYPES:
-            raise ConfigError(f"{name} must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype("sample.dtype", cfg.sample.dtype)
+    check_dtype("eval.dtype", cfg.eval.dtype)
     if cfg.per_group and cfg.judge.kind != "panel":
         raise ConfigError("per_group needs labeler groups: judge.kind must be panel")
     if cfg.judge.pairs not in ("all", "best_worst"):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from palate.config import ConfigError
+from palate.config import ConfigError, check_dtype
 
 SUITES = ("winrate", "humaneval", "tasks", "mtbench")
 
@@ -68,8 +68,7 @@ class EvalConfig:
     fp32) | fp32 | bf16"""
 
     def __post_init__(self):
-        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
+        check_dtype("dtype", self.dtype)
         if self.suite not in SUITES:
             raise ConfigError(f"suite (--suite) must be {', '.join(SUITES[:-1])} or {SUITES[-1]}, got {self.suite!r}")
 
@@ -155,6 +154,7 @@ def run_redteam_config(cfg: RedteamConfig) -> tuple[dict[str, Any], str]:
     from palate.eval.redteam import run_redteam
     from palate.infra.device import pick_device
 
+    check_dtype("dtype", cfg.dtype)
     out = redteam_out(cfg)
     settings = GenSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                            seed=cfg.seed, dtype=cfg.dtype)

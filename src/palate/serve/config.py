@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from palate.config import ConfigError
+from palate.config import ConfigError, check_dtype
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -71,8 +71,7 @@ def check_serve(cfg: ServeConfig) -> None:
     """What a run needs beyond a config that prints: a model."""
     if cfg.model is None:
         raise ConfigError("serve needs a MODEL (argument or model=...)")
-    if cfg.dtype not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {cfg.dtype!r}")
+    check_dtype("dtype", cfg.dtype)
 
 
 def serve_config(cfg: ServeConfig, api_key: str | None) -> None:
