@@ -87,7 +87,7 @@ def worker_palate(args) -> dict:
 
     kept = keep_freed_memory()
     torch, tok, model = setup_worker(args)
-    attention = palate_model(model, args.precision)
+    applied = palate_model(model, args.precision)
     from palate.infra import session
     from palate.infra.optim import adamw, scheduler
     from palate.models.logprobs import sequence_logprobs
@@ -112,7 +112,7 @@ def worker_palate(args) -> dict:
     batch_slots, slots, computed = slots, *map(list, zip(*(computed_positions(b) for b in batches)))
     out = summarize("palate", args, charge_reference(secs, toks, ref_seconds), toks, slots, {
         "losses": losses, "batches_fingerprint": fingerprint(batches), "reference_seconds": ref_seconds,
-        "keep_freed_memory": kept, "cpu_training_attention": attention, "data": info, "timed_usage": usage_delta(u0, usage()), "batch_slots": batch_slots,
+        "keep_freed_memory": kept, **applied, "data": info, "timed_usage": usage_delta(u0, usage()), "batch_slots": batch_slots,
     })
     out["padding_fraction_batch_tensors"] = 1 - out["real_tokens"] / max(1, sum(batch_slots[args.warmup:]))
     return credit_computed(out, computed, args.warmup)
@@ -143,7 +143,7 @@ def worker_palate_kto(args) -> dict:
 
     kept = keep_freed_memory()
     torch, tok, model = setup_worker(args)
-    attention = palate_model(model, args.precision)
+    applied = palate_model(model, args.precision)
     from palate.data.batching import group_batches
     from palate.infra import session
     from palate.infra.optim import adamw, scheduler
@@ -175,7 +175,7 @@ def worker_palate_kto(args) -> dict:
                                                optimizer, sched.step)
     return summarize("palate_kto", args, charge_reference(secs, toks, ref_seconds), toks, slots, {
         "losses": losses, "batches_fingerprint": fingerprint(own), "reference_seconds": ref_seconds,
-        "keep_freed_memory": kept, "cpu_training_attention": attention, "data": {"ratings": len(groups), "skipped": skips.as_dict()},
+        "keep_freed_memory": kept, **applied, "data": {"ratings": len(groups), "skipped": skips.as_dict()},
         "kl_rows_real_tokens": sum(k.n_tokens for _, k in pairs), "timed_usage": usage_delta(u0, usage()),
     })
 

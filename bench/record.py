@@ -227,9 +227,12 @@ def autocast(precision: str):
     return palate_autocast(precision, torch.device("cpu"))
 
 
-def palate_model(model, precision: str):
-    """What ``session.policy`` does to a model palate trains on this CPU: in bf16, palate's attention backward
-    (:func:`palate.models.attention.use_cpu_training_attention`). Returns whether it applied."""
-    from palate.models.attention import use_cpu_training_attention
+def palate_model(model, precision: str) -> dict:
+    """What ``session.policy`` does to a model palate trains on this CPU
+    (:func:`palate.models.training.use_training_layers`: the lean RMSNorm/SwiGLU backward; in bf16, palate's
+    attention backward). Returns what applied, for the result."""
+    import torch
 
-    return precision == "bf16" and use_cpu_training_attention(model)
+    from palate.models.training import use_training_layers
+
+    return use_training_layers(model, torch.device("cpu"), precision)

@@ -68,7 +68,7 @@ def worker_palate(args) -> dict:
 
     kept = keep_freed_memory()
     torch, tok, model = setup_worker(args, num_labels=1)
-    attention = palate_model(model, args.precision)
+    applied = palate_model(model, args.precision)
     from palate.infra.optim import adamw, scheduler
     from palate.models.heads import init_heads, plan_positions, reward_plan
     from palate.recipes.reward import ROW_PARTS, RewardSpec, batch_scores, comparison_loss
@@ -90,7 +90,7 @@ def worker_palate(args) -> dict:
     plans = [reward_plan(b, ROW_PARTS) for b in batches]
     batch_slots, (slots, computed) = slots, map(list, zip(*(plan_positions(p) for p in plans)))
     out = summarize("palate", args, secs, toks, slots, {
-        "losses": losses, "batches_fingerprint": fingerprint(batches), "keep_freed_memory": kept, "cpu_training_attention": attention, "data": info,
+        "losses": losses, "batches_fingerprint": fingerprint(batches), "keep_freed_memory": kept, **applied, "data": info,
         "timed_usage": usage_delta(u0, usage()), "row_parts": ROW_PARTS, "batch_slots": batch_slots,
         "padding_fraction_batch_tensors": 1 - sum(toks[args.warmup:]) / max(1, sum(batch_slots[args.warmup:])),
         "forwards": {how: sum(1 for h, _ in plans[args.warmup:] if h == how) for how in ("shared", "buckets", "one")},

@@ -197,7 +197,7 @@ def worker_palate(args) -> dict:
 
     kept = keep_freed_memory()  # as session.start does, before any big allocation
     torch, tok, model = setup_worker(args)
-    attention = palate_model(model, args.precision)
+    applied = palate_model(model, args.precision)
     from palate.infra.optim import adamw, scheduler
     from palate.recipes.sft import batch_loss
 
@@ -246,7 +246,7 @@ def worker_palate(args) -> dict:
               file=sys.stderr, flush=True)
     return summarize("palate", args, secs, toks, slots, {
         "losses": losses, "phases": phases, "batches_fingerprint": fingerprint(batches),
-        "keep_freed_memory": kept, "cpu_training_attention": attention, "data": data_info, "timed_usage": usage_delta(u0, usage()),
+        "keep_freed_memory": kept, **applied, "data": data_info, "timed_usage": usage_delta(u0, usage()),
     })
 
 

@@ -161,7 +161,16 @@ def assert_same_curve(one: Path, two: Path, keys, rel=1e-4):
     for ma, mb in zip(a, b):
         assert [k for k in keys if k in ma] == [k for k in keys if k in mb]
         for k in (k for k in keys if k in ma):
+            if k == "reward_accuracy" and policy_is_reference(ma):
+                continue
             assert mb[k] == pytest.approx(ma[k], rel=rel, abs=1e-6), (ma["step"], k, ma[k], mb[k])
+
+
+def policy_is_reference(m: dict) -> bool:
+    """A preference step whose implicit rewards are all zero to rounding (the first step: the policy is its
+    reference). Its reward accuracy (chosen reward > rejected) only counts how rounding broke the ties, which
+    another process layout breaks differently (seen: 0.0 on one process, 0.125 under FSDP, on an AMD CPU)."""
+    return all(abs(m.get(k, 1.0)) <= 1e-6 for k in ("rewards_chosen", "rewards_rejected", "reward_margin"))
 
 
 def one_process(train_fn, config_cls, overrides):

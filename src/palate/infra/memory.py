@@ -15,9 +15,12 @@ Everything here is arithmetic on a model's shape; nothing is loaded. The account
 - **activations** per layer per token, in the compute dtype, for a pre-norm decoder layer with grouped
   attention (hidden ``h``, key/value width ``kv``, MLP width ``i``, gated MLP) and a fused attention
   kernel (no ``seq x seq`` scores kept): the layer input and normed input, q, k, v and the attention
-  output (``4h + 2kv``), the MLP's input and normed input, gate, up, activation and product
-  (``2h + 4i``): ``6h + 2kv + 4i`` values. With gradient checkpointing only each layer's input
-  (``h``) is kept, plus one layer's full set while it is recomputed.
+  output (``4h + 2kv``), the MLP's input and normed input, gate and up (``2h + 2i``): ``6h + 2kv + 2i``
+  values, with palate's lean SwiGLU backward (:mod:`palate.models.lean_layers`: the activation and the
+  product are recomputed). Under LoRA the default ``all-linear`` adapter wraps the down projection and the MLP
+  keeps transformers' backward, which also keeps the activation and the product: ``6h + 2kv + 4i``. With
+  gradient checkpointing only each layer's input (``h``) is kept, plus one layer's full set while it is
+  recomputed.
 - **logits**: palate projects only target positions; counted as every token a target, fp32 logits and
   their gradient (8 B x vocab per token).
 - **KV cache** for PPO/GRPO rollouts: ``2 x layers x kv`` values per token.
@@ -196,7 +199,8 @@ def estimate(shape: Shape, s: Setup) -> dict[str, float]:
     out["frozen_models"] = frozen * P * wb / (n if stage >= 3 else 1)
 
     tokens = s.micro_batch * s.seq_len * (2 if s.method in ("rm", "dpo") else 1)
-    per_layer_token = 6 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate  # values kept for backward
+    mlp_kept = 4 if s.lora else 2  # gate, up (+ activation, product under LoRA): see the module docstring
+    per_layer_token = 6 * shape.hidden + 2 * shape.kv + mlp_kept * shape.intermediate  # values kept for backward
     if s.gradient_checkpointing:
         kept = (shape.layers * shape.hidden + per_layer_token) * tokens * wb
     else:

@@ -48,7 +48,7 @@ from palate.infra.device import (
 from palate.infra.logging import Progress, attach_sinks, setup_logging
 from palate.infra.optim import adamw, scheduler
 from palate.infra.run import RunDir
-from palate.models.attention import use_cpu_training_attention
+from palate.models.training import use_training_layers
 from palate.models.load import load_model, load_tokenizer
 from palate.models.lora import apply_lora, is_peft, save_model
 
@@ -154,9 +154,13 @@ def policy(model_cfg: ModelConfig, lora: LoraConfig, train: TrainConfig, env: En
     )
     if init is not None:
         init(model)
-    if env.device.type == "cpu" and env.precision == "bf16" and use_cpu_training_attention(model):
+    applied = use_training_layers(model, env.device, env.precision)
+    if applied["cpu_training_attention"]:
         log.info("attention: flash forward, palate's blockwise backward for sequences up to ~200 tokens "
                  "(PyTorch's CPU flash backward beyond)")
+    if any(applied["lean_layers"].values()):
+        log.info("lean backward (fewer saved activations): %(rms_norm)d RMSNorm, %(swiglu)d SwiGLU MLP modules",
+                 applied["lean_layers"])
     if lora.enabled:
         # The adapter's random initialisation from train.seed, not from this process's stream (seeded with
         # seed + rank): every process starts from the same adapter, as FSDP needs (each process keeps its

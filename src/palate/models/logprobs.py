@@ -25,6 +25,11 @@ import torch.nn.functional as F
 from palate.data.batching import IGNORE, Batch, row_buckets
 from palate.losses.policy import entropy_from_logits
 
+CHUNK_ROWS = 256
+"""rows of the vocabulary projection computed at once: its float32 ``[rows, V]`` logits and one temporary of that
+size are what the head adds to a step's peak memory (SmolLM2: 50 MB each at 256 rows, 201 MB at 1,024); a
+``[256, 576] x [576, 49152]`` matmul is still large enough to run at the GEMM rate"""
+
 
 def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``(decoder, lm_head)`` of a causal LM, a PEFT-wrapped one included (LoRA layers stay active)."""
@@ -66,7 +71,7 @@ def project(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def token_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def token_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_ROWS) -> torch.Tensor:
     """log p(target) = logit[target] - logsumexp(logits), computed ``chunk`` rows at a time: [N].
 
     Plain autograd: every chunk's logits stay alive until the backward. The fallback of :func:`head_logprobs`
@@ -156,7 +161,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
                 z = _chunk_logits(h, w, b, softcap, temperature, acc)
                 cap_slope = 1 - (z * (temperature / softcap)) ** 2 if softcap else None  # 1 - tanh²(u / cap)
                 z.sub_(lse[s : s + chunk, None])  # log p
-                p = z.exp()
+                p = z.exp() if with_entropy else z.exp_()  # log p is needed after only for the entropy
                 g = g_lp[s : s + chunk, None].to(acc)
                 if with_entropy:
                     e = g_ent[s : s + chunk, None].to(acc)
@@ -174,7 +179,10 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
                 if need_h:
                     grad_h[s : s + chunk] = (gu @ w).to(hidden.dtype)
                 if need_w:
-                    grad_w += (gu.t() @ h).to(acc)
+                    if gu.dtype == acc:  # accumulate in place: no [V, H] temporary per chunk
+                        grad_w.addmm_(gu.t(), h)
+                    else:
+                        grad_w += (gu.t() @ h).to(acc)
                 if need_b:
                     grad_b += gz.sum(0)
         grad_w = None if grad_w is None else grad_w.to(weight.dtype)
@@ -202,7 +210,7 @@ def softcap_of(model) -> float | None:
 
 
 def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                  with_entropy: bool = False, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  with_entropy: bool = False, chunk: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of ``targets`` under ``softmax(project(model, hidden) / temperature)``, ``[N]`` in float32,
     and the entropy of that distribution when asked: :class:`ChunkedHeadLogprobs` for a plain linear head
     (nothing ``N x V`` saved for the backward), else the module's own forward chunk by chunk."""
@@ -223,7 +231,7 @@ def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperatur
     return (torch.cat(lps) if lps else zero), ((torch.cat(ents) if ents else zero) if with_entropy else None)
 
 
-def sequence_logprobs(model, batch: Batch, chunk: int = 1024,
+def sequence_logprobs(model, batch: Batch, chunk: int = CHUNK_ROWS,
                       share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each row's completion tokens and how many there are: ``([R], [R])``.
 
@@ -432,7 +440,7 @@ def _checkpointing(decoder) -> bool:
 
 def response_logprobs(model, hidden: torch.Tensor, response_ids: torch.Tensor, mask: torch.Tensor,
                       temperature: float = 1.0, with_entropy: bool = False,
-                      chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      chunk: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens under ``softmax(logits / temperature)`` as ``[B, T]`` (0 at
     padding), and the per-token entropy of that distribution when asked; the vocabulary projection
     runs on real response positions only, ``chunk`` rows at a time (:func:`head_logprobs`)."""
