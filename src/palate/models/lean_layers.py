@@ -17,6 +17,8 @@ float64, a model's loss and gradients against transformers' in float64, fp32 and
 
 from __future__ import annotations
 
+import functools
+import inspect
 import types
 
 import torch
@@ -133,18 +135,13 @@ def _is_silu(act) -> bool:
                                               and "functional.silu(input)" in _source(type(act).forward))
 
 
-_SOURCES: dict = {}
-
-
+@functools.cache
 def _source(fn) -> str:
-    import inspect
-
-    if fn not in _SOURCES:
-        try:
-            _SOURCES[fn] = inspect.getsource(fn)
-        except (OSError, TypeError):
-            _SOURCES[fn] = ""
-    return _SOURCES[fn]
+    """``fn``'s source ("" where there is none to read), read once per function."""
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return ""
 
 
 def use_lean_layers(model: torch.nn.Module) -> dict[str, int]:
